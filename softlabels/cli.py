@@ -1,0 +1,209 @@
+"""The ``softlabels`` command: stage one and the store tools. Each command parses its options,
+builds a config and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from softlabels import schema
+from softlabels.errors import SoftLabelsError
+from softlabels.generate import DEFAULT_CHUNK_ROWS, GenerateConfig, generate
+from softlabels.tools import (
+    combine_stores,
+    convert_store,
+    format_inspect,
+    inspect_store,
+    verify_store,
+)
+
+
+class FriendlyGroup(click.Group):
+    """Turns the project's own exceptions into a one-paragraph error and exit code 1,
+    instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SoftLabelsError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def parse_floats(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from exc
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="softlabels")
+def main() -> None:
+    """Stage one of offline distillation: run teachers once, store their logits.
+
+    A store is a Zarr v3 directory (PATH.zarr) or an HDF5 file (PATH.h5) in the format
+    described in FORMAT.md. Train students from it with `distill`.
+    """
+
+
+@main.command("generate")
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    required=True,
+    help="Checkpoint written by `distill`, or module:function returning an nn.Module. Repeat for an ensemble.",
+)
+@click.option(
+    "--combine",
+    type=click.Choice(schema.COMBINE_RULES),
+    default=None,
+    help="Ensemble rule. Default: single for one teacher, arithmetic for several.",
+)
+@click.option(
+    "--weights",
+    callback=parse_floats,
+    help="Comma-separated member weights (normalised to sum 1). Default: uniform.",
+)
+@click.option(
+    "--transfer",
+    required=True,
+    help="Transfer SPEC: digits | fashion-mnist:DIR | mnist:DIR | idx:DIR | FILE.npz | FILE.h5 | DIR.zarr | module:function.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "test"]),
+    default="train",
+    show_default=True,
+    help="Transfer-set split to label.",
+)
+@click.option("--out", required=True, help="Output store: PATH.zarr or PATH.h5.")
+@click.option(
+    "--dtype",
+    type=click.Choice(schema.DTYPES),
+    default="float32",
+    show_default=True,
+    help="Stored logit dtype.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Teacher batch size (batches never cross a chunk).",
+)
+@click.option(
+    "--chunk-rows",
+    type=int,
+    default=DEFAULT_CHUNK_ROWS,
+    show_default=True,
+    help="Rows per stored chunk.",
+)
+@click.option(
+    "--compress/--no-compress",
+    default=True,
+    show_default=True,
+    help="Compress chunks (Blosc-zstd for Zarr, gzip for HDF5).",
+)
+@click.option(
+    "--resume", is_flag=True, help="Finish an interrupted store from its last committed chunk."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def generate_cmd(teachers: tuple[str, ...], combine: str | None, weights: tuple[float, ...] | None, transfer: str,
+                 split: str, out: str, dtype: str, batch_size: int, chunk_rows: int, compress: bool,
+                 resume: bool, overwrite: bool, quiet: bool) -> None:  # fmt: skip
+    """Run the teacher(s) over a transfer set once and write their logits to a store."""
+    config = GenerateConfig(
+        teachers=teachers, transfer=transfer, out=out, split=split, combine=combine, weights=weights,
+        dtype=dtype, batch_size=batch_size, chunk_rows=chunk_rows, compress=compress, resume=resume,
+        overwrite=overwrite, progress=not quiet,
+    )  # fmt: skip
+    meta = generate(config)
+    click.echo(f"wrote {out}: {meta.num_samples} rows x {meta.num_classes} classes, "
+               f"{meta.num_members} teacher(s), combine={meta.combine}, dtype={meta.dtype}")  # fmt: skip
+
+
+@main.command("inspect")
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect_cmd(store: str, as_json: bool) -> None:
+    """Show a store's shapes, size, teachers, provenance, accuracy and soft-target entropy."""
+    info = inspect_store(store)
+    click.echo(json.dumps(info, indent=2) if as_json else format_inspect(info))
+
+
+@main.command("verify")
+@click.argument("store")
+@click.option("--transfer", default=None, help="Transfer SPEC to check the fingerprint against.")
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    help="Re-run these teachers (in store order) on random rows and compare. Needs --transfer.",
+)
+@click.option(
+    "--sample", type=click.IntRange(min=1), default=64, show_default=True, help="Rows to re-run."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing the rows.")
+def verify_cmd(
+    store: str, transfer: str | None, teachers: tuple[str, ...], sample: int, seed: int
+) -> None:
+    """Check completeness, per-chunk checksums, sample_index and (optionally) provenance.
+
+    Exits 1 if any check fails."""
+    report = verify_store(store, transfer=transfer, teachers=teachers, sample=sample, seed=seed)
+    click.echo(report.render())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command("convert")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--overwrite", is_flag=True, help="Replace an existing DST.")
+@click.option(
+    "--compress/--no-compress", default=True, show_default=True, help="Compress DST's chunks."
+)
+def convert_cmd(src: str, dst: str, overwrite: bool, compress: bool) -> None:
+    """Copy a store between Zarr (.zarr) and HDF5 (.h5), losslessly (checksums are compared)."""
+    meta = convert_store(src, dst, overwrite=overwrite, compress=compress)
+    click.echo(f"converted {src} -> {dst} ({meta.num_chunks} chunks, checksums identical)")
+
+
+@main.command("combine")
+@click.argument("stores", nargs=-1, required=True)
+@click.option(
+    "--combine",
+    "rule",
+    type=click.Choice([schema.COMBINE_ARITHMETIC, schema.COMBINE_GEOMETRIC]),
+    required=True,
+    help="Ensemble rule for the pooled members.",
+)
+@click.option(
+    "--weights",
+    callback=parse_floats,
+    help="Comma-separated weight per input store. Default: uniform.",
+)
+@click.option("--out", required=True, help="Output store: PATH.zarr or PATH.h5.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def combine_cmd(
+    stores: tuple[str, ...], rule: str, weights: tuple[float, ...] | None, out: str, overwrite: bool
+) -> None:
+    """Build one ensemble store from stores made separately on the same transfer set.
+
+    The members of every input are pooled; a member's weight is its store's weight times its
+    weight within that store."""
+    meta = combine_stores(stores, out, combine=rule, weights=weights, overwrite=overwrite)
+    click.echo(f"wrote {out}: {meta.num_members} members, combine={meta.combine}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Every exception the project raises on purpose. Each also subclasses the matching built-in,
+so callers can catch either (``except StoreNotFoundError`` or ``except FileNotFoundError``)."""
+
+from __future__ import annotations
+
+
+class SoftLabelsError(Exception):
+    """Base class: an error whose message tells the user what to do."""
+
+
+class StoreFormatError(SoftLabelsError, ValueError):
+    """A store that is not a valid version-1 soft-label store."""
+
+
+class StoreNotFoundError(SoftLabelsError, FileNotFoundError):
+    """No store at the given path."""
+
+
+class StoreExistsError(SoftLabelsError, FileExistsError):
+    """Refusing to overwrite an existing store without ``--overwrite``."""
+
+
+class IncompleteStoreError(SoftLabelsError, RuntimeError):
+    """A store whose ``complete`` flag is not set, opened without ``allow_incomplete``."""
+
+
+class ChecksumError(SoftLabelsError, ValueError):
+    """Stored data does not match its recorded checksum."""
+
+
+class MismatchError(SoftLabelsError, ValueError):
+    """Two things that must agree (store and transfer set, stores in a combine) do not."""
+
+
+class TeacherError(SoftLabelsError, ValueError):
+    """A teacher that cannot be loaded, or whose outputs are unusable."""
+
+
+class NonFiniteLogitsError(TeacherError):
+    """A teacher produced NaN or Inf logits."""
+
+
+class SpecError(SoftLabelsError, ValueError):
+    """A teacher, student or transfer SPEC string that cannot be resolved."""
+
+
+class CheckpointError(SoftLabelsError, ValueError):
+    """A checkpoint that is not a valid softlabels checkpoint or cannot be loaded safely."""

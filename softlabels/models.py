@@ -1,0 +1,72 @@
+"""Built-in model architectures, rebuilt from a JSON-able description.
+
+An architecture is ``{"name": "mlp" | "cnn", "kwargs": {...}}``. Checkpoints carry it, so a
+checkpoint path alone is enough to rebuild its model. The registry is an explicit dict: nothing
+registers itself on import.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from softlabels.errors import CheckpointError
+
+
+def mlp(
+    in_shape: list[int], num_classes: int, hidden: list[int], dropout: float = 0.0
+) -> nn.Module:
+    """Flatten -> [Linear -> ReLU -> Dropout] * len(hidden) -> Linear."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(in_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def cnn(
+    in_shape: list[int], num_classes: int, channels: list[int], fc: int, dropout: float = 0.0
+) -> nn.Module:
+    """[Conv3x3 -> ReLU -> MaxPool2] per channel count (pooling while the map is >= 2 wide),
+    then Flatten -> Linear(fc) -> ReLU -> Dropout -> Linear."""
+    layers: list[nn.Module] = []
+    c, size = in_shape[0], min(in_shape[1:])
+    for out in channels:
+        layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU()]
+        if size >= 2:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        c = out
+    features = nn.Sequential(*layers)
+    with torch.no_grad():
+        flat = features(torch.zeros(1, *in_shape)).numel()
+    head: list[nn.Module] = [nn.Flatten(), nn.Linear(flat, fc), nn.ReLU()]
+    if dropout > 0:
+        head.append(nn.Dropout(dropout))
+    head.append(nn.Linear(fc, num_classes))
+    return nn.Sequential(features, *head)
+
+
+ARCHITECTURES = {"mlp": mlp, "cnn": cnn}
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    name = arch.get("name") if isinstance(arch, dict) else None
+    if name not in ARCHITECTURES:
+        raise CheckpointError(
+            f"unknown architecture {name!r}; built-in ones are {sorted(ARCHITECTURES)}"
+        )
+    kwargs = arch.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"architecture kwargs must be a mapping, got {type(kwargs).__name__}")
+    try:
+        return ARCHITECTURES[name](**kwargs)
+    except TypeError as exc:
+        raise CheckpointError(f"bad arguments for architecture {name!r}: {exc}") from exc

@@ -1,0 +1,276 @@
+"""The soft-label store format, version 1: every name in FORMAT.md, in one place.
+
+This module is the machine-readable half of the format contract; FORMAT.md is the
+human-readable half. Both must change together (tests/test_schema.py checks that every
+name defined here appears in FORMAT.md).
+
+The store is a group (a Zarr v3 directory store or one HDF5 file) holding:
+
+    logits          (N, C)     float16|float32  combined teacher logits at T = 1
+    member_logits   (N, M, C)  float16|float32  per-teacher logits, present iff M > 1
+    sample_index    (N,)       int64            row -> position in the transfer set
+    labels          (N,)       int64            hard label, or -1 where unknown
+
+plus the root attributes described by ``StoreMeta``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from softlabels.errors import StoreFormatError
+
+FORMAT_NAME = "softlabels"
+FORMAT_VERSION = 1
+
+# Array names.
+LOGITS = "logits"
+MEMBER_LOGITS = "member_logits"
+SAMPLE_INDEX = "sample_index"
+LABELS = "labels"
+# Writer-private commit journal: (n_chunks, 32) uint8, one SHA-256 row per chunk, written
+# after that chunk's data. Present only while a store is incomplete.
+COMMIT_JOURNAL = "_chunk_commits"
+
+# Arrays in checksum order: a chunk's checksum hashes these arrays' rows in this order.
+CHECKSUM_ORDER = (LOGITS, MEMBER_LOGITS, SAMPLE_INDEX, LABELS)
+
+# Root attribute keys.
+ATTR_FORMAT = "format"
+ATTR_FORMAT_VERSION = "format_version"
+ATTR_NUM_SAMPLES = "num_samples"
+ATTR_NUM_CLASSES = "num_classes"
+ATTR_CLASS_NAMES = "class_names"
+ATTR_COMBINE = "combine"
+ATTR_WEIGHTS = "weights"
+ATTR_TEACHERS = "teachers"
+ATTR_TRANSFER = "transfer"
+ATTR_DTYPE = "dtype"
+ATTR_CHUNK_ROWS = "chunk_rows"
+ATTR_CHECKSUMS = "checksums"
+ATTR_CREATED_AT = "created_at"
+ATTR_PRODUCER = "producer"
+ATTR_COMPLETE = "complete"
+
+# In HDF5 every root attribute value is stored as a JSON-encoded UTF-8 string.
+REQUIRED_ATTRS = (
+    ATTR_FORMAT,
+    ATTR_FORMAT_VERSION,
+    ATTR_NUM_SAMPLES,
+    ATTR_NUM_CLASSES,
+    ATTR_CLASS_NAMES,
+    ATTR_COMBINE,
+    ATTR_WEIGHTS,
+    ATTR_TEACHERS,
+    ATTR_TRANSFER,
+    ATTR_DTYPE,
+    ATTR_CHUNK_ROWS,
+    ATTR_CHECKSUMS,
+    ATTR_CREATED_AT,
+    ATTR_PRODUCER,
+    ATTR_COMPLETE,
+)
+
+COMBINE_SINGLE = "single"
+COMBINE_ARITHMETIC = "arithmetic"
+COMBINE_GEOMETRIC = "geometric"
+COMBINE_RULES = (COMBINE_SINGLE, COMBINE_ARITHMETIC, COMBINE_GEOMETRIC)
+DTYPES = ("float32", "float16")
+FINGERPRINT_PREFIX = "sha256:"
+# Largest JSON size of the root attributes a reader accepts (guards against hostile stores).
+MAX_ATTRS_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """One ensemble member: what it was and which exact weights produced its logits."""
+
+    name: str
+    spec: str  # checkpoint path or module:function, as given on the command line
+    architecture: dict[str, Any] | None  # {"name": ..., "kwargs": {...}} for built-in models
+    sha256: str  # over the state_dict, see softlabels.teachers.weights_sha256
+
+
+@dataclass(frozen=True)
+class TransferInfo:
+    """The transfer set whose inputs produced the rows, identified by content."""
+
+    name: str  # the transfer SPEC, e.g. "digits" or "fashion-mnist:/usr/share/..."
+    split: str  # "train" or "test"
+    num_samples: int
+    fingerprint: str  # "sha256:<hex>" over the float32 inputs in order
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """The root attributes of a store. ``to_attrs``/``from_attrs`` are the JSON mapping."""
+
+    num_samples: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    combine: str
+    weights: tuple[float, ...]
+    teachers: tuple[TeacherInfo, ...]
+    transfer: TransferInfo
+    dtype: str
+    chunk_rows: int
+    created_at: str
+    producer: str
+    checksums: tuple[str, ...] | None = None  # one hex SHA-256 per row chunk, once complete
+    complete: bool = False
+    format: str = field(default=FORMAT_NAME)
+    format_version: int = field(default=FORMAT_VERSION)
+
+    @property
+    def num_members(self) -> int:
+        return len(self.teachers)
+
+    @property
+    def num_chunks(self) -> int:
+        return math.ceil(self.num_samples / self.chunk_rows)
+
+    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.num_samples)
+
+    def to_attrs(self) -> dict[str, Any]:
+        attrs = asdict(self)
+        attrs[ATTR_CLASS_NAMES] = list(self.class_names)
+        attrs[ATTR_WEIGHTS] = list(self.weights)
+        attrs[ATTR_TEACHERS] = [asdict(t) for t in self.teachers]
+        attrs[ATTR_CHECKSUMS] = None if self.checksums is None else list(self.checksums)
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> StoreMeta:
+        """Validate a root-attribute mapping and build the metadata, or raise StoreFormatError."""
+        fmt = attrs.get(ATTR_FORMAT)
+        if fmt != FORMAT_NAME:
+            raise StoreFormatError(
+                f"not a soft-label store: attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}"
+            )
+        version = attrs.get(ATTR_FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"store format version {version!r} is not supported by this reader "
+                f"(it reads version {FORMAT_VERSION}); upgrade softlabels or regenerate the store"
+            )
+        missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+        if missing:
+            raise StoreFormatError(f"store is missing root attributes: {', '.join(missing)}")
+        try:
+            meta = cls(
+                num_samples=_int(attrs, ATTR_NUM_SAMPLES, minimum=1),
+                num_classes=_int(attrs, ATTR_NUM_CLASSES, minimum=2),
+                class_names=tuple(str(c) for c in _list(attrs, ATTR_CLASS_NAMES)),
+                combine=str(attrs[ATTR_COMBINE]),
+                weights=tuple(float(w) for w in _list(attrs, ATTR_WEIGHTS)),
+                teachers=tuple(_teacher(t) for t in _list(attrs, ATTR_TEACHERS)),
+                transfer=_transfer(attrs[ATTR_TRANSFER]),
+                dtype=str(attrs[ATTR_DTYPE]),
+                chunk_rows=_int(attrs, ATTR_CHUNK_ROWS, minimum=1),
+                created_at=str(attrs[ATTR_CREATED_AT]),
+                producer=str(attrs[ATTR_PRODUCER]),
+                checksums=None
+                if attrs[ATTR_CHECKSUMS] is None
+                else tuple(str(c) for c in _list(attrs, ATTR_CHECKSUMS)),
+                complete=attrs[ATTR_COMPLETE] is True,
+            )
+        except (TypeError, ValueError, KeyError) as exc:
+            raise StoreFormatError(f"store root attributes are malformed: {exc}") from exc
+        meta.validate()
+        return meta
+
+    def validate(self) -> None:
+        """Check the cross-field invariants of FORMAT.md section 'Root attributes'."""
+        problems = []
+        if self.combine not in COMBINE_RULES:
+            problems.append(f"combine {self.combine!r} is not one of {COMBINE_RULES}")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if not self.teachers:
+            problems.append("no teachers are listed")
+        if len(self.weights) != len(self.teachers):
+            problems.append(f"{len(self.weights)} weights for {len(self.teachers)} teachers")
+        if any(not math.isfinite(w) or w < 0 for w in self.weights) or (
+            self.weights and abs(sum(self.weights) - 1.0) > 1e-6
+        ):
+            problems.append(f"weights {list(self.weights)} must be non-negative and sum to 1")
+        if (self.combine == COMBINE_SINGLE) != (len(self.teachers) == 1):
+            problems.append(f"combine {self.combine!r} with {len(self.teachers)} teacher(s)")
+        if len(self.class_names) != self.num_classes:
+            problems.append(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if self.transfer.num_samples != self.num_samples:
+            problems.append(
+                f"transfer.num_samples {self.transfer.num_samples} != num_samples {self.num_samples}"
+            )
+        if not self.transfer.fingerprint.startswith(FINGERPRINT_PREFIX):
+            problems.append(f"transfer fingerprint must start with {FINGERPRINT_PREFIX!r}")
+        if self.checksums is not None and len(self.checksums) != self.num_chunks:
+            problems.append(f"{len(self.checksums)} checksums for {self.num_chunks} chunks")
+        if self.complete and self.checksums is None:
+            problems.append("store is marked complete but carries no checksums")
+        if problems:
+            raise StoreFormatError("invalid store metadata: " + "; ".join(problems))
+
+
+def encode_h5_attr(value: Any) -> str:
+    """HDF5 root attributes hold JSON text, so nested values survive without pickle."""
+    return json.dumps(value, sort_keys=True)
+
+
+def decode_h5_attr(name: str, text: Any) -> Any:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if not isinstance(text, str):
+        raise StoreFormatError(
+            f"HDF5 attribute {name!r} is not JSON text (got {type(text).__name__})"
+        )
+    if len(text) > MAX_ATTRS_BYTES:
+        raise StoreFormatError(f"HDF5 attribute {name!r} is larger than {MAX_ATTRS_BYTES} bytes")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreFormatError(f"HDF5 attribute {name!r} is not valid JSON: {exc}") from exc
+
+
+def _int(attrs: dict[str, Any], key: str, *, minimum: int) -> int:
+    value = attrs[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _list(attrs: dict[str, Any], key: str) -> list[Any]:
+    value = attrs[key]
+    if not isinstance(value, list):
+        raise ValueError(f"{key} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _teacher(entry: Any) -> TeacherInfo:
+    if not isinstance(entry, dict):
+        raise ValueError(f"teacher entry must be an object, got {entry!r}")
+    arch = entry.get("architecture")
+    if arch is not None and not isinstance(arch, dict):
+        raise ValueError("teacher architecture must be an object or null")
+    return TeacherInfo(
+        name=str(entry["name"]),
+        spec=str(entry["spec"]),
+        architecture=arch,
+        sha256=str(entry["sha256"]),
+    )
+
+
+def _transfer(entry: Any) -> TransferInfo:
+    if not isinstance(entry, dict):
+        raise ValueError(f"transfer must be an object, got {entry!r}")
+    return TransferInfo(
+        name=str(entry["name"]),
+        split=str(entry["split"]),
+        num_samples=int(entry["num_samples"]),
+        fingerprint=str(entry["fingerprint"]),
+    )

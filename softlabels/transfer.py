@@ -1,0 +1,311 @@
+"""Transfer sets: the inputs a teacher labels in stage one and a student trains on in stage two.
+
+A transfer SPEC (``load_transfer``) is one of:
+
+    digits                               scikit-learn's load_digits, shipped with the package
+    mnist:DIR | fashion-mnist:DIR | idx:DIR
+                                         an IDX folder ({train,t10k}-{images,labels}-*-ubyte[.gz])
+    PATH.npz                             arrays x (and optional y), or x_train/y_train/x_test/y_test
+    PATH.h5 | PATH.hdf5 | PATH.zarr      arrays x (and optional y), or groups train/ and test/
+    module:function                      a callable returning a torch Dataset; called with
+                                         split=... if it takes that argument
+
+Every set yields float32 inputs in a fixed order and, where known, int64 labels. Its
+fingerprint is the SHA-256 of the inputs' float32 little-endian bytes in that order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib
+import inspect
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from softlabels.errors import SpecError
+from softlabels.schema import FINGERPRINT_PREFIX
+
+SPLITS = ("train", "test")
+DIGITS_TEST_EVERY = 5  # digits test split: every 5th sample (positions 4, 9, 14, ...)
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+_IDX_PREFIXES = {
+    "mnist": tuple(str(i) for i in range(10)),
+    "fashion-mnist": FASHION_CLASSES,
+    "idx": None,
+}
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+_MODULE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_FINGERPRINT_BLOCK = 4096
+
+
+class TransferSet:
+    """An ordered, indexable set of (input, label) pairs.
+
+    ``inputs`` is an array of shape (N, *input_shape), or None for Dataset-backed sets, which
+    are read item by item through ``take``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        split: str,
+        inputs: np.ndarray | None,
+        labels: np.ndarray | None,
+        class_names: tuple[str, ...] | None,
+        dataset: Any = None,
+    ) -> None:
+        self.name = name
+        self.split = split
+        self._inputs = inputs
+        self._dataset = dataset
+        self.labels = labels
+        self.class_names = class_names
+        self._fingerprint: str | None = None
+        n = len(inputs) if inputs is not None else len(dataset)
+        if n == 0:
+            raise SpecError(f"transfer set {name!r} (split {split!r}) is empty")
+        if labels is not None and len(labels) != n:
+            raise SpecError(f"transfer set {name!r} has {n} inputs but {len(labels)} labels")
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.take(0, 1).shape[1:])
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.class_names is not None:
+            return len(self.class_names)
+        return None
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """float32 inputs for positions [start, stop)."""
+        if self._inputs is not None:
+            return np.ascontiguousarray(self._inputs[start:stop], dtype=np.float32)
+        return np.stack([_item_input(self._dataset[i]) for i in range(start, stop)])
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """float32 inputs at arbitrary positions."""
+        if self._inputs is not None:
+            return np.ascontiguousarray(self._inputs[positions], dtype=np.float32)
+        return np.stack([_item_input(self._dataset[int(i)]) for i in positions])
+
+    def label_array(self) -> np.ndarray:
+        """int64 labels, -1 where the set has none."""
+        if self.labels is None:
+            return np.full(len(self), -1, dtype=np.int64)
+        return self.labels.astype(np.int64, copy=False)
+
+    def fingerprint(self) -> str:
+        """'sha256:<hex>' over the float32 little-endian input bytes, in order."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for start in range(0, len(self), _FINGERPRINT_BLOCK):
+                block = self.take(start, min(start + _FINGERPRINT_BLOCK, len(self)))
+                h.update(np.ascontiguousarray(block, dtype="<f4").tobytes())
+            self._fingerprint = FINGERPRINT_PREFIX + h.hexdigest()
+        return self._fingerprint
+
+
+def load_transfer(spec: str, split: str = "train") -> TransferSet:
+    """Resolve a transfer SPEC (see the module docstring) to a TransferSet."""
+    if split not in SPLITS:
+        raise SpecError(f"split must be one of {SPLITS}, got {split!r}")
+    prefix, _, rest = spec.partition(":")
+    if spec == "digits":
+        return _digits(split)
+    if prefix in _IDX_PREFIXES and rest:
+        return _idx(spec, Path(rest), split, _IDX_PREFIXES[prefix])
+    suffix = Path(spec).suffix.lower()
+    if suffix == ".npz":
+        return _npz(spec, split)
+    if suffix in (".h5", ".hdf5", ".zarr"):
+        return _array_pair(spec, split)
+    if _MODULE_SPEC.match(spec):
+        return _module_dataset(spec, split)
+    raise SpecError(
+        f"cannot understand transfer SPEC {spec!r}: use 'digits', 'fashion-mnist:DIR', 'mnist:DIR', "
+        f"'idx:DIR', a .npz/.h5/.zarr path, or 'module:function'"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sources.
+
+
+def _digits(split: str) -> TransferSet:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)  # (1797, 1, 8, 8) in [0, 1]
+    y = bunch.target.astype(np.int64)
+    is_test = np.arange(len(x)) % DIGITS_TEST_EVERY == DIGITS_TEST_EVERY - 1
+    keep = is_test if split == "test" else ~is_test
+    names = tuple(str(i) for i in range(10))
+    return TransferSet(
+        name="digits", split=split, inputs=x[keep], labels=y[keep], class_names=names
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic 0x0000, type code, ndim, big-endian dims."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise SpecError(f"{path} is not an IDX file (bad magic number)")
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise SpecError(f"{path} has unknown IDX type code 0x{raw[2]:02x}")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    dtype = np.dtype(dtypes[raw[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    body = raw[4 + 4 * ndim :]
+    if len(body) != expected:
+        raise SpecError(f"{path} holds {len(body)} data bytes, but its header promises {expected}")
+    return np.frombuffer(body, dtype).reshape(dims)
+
+
+def _idx(spec: str, folder: Path, split: str, class_names: tuple[str, ...] | None) -> TransferSet:
+    images_name, labels_name = _IDX_FILES[split]
+    images, labels = _find(folder, images_name), _find(folder, labels_name)
+    x = read_idx(images)
+    x = (
+        (x.astype(np.float32) / 255.0)[:, None]
+        if x.dtype == np.uint8
+        else x.astype(np.float32)[:, None]
+    )
+    y = read_idx(labels).astype(np.int64) if labels else None
+    if class_names is None and y is not None:
+        class_names = tuple(str(i) for i in range(int(y.max()) + 1))
+    return TransferSet(name=spec, split=split, inputs=x, labels=y, class_names=class_names)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise SpecError(
+        f"no {stem}[.gz] in {folder}; for Fashion-MNIST on Debian: apt-get install dataset-fashion-mnist"
+    )
+
+
+def _npz(spec: str, split: str) -> TransferSet:
+    if not os.path.isfile(spec):
+        raise SpecError(f"transfer file {spec!r} does not exist")
+    with np.load(spec, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    x, y = _pick_split(spec, split, arrays)
+    names = tuple(str(c) for c in arrays["class_names"]) if "class_names" in arrays else None
+    return TransferSet(
+        name=spec, split=split, inputs=x.astype(np.float32), labels=y, class_names=names
+    )
+
+
+def _array_pair(spec: str, split: str) -> TransferSet:
+    if not os.path.exists(spec):
+        raise SpecError(f"transfer file {spec!r} does not exist")
+    if spec.lower().endswith(".zarr"):
+        import zarr
+
+        root = zarr.open_group(spec, mode="r")
+        arrays = {k: np.asarray(v) for k, v in root.arrays()}
+        for split_name in SPLITS:
+            if split_name in set(root.group_keys()):
+                for k, v in root[split_name].arrays():
+                    arrays[f"{k}_{split_name}"] = np.asarray(v)
+    else:
+        import h5py
+
+        arrays = {}
+        with h5py.File(spec, "r") as f:
+            f.visititems(
+                lambda name, obj: (
+                    arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+                )
+            )
+        arrays = {
+            (f"{k.split('/')[1]}_{k.split('/')[0]}" if "/" in k else k): v
+            for k, v in arrays.items()
+        }
+    x, y = _pick_split(spec, split, arrays)
+    return TransferSet(
+        name=spec, split=split, inputs=x.astype(np.float32), labels=y, class_names=None
+    )
+
+
+def _pick_split(
+    spec: str, split: str, arrays: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    if f"x_{split}" in arrays:
+        x, y = arrays[f"x_{split}"], arrays.get(f"y_{split}")
+    elif "x" in arrays and split == "train":
+        x, y = arrays["x"], arrays.get("y")
+    elif "x" in arrays:
+        raise SpecError(f"{spec!r} has a single split (array 'x'); it has no {split!r} split")
+    else:
+        raise SpecError(f"{spec!r} has no array 'x' or 'x_{split}' (found: {sorted(arrays)})")
+    if x.dtype.kind not in "fiu":
+        raise SpecError(f"{spec!r}: inputs must be numeric, got dtype {x.dtype}")
+    if y is not None and (y.dtype.kind not in "iu" or y.ndim != 1):
+        raise SpecError(f"{spec!r}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    return x, None if y is None else y.astype(np.int64)
+
+
+def _module_dataset(spec: str, split: str) -> TransferSet:
+    fn = import_callable(spec)
+    takes_split = "split" in inspect.signature(fn).parameters
+    dataset = fn(split=split) if takes_split else fn()
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise SpecError(
+            f"{spec!r} returned {type(dataset).__name__}, not a map-style torch Dataset"
+        )
+    first = dataset[0] if len(dataset) else None
+    labels = None
+    if isinstance(first, tuple | list) and len(first) >= 2:
+        labels = np.array([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+    names = getattr(dataset, "classes", None)
+    return TransferSet(
+        name=spec, split=split if takes_split else "train", inputs=None, labels=labels,
+        class_names=tuple(str(c) for c in names) if names is not None else None, dataset=dataset,
+    )  # fmt: skip
+
+
+def _item_input(item: Any) -> np.ndarray:
+    x = item[0] if isinstance(item, tuple | list) else item
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def import_callable(spec: str) -> Any:
+    """Import ``module:function``. Only ever called on a SPEC the user typed, never on metadata."""
+    if not _MODULE_SPEC.match(spec):
+        raise SpecError(f"{spec!r} is not of the form module:function")
+    module_name, attr = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(f"cannot import module {module_name!r} from {spec!r}: {exc}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise SpecError(f"{module_name!r} has no callable {attr!r}")
+    return fn
