@@ -1,0 +1,76 @@
+# softlabels: offline knowledge distillation.
+#   make distill    the whole pipeline on the embedded digits set (trains teachers if needed)
+#   make test       the test suite
+# The Makefile bootstraps its own virtual environment in .venv on first use.
+
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+FORMAT      ?= zarr
+TEMPERATURE ?= 4
+ALPHA       ?= 0.1
+EPOCHS      ?= 30
+SEED        ?= 0
+DIGITS      := data/digits
+STORE       := $(DIGITS)/softlabels.$(FORMAT)
+TEST_STORE  := $(DIGITS)/softlabels-test.$(FORMAT)
+TEACHERS    := $(DIGITS)/teacher1.pt $(DIGITS)/teacher2.pt $(DIGITS)/teacher3.pt
+QUIET       ?= --quiet
+
+.PHONY: help venv test lint softlabels distill bench clean
+help:
+	@echo "make distill    teachers -> soft-label store -> hard-label and distilled students (digits)"
+	@echo "make softlabels train 3 digits teachers if missing, write $(STORE) (FORMAT=h5 for HDF5)"
+	@echo "make test       run the test suite"
+	@echo "make lint       ruff"
+	@echo "Variables: FORMAT=zarr|h5 TEMPERATURE=4 (or 1,2,4,8,20) ALPHA=0.1 EPOCHS=30 SEED=0"
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check softlabels trainer tests
+	$(BIN)/ruff format --check softlabels trainer tests
+
+# ---- stage one -------------------------------------------------------------------------
+# Three teachers on the digits training split, with the plain supervised loop in trainer/.
+$(DIGITS)/teacher1.pt: | $(STAMP)
+	$(BIN)/distill train --model cnn --channels 32,64 --fc 128 --dropout 0.3 --lr 2e-3 --epochs 40 --seed 1 \
+	  --out $(DIGITS)/runs/teacher1 --save $@ --overwrite $(QUIET)
+$(DIGITS)/teacher2.pt: | $(STAMP)
+	$(BIN)/distill train --model cnn --channels 16,32,64 --fc 64 --dropout 0.3 --lr 2e-3 --epochs 40 --seed 2 \
+	  --out $(DIGITS)/runs/teacher2 --save $@ --overwrite $(QUIET)
+$(DIGITS)/teacher3.pt: | $(STAMP)
+	$(BIN)/distill train --model mlp --hidden 512,512 --dropout 0.3 --lr 1e-3 --epochs 40 --seed 3 \
+	  --out $(DIGITS)/runs/teacher3 --save $@ --overwrite $(QUIET)
+
+# The store is rebuilt only when it is missing: with it present, no teacher is needed.
+$(STORE): | $(STAMP)
+	$(MAKE) $(TEACHERS)
+	$(BIN)/softlabels generate $(foreach t,$(TEACHERS),--teacher $(t)) --combine arithmetic \
+	  --transfer digits --split train --chunk-rows 512 --out $@ --overwrite $(QUIET)
+$(TEST_STORE): | $(STAMP)
+	$(MAKE) $(TEACHERS)
+	$(BIN)/softlabels generate $(foreach t,$(TEACHERS),--teacher $(t)) --combine arithmetic \
+	  --transfer digits --split test --chunk-rows 512 --out $@ --overwrite $(QUIET)
+
+softlabels: $(STORE) $(TEST_STORE)
+	$(BIN)/softlabels inspect $(STORE)
+
+# ---- stage two -------------------------------------------------------------------------
+distill: $(STORE) $(TEST_STORE)
+	$(BIN)/distill compare --transfer digits --store $(STORE) --eval-store $(TEST_STORE) \
+	  --model mlp --hidden 32 --epochs $(EPOCHS) --lr 3e-3 --seed $(SEED) \
+	  --temperature $(TEMPERATURE) --alpha $(ALPHA) \
+	  --out $(DIGITS)/students --results $(DIGITS)/results.json --overwrite $(QUIET)
+
+clean:
+	rm -rf $(DIGITS)

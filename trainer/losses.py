@@ -1,0 +1,106 @@
+"""Distillation losses. Every function takes student logits (B, C), runs its softmax in float32,
+and returns a scalar averaged over the batch ("batchmean").
+
+Teacher soft targets arrive as log-probabilities at temperature T, ``teacher_log_probs`` =
+log p_T, so one code path serves single teachers and replayed ensembles (see
+softlabels.ensemble.replay_log_probs). Labels equal to -1 mean "no hard label" and are ignored.
+
+Notation: z student logits, v teacher logits, q_T = softmax(z / T), p_T the teacher's soft
+targets, C the number of classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_LABEL = -1
+
+
+def check_temperature(temperature: float) -> None:
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+
+
+def check_weight(name: str, value: float) -> None:
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def hard_cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE(y, q_1), averaged over the labelled rows; 0 when no row has a label."""
+    known = labels != IGNORE_LABEL
+    if not known.any():
+        return student_logits.sum() * 0.0  # keeps the graph, contributes nothing
+    return F.cross_entropy(student_logits[known].float(), labels[known])
+
+
+def kd_kl(
+    student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * KL(p_T || q_T), batchmean.
+
+    The T^2 factor keeps the gradient's magnitude independent of T (Hinton et al. 2015): the
+    gradient w.r.t. z_i is T * (q_i - p_i), which for large T and zero-mean logits tends to
+    (z_i - v_i) / C.
+    """
+    check_temperature(temperature)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (
+        F.kl_div(log_q, teacher_log_probs.float(), reduction="batchmean", log_target=True)
+        * temperature**2
+    )
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * H(p_T, q_T) = T^2 * -sum_c p_c log q_c, batchmean. Differs from ``kd_kl`` by the
+    teacher's entropy, a constant, so the gradients are equal."""
+    check_temperature(temperature)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    p = teacher_log_probs.float().exp()
+    return -(p * log_q).sum(dim=-1).mean() * temperature**2
+
+
+def logit_matching(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Caruana's logit matching: (1 / 2C) * ||(z - mean z) - (v - mean v)||^2, batchmean.
+
+    Its gradient, (z - v) / C for zero-mean logits, is the high-temperature limit of ``kd_kl``.
+    """
+    z = student_logits.float()
+    v = teacher_logits.float()
+    diff = (z - z.mean(-1, keepdim=True)) - (v - v.mean(-1, keepdim=True))
+    return (diff**2).sum(-1).mean() / (2 * z.shape[-1])
+
+
+def hinton_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    temperature: float,
+    alpha: float,
+    beta: float,
+) -> torch.Tensor:
+    """alpha * CE(y, q_1) + beta * T^2 * KL(p_T || q_T). The ``distill`` CLI uses this form, with
+    ``--alpha`` on the hard-label term and ``--beta`` defaulting to 1 - alpha."""
+    check_weight("alpha", alpha)
+    check_weight("beta", beta)
+    loss = beta * kd_kl(student_logits, teacher_log_probs, temperature)
+    if alpha > 0:
+        loss = loss + alpha * hard_cross_entropy(student_logits, labels)
+    return loss
+
+
+def hinton_loss_common(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """The common form (1 - alpha) * CE + alpha * T^2 * KL: here alpha weighs the soft term."""
+    check_weight("alpha", alpha)
+    return hinton_loss(student_logits, labels, teacher_log_probs, temperature, 1.0 - alpha, alpha)
