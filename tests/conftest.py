@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from softlabels.generate import GenerateConfig, generate
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PYTHONPATH", str(ROOT))
+
+ENSEMBLE = ("tests.helpers:teacher_a", "tests.helpers:teacher_b", "tests.helpers:teacher_c")
+
+
+def make_store(path: Path, *, teachers=ENSEMBLE, combine=None, split="train", chunk_rows=256, **kw) -> Path:
+    generate(GenerateConfig(teachers=tuple(teachers), transfer="digits", out=str(path), split=split,
+                            combine=combine, chunk_rows=chunk_rows, progress=False, **kw))  # fmt: skip
+    return path
+
+
+@pytest.fixture(params=["zarr", "h5"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory) -> Path:
+    """An arithmetic three-teacher Zarr store over the digits training split (shared, read-only)."""
+    return make_store(tmp_path_factory.mktemp("stores") / "digits.zarr")
+
+
+@pytest.fixture(scope="session")
+def digits_test_store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("stores") / "digits-test.zarr", split="test")
