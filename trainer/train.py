@@ -71,9 +71,12 @@ class TrainConfig:
         return 1.0 - self.alpha if self.beta is None else self.beta
 
     def validate(self) -> None:
-        losses.check_temperature(self.temperature)
-        losses.check_weight("alpha", self.alpha)
-        losses.check_weight("beta", self.kd_weight)
+        try:
+            losses.check_temperature(self.temperature)
+            losses.check_weight("alpha", self.alpha)
+            losses.check_weight("beta", self.kd_weight)
+        except ValueError as exc:
+            raise SoftLabelsError(f"{exc} (set with --temperature, --alpha, --beta)") from exc
         if self.loss not in LOSSES:
             raise SoftLabelsError(f"--loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("epochs", "batch_size"):
