@@ -11,6 +11,7 @@ FORMAT      ?= zarr
 TEMPERATURE ?= 4
 ALPHA       ?= 0.1
 EPOCHS      ?= 30
+TEACHER_EPOCHS ?= 40
 SEED        ?= 0
 DIGITS      := data/digits
 STORE       := $(DIGITS)/softlabels.$(FORMAT)
@@ -43,13 +44,13 @@ lint: $(STAMP)
 # ---- stage one -------------------------------------------------------------------------
 # Three teachers on the digits training split, with the plain supervised loop in trainer/.
 $(DIGITS)/teacher1.pt: | $(STAMP)
-	$(BIN)/distill train --model cnn --channels 32,64 --fc 128 --dropout 0.3 --lr 2e-3 --epochs 40 --seed 1 \
+	$(BIN)/distill train --model cnn --channels 32,64 --fc 128 --dropout 0.3 --lr 2e-3 --epochs $(TEACHER_EPOCHS) --seed 1 \
 	  --out $(DIGITS)/runs/teacher1 --save $@ --overwrite $(QUIET)
 $(DIGITS)/teacher2.pt: | $(STAMP)
-	$(BIN)/distill train --model cnn --channels 16,32,64 --fc 64 --dropout 0.3 --lr 2e-3 --epochs 40 --seed 2 \
+	$(BIN)/distill train --model cnn --channels 16,32,64 --fc 64 --dropout 0.3 --lr 2e-3 --epochs $(TEACHER_EPOCHS) --seed 2 \
 	  --out $(DIGITS)/runs/teacher2 --save $@ --overwrite $(QUIET)
 $(DIGITS)/teacher3.pt: | $(STAMP)
-	$(BIN)/distill train --model mlp --hidden 512,512 --dropout 0.3 --lr 1e-3 --epochs 40 --seed 3 \
+	$(BIN)/distill train --model mlp --hidden 512,512 --dropout 0.3 --lr 1e-3 --epochs $(TEACHER_EPOCHS) --seed 3 \
 	  --out $(DIGITS)/runs/teacher3 --save $@ --overwrite $(QUIET)
 
 # The store is rebuilt only when it is missing: with it present, no teacher is needed.

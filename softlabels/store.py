@@ -198,6 +198,9 @@ class _HDF5Backend:
         opts: dict[str, Any] = (
             {"compression": "gzip", "compression_opts": 4, "shuffle": True} if compress else {}
         )
+        chunks = tuple(
+            max(1, min(c, n)) for c, n in zip(chunks, shape, strict=True)
+        )  # HDF5 caps chunks at shape
         self.file.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype, fillvalue=0, **opts)
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -423,21 +426,26 @@ class StoreWriter:
         meta = replace(meta, complete=False, checksums=None)
         meta.validate()
         backend = _backend(path, "w")
-        backend.update_attrs(meta.to_attrs())
-        n, c, m, rows = meta.num_samples, meta.num_classes, meta.num_members, meta.chunk_rows
-        backend.create(schema.LOGITS, (n, c), (rows, c), meta.dtype, compress)
-        if m > 1:
-            backend.create(schema.MEMBER_LOGITS, (n, m, c), (rows, m, c), meta.dtype, compress)
-        backend.create(schema.SAMPLE_INDEX, (n,), (rows,), "int64", compress)
-        backend.create(schema.LABELS, (n,), (rows,), "int64", compress)
-        backend.create(
-            schema.COMMIT_JOURNAL,
-            (meta.num_chunks, _DIGEST_BYTES),
-            (1, _DIGEST_BYTES),
-            "uint8",
-            False,
-        )
-        backend.flush()
+        try:
+            backend.update_attrs(meta.to_attrs())
+            n, c, m, rows = meta.num_samples, meta.num_classes, meta.num_members, meta.chunk_rows
+            backend.create(schema.LOGITS, (n, c), (rows, c), meta.dtype, compress)
+            if m > 1:
+                backend.create(schema.MEMBER_LOGITS, (n, m, c), (rows, m, c), meta.dtype, compress)
+            backend.create(schema.SAMPLE_INDEX, (n,), (rows,), "int64", compress)
+            backend.create(schema.LABELS, (n,), (rows,), "int64", compress)
+            backend.create(
+                schema.COMMIT_JOURNAL,
+                (meta.num_chunks, _DIGEST_BYTES),
+                (1, _DIGEST_BYTES),
+                "uint8",
+                False,
+            )
+            backend.flush()
+        except Exception:
+            backend.close()
+            remove_store(path)  # never leave a half-created store behind
+            raise
         return cls(backend, meta)
 
     @classmethod

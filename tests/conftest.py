@@ -13,7 +13,9 @@ os.environ.setdefault("PYTHONPATH", str(ROOT))
 ENSEMBLE = ("tests.helpers:teacher_a", "tests.helpers:teacher_b", "tests.helpers:teacher_c")
 
 
-def make_store(path: Path, *, teachers=ENSEMBLE, combine=None, split="train", chunk_rows=256, **kw) -> Path:
+def make_store(
+    path: Path, *, teachers=ENSEMBLE, combine=None, split="train", chunk_rows=256, **kw
+) -> Path:
     generate(GenerateConfig(teachers=tuple(teachers), transfer="digits", out=str(path), split=split,
                             combine=combine, chunk_rows=chunk_rows, progress=False, **kw))  # fmt: skip
     return path

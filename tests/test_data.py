@@ -61,7 +61,11 @@ def test_join_follows_sample_index_not_row_order(tmp_path):
         rows = s.read(0, 1438)
     perm = np.random.default_rng(0).permutation(1438)
     g = zarr.open_group(str(path), mode="r+")
-    for name, arr in (("logits", rows.logits), ("sample_index", rows.sample_index), ("labels", rows.labels)):
+    for name, arr in (
+        ("logits", rows.logits),
+        ("sample_index", rows.sample_index),
+        ("labels", rows.labels),
+    ):
         g[name][:] = arr[perm]
     from softlabels.store import chunk_checksum
 
@@ -93,7 +97,9 @@ def test_join_refuses_same_size_different_content(tmp_path, digits_store):
 def test_join_refuses_class_count(tmp_path, digits_store):
     np.savez(tmp_path / "c.npz", x=load_transfer("digits").take(0, 1438), y=load_transfer("digits").labels,
              class_names=np.array([str(i) for i in range(12)]))  # fmt: skip
-    with pytest.raises(MismatchError, match="class count: store has 10 classes, transfer set .* has 12"):
+    with pytest.raises(
+        MismatchError, match="class count: store has 10 classes, transfer set .* has 12"
+    ):
         open_joined_store(str(digits_store), load_transfer(str(tmp_path / "c.npz")))
 
 
@@ -105,5 +111,8 @@ def test_join_refuses_incomplete_and_corrupt(tmp_path):
         open_joined_store(str(path), load_transfer("digits"))
     g.attrs["complete"] = True
     g["logits"][3, 3] = 99.0
-    with open_joined_store(str(path), load_transfer("digits")) as s, pytest.raises(ChecksumError, match="chunk 0 .* corrupt"):
+    with (
+        open_joined_store(str(path), load_transfer("digits")) as s,
+        pytest.raises(ChecksumError, match="chunk 0 .* corrupt"),
+    ):
         InMemoryTargets(s, 64, 0)

@@ -7,7 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from softlabels.ensemble import combine_log_probs, combined_logits, normalise_weights, replay_log_probs
+from softlabels.ensemble import (
+    combine_log_probs,
+    combined_logits,
+    normalise_weights,
+    replay_log_probs,
+)
 from softlabels.errors import SoftLabelsError
 from softlabels.store import open_store
 
@@ -47,7 +52,11 @@ def test_stored_geometric_replays_exactly_from_mean_logits(tmp_path, t):
     with open_store(path) as s:
         rows = s.read(0, s.meta.num_samples)
         w = np.asarray(s.meta.weights)
-    got = replay_log_probs(torch.from_numpy(rows.logits), None, "geometric", torch.tensor(w), t).exp().numpy()
+    got = (
+        replay_log_probs(torch.from_numpy(rows.logits), None, "geometric", torch.tensor(w), t)
+        .exp()
+        .numpy()
+    )
     np.testing.assert_allclose(got, direct_geometric(rows.member_logits, w, t), atol=1e-6)
 
 
@@ -57,7 +66,9 @@ def test_arithmetic_logits_are_log_mean_probs_hand_computed():
     w = torch.tensor([0.5, 0.5], dtype=torch.float64)
     got = combined_logits(members, w, "arithmetic").exp()
     np.testing.assert_allclose(got.numpy(), [[0.625, 0.375]], atol=1e-12)
-    np.testing.assert_allclose(combined_logits(members, w, "geometric").numpy(), [[np.log(3) / 2, 0.0]])
+    np.testing.assert_allclose(
+        combined_logits(members, w, "geometric").numpy(), [[np.log(3) / 2, 0.0]]
+    )
 
 
 def test_arithmetic_needs_members():

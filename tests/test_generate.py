@@ -20,7 +20,6 @@ from softlabels.errors import (
     StoreNotFoundError,
     TeacherError,
 )
-from softlabels.generate import GenerateConfig, generate
 from softlabels.store import open_store
 from tests.conftest import make_store
 
@@ -51,22 +50,37 @@ def test_nan_logits_name_the_rows(tmp_path):
     x = load_transfer("digits").take(0, 1438)
     expected = np.flatnonzero(x.reshape(len(x), -1).sum(1) > 25)
     with pytest.raises(NonFiniteLogitsError, match="NaN or Inf logits at transfer rows") as info:
-        make_store(tmp_path / "n.zarr", teachers=("tests.helpers:nan_teacher",), chunk_rows=5000, batch_size=5000)
+        make_store(
+            tmp_path / "n.zarr",
+            teachers=("tests.helpers:nan_teacher",),
+            chunk_rows=5000,
+            batch_size=5000,
+        )
     assert str(expected[:20].tolist()) in str(info.value)
 
 
 def test_teacher_output_must_be_batch_by_classes(tmp_path):
-    with pytest.raises(TeacherError, match=r"must return logits of shape \(batch, classes\).*returned \(2,\)"):
+    with pytest.raises(
+        TeacherError, match=r"must return logits of shape \(batch, classes\).*returned \(2,\)"
+    ):
         make_store(tmp_path / "b.zarr", teachers=("tests.helpers:bad_shape_teacher",))
 
 
 def test_members_must_agree_on_classes(tmp_path):
-    with pytest.raises(MismatchError, match="disagree on the number of classes.*teacher_a: 10.*teacher_11_classes: 11"):
-        make_store(tmp_path / "c.zarr", teachers=("tests.helpers:teacher_a", "tests.helpers:teacher_11_classes"))
+    with pytest.raises(
+        MismatchError,
+        match="disagree on the number of classes.*teacher_a: 10.*teacher_11_classes: 11",
+    ):
+        make_store(
+            tmp_path / "c.zarr",
+            teachers=("tests.helpers:teacher_a", "tests.helpers:teacher_11_classes"),
+        )
 
 
 def test_teacher_classes_must_match_transfer(tmp_path):
-    with pytest.raises(MismatchError, match="teachers output 11 classes but transfer set 'digits' has 10"):
+    with pytest.raises(
+        MismatchError, match="teachers output 11 classes but transfer set 'digits' has 10"
+    ):
         make_store(tmp_path / "d.zarr", teachers=("tests.helpers:teacher_11_classes",))
 
 

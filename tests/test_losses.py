@@ -35,7 +35,15 @@ def test_kd_kl_hand_computed():
 
 def test_kd_kl_matches_timm_form():
     for t in (0.5, 1.0, 4.0, 20.0):
-        ref = F.kl_div(F.log_softmax(S / t, -1), F.log_softmax(V / t, -1), reduction="batchmean", log_target=True) * t**2
+        ref = (
+            F.kl_div(
+                F.log_softmax(S / t, -1),
+                F.log_softmax(V / t, -1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * t**2
+        )
         assert float(losses.kd_kl(S, teacher_lp(V, t), t)) == pytest.approx(float(ref), rel=1e-6)
 
 
@@ -43,7 +51,12 @@ def test_alpha_one_at_t1_is_plain_cross_entropy():
     got = losses.hinton_loss(S, Y, teacher_lp(V, 1.0), 1.0, alpha=1.0, beta=0.0)
     assert float(got) == pytest.approx(float(F.cross_entropy(S, Y)), rel=1e-7)
     # hand value: CE row 1 = logsumexp(1,2,3) - 3, row 2 = logsumexp(.5,-.5,0) - .5
-    want = (math.log(math.exp(1) + math.exp(2) + math.exp(3)) - 3 + math.log(math.exp(0.5) + math.exp(-0.5) + 1) - 0.5) / 2
+    want = (
+        math.log(math.exp(1) + math.exp(2) + math.exp(3))
+        - 3
+        + math.log(math.exp(0.5) + math.exp(-0.5) + 1)
+        - 0.5
+    ) / 2
     assert float(got) == pytest.approx(want, rel=1e-6)
 
 
@@ -57,8 +70,12 @@ def test_hinton_forms_agree():
 
 def test_all_labels_ignored_gives_zero_ce_and_a_gradient():
     s = S.clone().requires_grad_(True)
-    loss = losses.hinton_loss(s, torch.tensor([-1, -1]), teacher_lp(V, 2.0), 2.0, alpha=0.5, beta=0.5)
-    assert float(loss.detach()) == pytest.approx(0.5 * float(losses.kd_kl(S, teacher_lp(V, 2.0), 2.0)))
+    loss = losses.hinton_loss(
+        s, torch.tensor([-1, -1]), teacher_lp(V, 2.0), 2.0, alpha=0.5, beta=0.5
+    )
+    assert float(loss.detach()) == pytest.approx(
+        0.5 * float(losses.kd_kl(S, teacher_lp(V, 2.0), 2.0))
+    )
     loss.backward()
     assert torch.isfinite(s.grad).all()
 
@@ -67,7 +84,9 @@ def test_soft_ce_differs_from_kl_by_teacher_entropy():
     t = 3.0
     lp = teacher_lp(V, t)
     entropy = float(-(lp.exp() * lp).sum(-1).mean()) * t**2
-    assert float(losses.soft_cross_entropy(S, lp, t)) == pytest.approx(float(losses.kd_kl(S, lp, t)) + entropy, rel=1e-6)
+    assert float(losses.soft_cross_entropy(S, lp, t)) == pytest.approx(
+        float(losses.kd_kl(S, lp, t)) + entropy, rel=1e-6
+    )
 
 
 def test_logit_matching_hand_computed():
@@ -107,7 +126,11 @@ def test_high_temperature_limit_is_logit_matching():
     torch.testing.assert_close(zz.grad * 4, (z - v) / 10)
 
 
-logits_strategy = arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(2, 8)), elements=st.floats(-1e4, 1e4, width=32))
+logits_strategy = arrays(
+    np.float32,
+    st.tuples(st.integers(1, 5), st.integers(2, 8)),
+    elements=st.floats(-1e4, 1e4, width=32),
+)
 
 
 @settings(max_examples=80, deadline=None)
@@ -120,5 +143,7 @@ def test_kd_properties(s, data, t):
     same = losses.kd_kl(s_t, teacher_lp(s_t, t), t)
     assert abs(float(same)) <= 1e-5 * t**2
     g = s_t.clone().requires_grad_(True)
-    losses.hinton_loss(g, torch.zeros(len(s), dtype=torch.long), teacher_lp(v_t, t), t, 0.5, 0.5).backward()
+    losses.hinton_loss(
+        g, torch.zeros(len(s), dtype=torch.long), teacher_lp(v_t, t), t, 0.5, 0.5
+    ).backward()
     assert torch.isfinite(g.grad).all()

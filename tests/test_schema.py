@@ -23,7 +23,13 @@ def meta(**kw) -> StoreMeta:
 
 
 def test_every_schema_name_is_in_format_md():
-    names = [schema.LOGITS, schema.MEMBER_LOGITS, schema.SAMPLE_INDEX, schema.LABELS, schema.COMMIT_JOURNAL]
+    names = [
+        schema.LOGITS,
+        schema.MEMBER_LOGITS,
+        schema.SAMPLE_INDEX,
+        schema.LABELS,
+        schema.COMMIT_JOURNAL,
+    ]
     names += list(schema.REQUIRED_ATTRS) + list(schema.COMBINE_RULES) + list(schema.DTYPES)
     for name in names:
         assert f"`{name}`" in FORMAT_MD or f'"{name}"' in FORMAT_MD, name

@@ -13,7 +13,12 @@ import zarr
 
 from softlabels import schema
 from softlabels.ensemble import combine_log_probs
-from softlabels.errors import IncompleteStoreError, StoreExistsError, StoreFormatError, StoreNotFoundError
+from softlabels.errors import (
+    IncompleteStoreError,
+    StoreExistsError,
+    StoreFormatError,
+    StoreNotFoundError,
+)
 from softlabels.store import Rows, StoreWriter, chunk_checksum, open_store
 from softlabels.transfer import load_transfer
 from tests.conftest import make_store
@@ -46,7 +51,9 @@ class StoreContract:
         np.testing.assert_array_equal(rows.sample_index, np.arange(1438))
         np.testing.assert_array_equal(rows.labels, load_transfer("digits").labels)
         w = torch.full((3,), 1 / 3, dtype=torch.float64)
-        want = combine_log_probs(torch.from_numpy(members).double(), w, "arithmetic").float().numpy()
+        want = (
+            combine_log_probs(torch.from_numpy(members).double(), w, "arithmetic").float().numpy()
+        )
         np.testing.assert_array_equal(rows.logits, want)
 
     def test_attributes(self, store_path):
@@ -54,7 +61,11 @@ class StoreContract:
             m = s.meta
         assert m.format == "softlabels" and m.format_version == 1 and m.complete
         assert m.combine == "arithmetic" and m.weights == pytest.approx((1 / 3,) * 3)
-        assert [t.name for t in m.teachers] == ["tests.helpers:teacher_a", "tests.helpers:teacher_b", "tests.helpers:teacher_c"]
+        assert [t.name for t in m.teachers] == [
+            "tests.helpers:teacher_a",
+            "tests.helpers:teacher_b",
+            "tests.helpers:teacher_c",
+        ]
         assert m.transfer.fingerprint == load_transfer("digits").fingerprint()
         assert m.class_names == tuple(str(i) for i in range(10))
         assert len(m.checksums) == 5 and all(len(c) == 64 for c in m.checksums)
@@ -66,7 +77,9 @@ class StoreContract:
 
     def test_no_journal_once_complete(self, store_path):
         if self.suffix == ".zarr":
-            assert schema.COMMIT_JOURNAL not in set(zarr.open_group(str(store_path), mode="r").array_keys())
+            assert schema.COMMIT_JOURNAL not in set(
+                zarr.open_group(str(store_path), mode="r").array_keys()
+            )
         else:
             with h5py.File(store_path, "r") as f:
                 assert schema.COMMIT_JOURNAL not in f
@@ -111,7 +124,10 @@ class StoreContract:
     def test_write_chunk_must_be_whole(self, tmp_path, store_path):
         with open_store(store_path) as s:
             meta, rows = s.meta, s.read(0, 10)
-        with StoreWriter.create(tmp_path / f"w{self.suffix}", meta) as w, pytest.raises(ValueError, match="spans rows"):
+        with (
+            StoreWriter.create(tmp_path / f"w{self.suffix}", meta) as w,
+            pytest.raises(ValueError, match="spans rows"),
+        ):
             w.write_chunk(0, rows)
 
 
@@ -165,7 +181,10 @@ def test_duplicate_sample_index_refused(tmp_path):
         index = s.read(0, s.meta.num_samples).sample_index
     index[5] = 4
     zarr.open_group(str(path), mode="r+")["sample_index"][:] = index
-    with open_store(path) as s, pytest.raises(StoreFormatError, match=r"repeats transfer positions \[4\]"):
+    with (
+        open_store(path) as s,
+        pytest.raises(StoreFormatError, match=r"repeats transfer positions \[4\]"),
+    ):
         s.sample_index()
 
 
@@ -191,7 +210,9 @@ def test_format_md_plain_reads(tmp_path, monkeypatch):
     exec(numpy_code, scope)
     with open_store("data/digits/softlabels.h5") as s:
         w = torch.tensor(s.meta.weights, dtype=torch.float64)
-        want = combine_log_probs(torch.from_numpy(s.read(0, 1438).member_logits).double(), w, "arithmetic", 4.0).exp()
+        want = combine_log_probs(
+            torch.from_numpy(s.read(0, 1438).member_logits).double(), w, "arithmetic", 4.0
+        ).exp()
     np.testing.assert_allclose(scope["targets"], want.numpy(), atol=1e-6)
 
 

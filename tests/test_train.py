@@ -28,17 +28,30 @@ def test_distill_run_outputs(tmp_path, digits_store, digits_test_store):
     out = tmp_path / "run"
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
-    assert {"eval_accuracy", "eval_nll", "eval_ece", "eval_teacher_agreement", "eval_kl_to_teacher"} <= set(lines[-1])
+    assert {
+        "eval_accuracy",
+        "eval_nll",
+        "eval_ece",
+        "eval_teacher_agreement",
+        "eval_kl_to_teacher",
+    } <= set(lines[-1])
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     assert (out / "curves.png").stat().st_size > 1000
     model, arch = load_model(out / "model.pt")
-    assert arch == {"name": "mlp", "kwargs": {"in_shape": [1, 8, 8], "num_classes": 10, "dropout": 0.0, "hidden": [16]}}
+    assert arch == {
+        "name": "mlp",
+        "kwargs": {"in_shape": [1, 8, 8], "num_classes": 10, "dropout": 0.0, "hidden": [16]},
+    }
     assert result.final == lines[-1]
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, digits_store, digits_test_store):
-    full = train(config(tmp_path, digits_store, digits_test_store, out=str(tmp_path / "full"), dropout=0.2))
-    part = config(tmp_path, digits_store, digits_test_store, out=str(tmp_path / "part"), dropout=0.2)
+    full = train(
+        config(tmp_path, digits_store, digits_test_store, out=str(tmp_path / "full"), dropout=0.2)
+    )
+    part = config(
+        tmp_path, digits_store, digits_test_store, out=str(tmp_path / "part"), dropout=0.2
+    )
     # Simulate a kill after epoch 2 by running 2 epochs' worth, then rewriting the checkpoint's config.
     first = train(replace(part, epochs=2))
     ckpt = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
@@ -68,7 +81,16 @@ def test_sweep_and_logit_losses(tmp_path, digits_store, digits_test_store):
     assert [r.config.temperature for r in runs] == [2.0, 8.0]
     assert (tmp_path / "run" / "T8" / "model.pt").exists()
     for loss in ("soft_ce", "logits", "soft_only"):
-        r = train(config(tmp_path, digits_store, digits_test_store, epochs=2, loss=loss, out=str(tmp_path / loss)))
+        r = train(
+            config(
+                tmp_path,
+                digits_store,
+                digits_test_store,
+                epochs=2,
+                loss=loss,
+                out=str(tmp_path / loss),
+            )
+        )
         assert r.history[1]["train_loss"] < r.history[0]["train_loss"]
 
 
@@ -85,5 +107,11 @@ def test_cli_train_and_errors(tmp_path, digits_store, digits_test_store):
         res = runner.invoke(distill, [*args, *bad, "--out", str(tmp_path / "bad")])
         assert res.exit_code != 0 and message in res.output, res.output
         assert not (tmp_path / "bad" / "model.pt").exists()
-    res = runner.invoke(distill, [*args, "--transfer", "digits", "--split", "test", "--out", str(tmp_path / "m")])
-    assert res.exit_code == 1 and "does not match the store" in res.output and "Traceback" not in res.output
+    res = runner.invoke(
+        distill, [*args, "--transfer", "digits", "--split", "test", "--out", str(tmp_path / "m")]
+    )
+    assert (
+        res.exit_code == 1
+        and "does not match the store" in res.output
+        and "Traceback" not in res.output
+    )

@@ -1,0 +1,55 @@
+"""End-to-end runs of the Makefile targets on the embedded digits set (short epochs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from softlabels.store import open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make(*args: str) -> str:
+    res = subprocess.run(
+        ["make", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+@pytest.mark.slow
+def test_make_softlabels_then_distill_without_teachers(tmp_path):
+    digits = tmp_path / "digits"
+    common = (f"DIGITS={digits}", "TEACHER_EPOCHS=3", "EPOCHS=2")
+    make("distill", *common)
+    with open_store(digits / "softlabels.zarr") as s:
+        assert s.meta.complete and s.meta.combine == "arithmetic" and s.meta.num_members == 3
+        assert sorted(t.name for t in s.meta.teachers) == ["teacher1", "teacher2", "teacher3"]
+    first = json.loads((digits / "results.json").read_text())
+    for teacher in digits.glob("teacher*.pt"):
+        teacher.unlink()
+    out = make("distill", *common, "TEMPERATURE=2,8")
+    assert not list(digits.glob("teacher*.pt")), (
+        "make distill must not retrain teachers when the store exists"
+    )
+    results = json.loads((digits / "results.json").read_text())
+    assert len(results["teacher_accuracy"]) == 3 and 0 <= results["ensemble_accuracy"] <= 1
+    assert results["teacher_accuracy"] == first["teacher_accuracy"]
+    assert {"accuracy", "nll", "ece", "epoch_seconds"} <= set(results["student_hard"])
+    assert [d["temperature"] for d in results["student_distilled"]] == [2.0, 8.0]
+    assert results["temperature"] == [2.0, 8.0] and results["alpha"] == 0.1
+    assert results["store"].endswith("softlabels.zarr")
+    assert "student, KD T=8" in out and "ensemble (arithmetic)" in out
+
+
+@pytest.mark.slow
+def test_make_softlabels_h5(tmp_path):
+    digits = tmp_path / "digits"
+    out = make("softlabels", "FORMAT=h5", f"DIGITS={digits}", "TEACHER_EPOCHS=2")
+    assert (digits / "softlabels.h5").is_file() and "bytes/sample" in out
+    with open_store(digits / "softlabels.h5") as s:
+        assert s.meta.complete and s.has_members
