@@ -25,6 +25,7 @@ help:
 	@echo "make softlabels train 3 digits teachers if missing, write $(STORE) (FORMAT=h5 for HDF5)"
 	@echo "make test       run the test suite"
 	@echo "make lint       ruff"
+	@echo "make bench      speed and accuracy on Fashion-MNIST (writes BENCHMARKS.md, bench/results.json)"
 	@echo "Variables: FORMAT=zarr|h5 TEMPERATURE=4 (or 1,2,4,8,20) ALPHA=0.1 EPOCHS=30 SEED=0"
 
 venv: $(STAMP)
@@ -38,8 +39,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check softlabels trainer tests
-	$(BIN)/ruff format --check softlabels trainer tests
+	$(BIN)/ruff check softlabels trainer tests bench
+	$(BIN)/ruff format --check softlabels trainer tests bench
 
 # ---- stage one -------------------------------------------------------------------------
 # Three teachers on the digits training split, with the plain supervised loop in trainer/.
@@ -72,6 +73,21 @@ distill: $(STORE) $(TEST_STORE)
 	  --model mlp --hidden 32 --epochs $(EPOCHS) --lr 3e-3 --seed $(SEED) \
 	  --temperature $(TEMPERATURE) --alpha $(ALPHA) \
 	  --out $(DIGITS)/students --results $(DIGITS)/results.json --overwrite $(QUIET)
+
+# ---- benchmarks (Fashion-MNIST; see BENCHMARKS.md) ---------------------------------------
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+bench: $(STAMP)
+	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$(FASHION_MNIST_DIR)" = /usr/share/datasets/fashion-mnist ]; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "Fashion-MNIST not found in $(FASHION_MNIST_DIR)."; \
+	    echo "Install it (Debian, as root): apt-get install dataset-fashion-mnist"; \
+	    echo "or download the four IDX files and run: make bench FASHION_MNIST_DIR=/path/to/them"; \
+	    exit 1; \
+	  fi; \
+	fi
+	$(BIN)/python -m bench.run --data $(FASHION_MNIST_DIR)
 
 clean:
 	rm -rf $(DIGITS)

@@ -216,13 +216,16 @@ def _slice(rows: Rows, start: int, stop: int) -> Rows:
     )
 
 
+TargetSource = HardLabelSource | InMemoryTargets | StreamingTargets
+
+
 def make_target_source(
     store: StoreReader | None,
     num_samples: int,
     batch_size: int,
     seed: int,
     memory_budget_bytes: int,
-) -> HardLabelSource | InMemoryTargets | StreamingTargets:
+) -> TargetSource:
     """In memory when the loaded store fits the budget, streamed otherwise."""
     if store is None:
         return HardLabelSource(num_samples, batch_size, seed)

@@ -32,7 +32,7 @@ from softlabels.models import build_model
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, import_callable, load_transfer
 from trainer import losses
-from trainer.data import TargetBatch, make_target_source, open_joined_store
+from trainer.data import TargetBatch, TargetSource, make_target_source, open_joined_store
 from trainer.evaluate import evaluate, teacher_log_probs
 
 LOSSES = ("hinton", "soft_ce", "logits", "soft_only")
@@ -244,34 +244,13 @@ def _run(
 
     for epoch in range(start_epoch, config.epochs):
         # ---- train one epoch
-        model.train()
-        seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
-        bar = tqdm(
-            total=len(data),
-            unit="samples",
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not config.progress,
-            leave=False,
+        train_loss, epoch_seconds = train_epoch(
+            config, model, optimizer, source, data, labels_all, store, epoch
         )
-        for batch in source.batches(epoch):
-            x = torch.from_numpy(data.gather(batch.positions))  # (B, *input_shape)
-            y = labels_all[batch.positions]  # (B,)
-            loss = batch_loss(config, store, model(x), y, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            bar.update(len(y))
-            bar.set_postfix(
-                loss=f"{loss_sum / seen:.4f}", rate=f"{seen / (time.perf_counter() - t0):.0f}/s"
-            )
-        bar.close()
-        epoch_seconds = time.perf_counter() - t0
         # ---- evaluate at T = 1 and checkpoint
         record: dict[str, Any] = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / seen,
+            "train_loss": train_loss,
             "epoch_seconds": epoch_seconds,
         }
         if eval_data is not None:
@@ -299,6 +278,38 @@ def _run(
         save_checkpoint(config.save, final)
     _plot(out, history)
     return RunResult(config, history, str(config.save or model_path))
+
+
+def train_epoch(
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    source: TargetSource,
+    data: TransferSet,
+    labels: torch.Tensor,
+    store: StoreReader | None,
+    epoch: int,
+) -> tuple[float, float]:
+    """One pass over ``source``'s batches. Returns (mean training loss, seconds)."""
+    model.train()
+    seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
+    desc = f"epoch {epoch + 1}/{config.epochs}"
+    bar = tqdm(total=len(data), unit="samples", desc=desc, disable=not config.progress, leave=False)
+    for step, batch in enumerate(source.batches(epoch)):
+        x = torch.from_numpy(data.gather(batch.positions))  # (B, *input_shape)
+        y = labels[batch.positions]  # (B,)
+        loss = batch_loss(config, store, model(x), y, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
+        loss_sum += float(loss.detach()) * len(y)
+        bar.update(len(y))
+        if step % 20 == 0:
+            rate = seen / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", rate=f"{rate:.0f}/s")
+    bar.close()
+    return loss_sum / seen, time.perf_counter() - t0
 
 
 def train_sweep(config: TrainConfig, temperatures: tuple[float, ...]) -> list[RunResult]:

@@ -1,0 +1,36 @@
+"""Smoke test: the benchmark code runs end to end at tiny size, so it cannot rot. No timing
+asserts: benchmarks are not tests."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+
+from bench.report import write_report
+from bench.run import QUICK, BenchConfig, run
+from tests.test_transfer import write_idx
+
+
+def test_bench_quick(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 300), ("t10k", 100)):
+        write_idx(
+            tmp_path / f"{prefix}-images-idx3-ubyte",
+            rng.integers(0, 255, (n, 28, 28), dtype=np.uint8),
+        )
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
+    c = replace(BenchConfig(data=str(tmp_path), work=str(tmp_path / "work"), quick=True), **QUICK)
+    res = run(c)
+    for key in ("stage2_over_ideal", "stream_over_ideal", "online_over_offline", "stage1_over_inference",
+                "sweep_over_online", "distilled_minus_hard", "distilled_minus_hard_std", "gap_closed",
+                "small_data_soft_minus_hard"):  # fmt: skip
+        assert key in res
+    assert len(res["storage"]) == 8 and res["synthetic_stream"]["rows"] == 20_000
+    assert res["speed"]["stream_budget_bytes"] < res["speed"]["store_float32_bytes"]
+    assert len(res["student_hard"]) == 2 and set(res["sweep"]) == {"1", "4"}
+    write_report(res, tmp_path, tmp_path / "BENCHMARKS.md")
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "stage2_over_ideal" in text and "smoke run" in text and (tmp_path / "sweep.png").exists()
+    json.dumps(res)
