@@ -52,9 +52,9 @@ class BenchConfig:
     teachers: int = 3
     teacher_channels: tuple[int, ...] = (32, 64)
     teacher_fc: int = 256
-    teacher_epochs: int = 4
+    teacher_epochs: int = 12
     student_hidden: tuple[int, ...] = (800, 800)
-    student_epochs: int = 10
+    student_epochs: int = 15
     speed_hidden: tuple[int, ...] = (64,)
     seeds: tuple[int, ...] = (0, 1, 2)
     temperature: float = 4.0
