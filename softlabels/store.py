@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from softlabels import schema
+from softlabels import faults, schema
 from softlabels.errors import (
     ChecksumError,
     IncompleteStoreError,
@@ -97,6 +97,8 @@ class _ZarrBackend:
         import zarr
 
         self._zarr = zarr
+        if mode == "r":
+            check_contained(path)
         try:
             self.group = zarr.open_group(path, mode=mode)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
@@ -170,7 +172,10 @@ class _HDF5Backend:
         self.path = path
 
     def attrs(self) -> dict[str, Any]:
-        return {k: schema.decode_h5_attr(k, v) for k, v in self.file.attrs.items()}
+        # Materialise first: h5py's items() generator holds its global lock while suspended, so
+        # abandoning it half-way (a decode error below) would deadlock the next h5py call.
+        raw = list(self.file.attrs.items())
+        return {k: schema.decode_h5_attr(k, v) for k, v in raw}
 
     def update_attrs(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -220,6 +225,25 @@ class _HDF5Backend:
 
     def nbytes_on_disk(self) -> int:
         return os.path.getsize(self.path)
+
+
+def check_contained(path: str) -> None:
+    """Refuse a Zarr directory with oversized metadata or links that lead outside it: a shared
+    store must not make a reader open (or a writer touch) files elsewhere on the machine."""
+    root = Path(path)
+    meta_file = root / "zarr.json"
+    if meta_file.is_file() and meta_file.stat().st_size > schema.MAX_ATTRS_BYTES:
+        raise StoreFormatError(
+            f"{path!r}: zarr.json is {meta_file.stat().st_size:,} bytes, over the "
+            f"{schema.MAX_ATTRS_BYTES:,}-byte limit for store metadata; refusing to parse it"
+        )
+    real_root = root.resolve()
+    for p in root.rglob("*"):
+        if p.is_symlink() and not p.resolve().is_relative_to(real_root):
+            raise StoreFormatError(
+                f"{path!r} contains a link {str(p.relative_to(root))!r} pointing outside the store "
+                f"({p.resolve()}); refusing to read it"
+            )
 
 
 def _backend(path: str | os.PathLike[str], mode: str) -> _ZarrBackend | _HDF5Backend:
@@ -294,16 +318,47 @@ class StoreReader:
                     f"rows [{start}, {stop}) touch uncommitted chunks {pending}"
                 )
         b = self._b
-        return Rows(
-            start=start,
-            logits=b.read(schema.LOGITS, start, stop),
-            member_logits=b.read(schema.MEMBER_LOGITS, start, stop) if self.has_members else None,
-            sample_index=b.read(schema.SAMPLE_INDEX, start, stop),
-            labels=b.read(schema.LABELS, start, stop),
-        )
+        try:
+            return Rows(
+                start=start,
+                logits=b.read(schema.LOGITS, start, stop),
+                member_logits=b.read(schema.MEMBER_LOGITS, start, stop)
+                if self.has_members
+                else None,
+                sample_index=b.read(schema.SAMPLE_INDEX, start, stop),
+                labels=b.read(schema.LABELS, start, stop),
+            )
+        except Exception as exc:  # codec or I/O failure inside zarr/h5py: the bytes are bad
+            raise StoreFormatError(
+                f"cannot decode rows [{start}, {stop}) of {self.path!r} ({type(exc).__name__}: {exc}); "
+                f"the store is corrupt: run `softlabels verify` and regenerate it"
+            ) from exc
 
     def read_chunk(self, chunk: int) -> Rows:
         return self.read(*self.meta.chunk_bounds(chunk))
+
+    def read_verified_chunk(self, chunk: int) -> Rows:
+        """A chunk whose bytes match its checksum (its journal entry, for an incomplete store
+        opened with allow_incomplete) and whose logits are all finite; raises otherwise."""
+        rows = self.read_chunk(chunk)
+        if self.meta.checksums is not None:
+            expected = self.meta.checksums[chunk]
+        else:
+            expected = bytes(self._b.read(schema.COMMIT_JOURNAL, chunk, chunk + 1)[0]).hex()
+        if chunk_checksum(rows) != expected:
+            raise ChecksumError(
+                f"chunk {chunk} of {self.path!r} does not match its checksum: the store is corrupt; "
+                f"run `softlabels verify` and regenerate it"
+            )
+        for arr in (rows.logits, rows.member_logits):
+            if arr is not None and not np.isfinite(arr).all():
+                bad = (
+                    np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))[:10] + rows.start
+                )
+                raise StoreFormatError(
+                    f"{self.path!r} holds NaN or Inf logits at rows {bad.tolist()}"
+                )
+        return rows
 
     def iter_chunks(self) -> Iterator[Rows]:
         for chunk in range(self.meta.num_chunks):
@@ -319,14 +374,19 @@ class StoreReader:
         return self._b.read(schema.LABELS, 0, self.meta.num_samples)
 
     def verify_checksums(self) -> list[int]:
-        """Indices of chunks whose data no longer matches the recorded checksum."""
+        """Indices of chunks whose data no longer matches the recorded checksum (or cannot be
+        decoded at all)."""
         if self.meta.checksums is None:
             raise IncompleteStoreError("store has no checksums yet: it was never finalised")
-        return [
-            c
-            for c, rows in enumerate(self.iter_chunks())
-            if chunk_checksum(rows) != self.meta.checksums[c]
-        ]
+        bad = []
+        for chunk in range(self.meta.num_chunks):
+            try:
+                ok = chunk_checksum(self.read_chunk(chunk)) == self.meta.checksums[chunk]
+            except StoreFormatError:
+                ok = False
+            if not ok:
+                bad.append(chunk)
+        return bad
 
 
 def check_sample_index(index: np.ndarray, num_samples: int) -> None:
@@ -467,9 +527,7 @@ class StoreWriter:
             _check_same_run(existing, meta)
             _check_arrays(backend, existing)
             if not backend.has(schema.COMMIT_JOURNAL):
-                raise StoreFormatError(
-                    f"{str(path)!r} has no commit journal; regenerate it with --overwrite"
-                )
+                _restore_journal(backend, existing)
         except Exception:
             backend.close()
             raise
@@ -504,12 +562,15 @@ class StoreWriter:
             arr = _rows_array(rows, name)
             if arr is not None:
                 self._b.write(name, start, arr)
+                faults.point("chunk_array")
         digest = chunk_checksum(rows)
         self._b.flush()
+        faults.point("chunk_data_written")
         self._b.write(
             schema.COMMIT_JOURNAL, chunk, np.frombuffer(bytes.fromhex(digest), np.uint8)[None]
         )
         self._b.flush()
+        faults.point("chunk_committed")
         return digest
 
     def finalize(self) -> StoreMeta:
@@ -522,8 +583,10 @@ class StoreWriter:
             )
         checksums = tuple(bytes(row).hex() for row in journal)
         self._b.update_attrs({schema.ATTR_CHECKSUMS: list(checksums)})
+        faults.point("finalize_checksums")
         self._b.delete(schema.COMMIT_JOURNAL)
         self._b.flush()
+        faults.point("finalize_journal_deleted")
         self._b.update_attrs({schema.ATTR_COMPLETE: True})
         self.meta = replace(self.meta, checksums=checksums, complete=True)
         return self.meta
@@ -557,6 +620,23 @@ class StoreWriter:
                     schema.COMMIT_JOURNAL, int(chunk), np.zeros((1, _DIGEST_BYTES), np.uint8)
                 )
         self._b.flush()
+
+
+def _restore_journal(backend: _ZarrBackend | _HDF5Backend, meta: StoreMeta) -> None:
+    """A writer killed inside ``finalize`` after deleting the journal left every chunk committed
+    and the digests in ``checksums``: rebuild the journal from them (``attach`` then re-verifies
+    every chunk against it)."""
+    if meta.checksums is None:
+        raise StoreFormatError(
+            f"{backend.path!r} has neither a commit journal nor checksums; regenerate it with --overwrite"
+        )
+    backend.create(
+        schema.COMMIT_JOURNAL, (meta.num_chunks, _DIGEST_BYTES), (1, _DIGEST_BYTES), "uint8", False
+    )
+    journal = np.stack([np.frombuffer(bytes.fromhex(c), np.uint8) for c in meta.checksums])
+    for chunk, row in enumerate(journal):
+        backend.write(schema.COMMIT_JOURNAL, chunk, row[None])
+    backend.flush()
 
 
 _RESUME_FIELDS = (
@@ -604,9 +684,3 @@ def remove_store(path: str | os.PathLike[str]) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
-
-
-def verify_chunk(reader: StoreReader, chunk: int) -> None:
-    rows = reader.read_chunk(chunk)
-    if reader.meta.checksums is None or chunk_checksum(rows) != reader.meta.checksums[chunk]:
-        raise ChecksumError(f"chunk {chunk} of {reader.path!r} does not match its checksum")

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from softlabels.errors import ChecksumError, IncompleteStoreError, MismatchError
-from softlabels.store import Rows, StoreReader, chunk_checksum, open_store
+from softlabels.errors import MismatchError
+from softlabels.store import Rows, StoreReader, open_store
 from softlabels.tools import check_transfer_matches
 from softlabels.transfer import TransferSet
 
@@ -73,18 +73,6 @@ def open_joined_store(path: str, transfer: TransferSet) -> StoreReader:
     return store
 
 
-def verified_chunk(store: StoreReader, chunk: int) -> Rows:
-    rows = store.read_chunk(chunk)
-    if store.meta.checksums is None:
-        raise IncompleteStoreError(f"{store.path!r} has no checksums")
-    if chunk_checksum(rows) != store.meta.checksums[chunk]:
-        raise ChecksumError(
-            f"chunk {chunk} of {store.path!r} does not match its checksum: the store is corrupt; "
-            f"run `softlabels verify` and regenerate it"
-        )
-    return rows
-
-
 def store_nbytes_in_memory(store: StoreReader) -> int:
     """float32 bytes of logits (+ member_logits) once loaded."""
     m = store.meta
@@ -127,7 +115,7 @@ class InMemoryTargets:
             else None
         )
         for chunk in range(m.num_chunks):
-            rows = verified_chunk(store, chunk)
+            rows = store.read_verified_chunk(chunk)
             self.logits[rows.sample_index] = rows.logits
             if self.members is not None:
                 self.members[rows.sample_index] = rows.member_logits
@@ -182,7 +170,7 @@ def _prefetch(store: StoreReader, groups: list[np.ndarray]) -> Iterator[Rows]:
     def work() -> None:
         try:
             for group in groups:
-                q.put(_concat([verified_chunk(store, int(c)) for c in group]))
+                q.put(_concat([store.read_verified_chunk(int(c)) for c in group]))
             q.put(None)
         except BaseException as exc:
             q.put(exc)
