@@ -263,5 +263,5 @@ def build_all(out: Path) -> dict[str, Path]:
 
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/stores/built")
-    for name, path in build_all(target).items():
+    for name in build_all(target):
         print(f"{name:34} {CASES.get(name, (None, 'valid control'))[1]}")
