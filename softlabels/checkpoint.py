@@ -36,12 +36,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate a checkpoint. Never unpickles arbitrary objects."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch.save zip, or a legacy pickle
+        raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line), "")
         raise CheckpointError(
-            f"refusing to load {str(path)!r}: it holds objects other than tensors and plain data "
-            f"(weights-only load failed: {str(exc).splitlines()[0]})"
+            f"refusing to load {str(path)!r}: it holds objects other than tensors and plain data, "
+            f"which could run code on load. {reason}".strip()
         ) from exc
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {exc}") from exc

@@ -28,7 +28,7 @@ class FriendlyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (SoftLabelsError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        except (SoftLabelsError, OSError) as exc:
             raise click.ClickException(str(exc)) from exc
 
 

@@ -226,4 +226,7 @@ class _BackgroundWriter:
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise SoftLabelsError(f"writing the store failed: {self._error}") from self._error
+            raise SoftLabelsError(
+                f"writing the store failed: {self._error}. Chunks committed so far are kept and the "
+                f"store is marked incomplete; fix the cause (e.g. free disk space) and rerun with --resume"
+            ) from self._error

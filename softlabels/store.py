@@ -446,7 +446,8 @@ def _check_arrays(backend: _ZarrBackend | _HDF5Backend, meta: StoreMeta) -> None
 
 def _journal_committed(backend: _ZarrBackend | _HDF5Backend, meta: StoreMeta) -> np.ndarray:
     if not backend.has(schema.COMMIT_JOURNAL):
-        return np.zeros(meta.num_chunks, dtype=bool)
+        # no journal: either never written, or deleted inside finalize after checksums were set
+        return np.full(meta.num_chunks, meta.checksums is not None, dtype=bool)
     journal = backend.read(schema.COMMIT_JOURNAL, 0, meta.num_chunks)
     return journal.any(axis=1)
 

@@ -87,3 +87,22 @@ class TinyDataset(torch.utils.data.Dataset):
 
 def tiny_dataset(split: str = "train") -> TinyDataset:
     return TinyDataset(split)
+
+
+class _SlowStudent(nn.Module):
+    """A small MLP that sleeps 20 ms per training batch, so that kills land mid-epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            time.sleep(0.02)
+        return self.net(x)
+
+
+def slow_student() -> nn.Module:
+    return _SlowStudent()

@@ -30,6 +30,10 @@ class CompareConfig:
 def compare(config: CompareConfig) -> dict[str, Any]:
     base = config.base
     out = Path(base.out)
+    # Check every input before training anything, so a bad store never leaves half a comparison.
+    for t in config.temperatures:
+        replace(base, temperature=t).validate()
+    open_joined_store(base.store, load_transfer(base.transfer, base.split)).close()
     teachers = _teacher_rows(base)
     hard = train(replace(base, store=None, out=str(out / "hard")))
     distilled = train_sweep(replace(base, out=str(out / "distilled")), config.temperatures)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from softlabels import faults
 from softlabels.checkpoint import load_checkpoint, save_checkpoint
 from softlabels.ensemble import replay_log_probs
 from softlabels.errors import SoftLabelsError
@@ -262,6 +263,7 @@ def _run(
                    "rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history, "config": _comparable(config)}  # fmt: skip
         save_checkpoint(out / "last.pt", payload)
         _write_metrics(out, history)
+        faults.point("epoch_end")
         if config.progress:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
             tqdm.write(json.dumps(shown))
