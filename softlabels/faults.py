@@ -1,4 +1,5 @@
-"""Fault injection for the reliability tests (RELIABILITY.md). Inert unless the environment
+"""Fault injection for the reliability tests (RELIABILITY.md). SOFTLABELS_FAULT_RANK=R limits
+the fault to the torchrun rank R. Inert unless the environment
 variable SOFTLABELS_FAULT is set, as ``POINT:N`` (SIGKILL this process the N-th time it passes
 POINT) or ``POINT:N:enospc`` (raise a "no space left on device" OSError there instead).
 
@@ -24,6 +25,9 @@ def point(name: str) -> None:
         return
     target, _, rest = spec.partition(":")
     if target != name:
+        return
+    only_rank = os.environ.get(ENV + "_RANK")  # under torchrun: fault one rank only
+    if only_rank is not None and os.environ.get("RANK", "0") != only_rank:
         return
     when, _, action = rest.partition(":")
     _passes[name] = _passes.get(name, 0) + 1

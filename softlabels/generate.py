@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from softlabels import __version__, schema
+from softlabels.distributed import Dist, init_from_env, shutdown
 from softlabels.ensemble import combined_logits, normalise_weights
 from softlabels.errors import MismatchError, NonFiniteLogitsError, SoftLabelsError, TeacherError
 from softlabels.schema import StoreMeta, TransferInfo
@@ -67,30 +68,59 @@ class GenerateConfig:
 
 
 def generate(config: GenerateConfig) -> StoreMeta:
-    """Write (or finish, with ``resume``) the store described by ``config``. Returns its metadata."""
+    """Write (or finish, with ``resume``) the store described by ``config``. Returns its metadata.
+
+    Under ``torchrun`` each rank runs the teachers on the chunks c with c % world == rank and
+    writes them straight into the one Zarr store; rank 0 creates (or verifies, on resume) the
+    store first and finalises it after every rank has committed.
+    """
     config.validate()
-    teachers = [load_teacher(spec) for spec in config.teachers]
-    transfer = load_transfer(config.transfer, config.split)
-    num_classes = probe_num_classes(teachers, transfer)
-    meta = build_meta(config, teachers, transfer, num_classes)
+    d = init_from_env()
+    try:
+        if d.world > 1 and store_kind(config.out) != "zarr":
+            raise SoftLabelsError(
+                "distributed generation writes Zarr: use --out PATH.zarr, then `softlabels convert "
+                "PATH.zarr PATH.h5` for an HDF5 copy"
+            )
+        teachers = [load_teacher(spec) for spec in config.teachers]
+        transfer = load_transfer(config.transfer, config.split)
+        num_classes = probe_num_classes(teachers, transfer)
+        meta = build_meta(config, teachers, transfer, num_classes)
+        writer = d.collective(lambda: _open_writer(config, meta) if d.is_main else None)
+        if not d.is_main:
+            writer = StoreWriter.attach(config.out, meta, verify=False)
+        with writer:
+            d.collective(lambda: _write_pending(config, writer, teachers, transfer, d))
+            return d.collective(lambda: writer.finalize() if d.is_main else writer.meta)
+    finally:
+        shutdown(d)
+
+
+def _open_writer(config: GenerateConfig, meta: StoreMeta) -> StoreWriter:
     if config.resume:
-        writer = StoreWriter.attach(config.out, meta)
-    else:
-        writer = StoreWriter.create(
-            config.out, meta, compress=config.compress, overwrite=config.overwrite
-        )
-    with writer:
-        pending = writer.pending_chunks()
-        rows_left = sum(stop - start for start, stop in map(meta.chunk_bounds, pending))
-        bar = tqdm(
-            total=rows_left, unit="samples", desc="teacher logits", disable=not config.progress
-        )
-        with bar, _BackgroundWriter(writer) as background:
-            for chunk in pending:
-                rows = compute_chunk(teachers, transfer, meta, chunk, config.batch_size)
-                background.put(chunk, rows)
-                bar.update(len(rows.logits))
-        return writer.finalize()
+        return StoreWriter.attach(config.out, meta)
+    return StoreWriter.create(
+        config.out, meta, compress=config.compress, overwrite=config.overwrite
+    )
+
+
+def _write_pending(
+    config: GenerateConfig,
+    writer: StoreWriter,
+    teachers: list[Teacher],
+    transfer: TransferSet,
+    d: Dist,
+) -> None:
+    meta = writer.meta
+    pending = [c for c in writer.pending_chunks() if c % d.world == d.rank]
+    rows_left = sum(stop - start for start, stop in map(meta.chunk_bounds, pending))
+    desc = "teacher logits" if d.world == 1 else f"teacher logits (rank {d.rank}/{d.world})"
+    bar = tqdm(total=rows_left, unit="samples", desc=desc, disable=not config.progress)
+    with bar, _BackgroundWriter(writer) as background:
+        for chunk in pending:
+            rows = compute_chunk(teachers, transfer, meta, chunk, config.batch_size)
+            background.put(chunk, rows)
+            bar.update(len(rows.logits))
 
 
 def probe_num_classes(teachers: list[Teacher], transfer: TransferSet) -> int:

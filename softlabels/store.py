@@ -97,14 +97,18 @@ class _ZarrBackend:
         import zarr
 
         self._zarr = zarr
-        if mode == "r":
+        if mode == "r" and not is_url(path):
             check_contained(path)
         try:
-            self.group = zarr.open_group(path, mode=mode)
+            # use_consolidated=False: zarr.json files are the only metadata; remote reads open
+            # each node's zarr.json by name and never need a directory listing.
+            self.group = zarr.open_group(path, mode=mode, use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
             raise StoreNotFoundError(f"no Zarr store at {path!r}") from exc
         except (ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
             raise StoreFormatError(f"{path!r} is not a readable Zarr v3 group: {exc}") from exc
+        except OSError as exc:
+            raise StoreNotFoundError(f"cannot open the Zarr store at {path!r}: {exc}") from exc
         self.path = path
 
     def attrs(self) -> dict[str, Any]:
@@ -114,7 +118,11 @@ class _ZarrBackend:
         self.group.attrs.update(values)
 
     def has(self, name: str) -> bool:
-        return name in set(self.group.array_keys())
+        try:  # a direct lookup of NAME/zarr.json: no listing, so it works over HTTP too
+            node = self.group[name]
+        except KeyError:
+            return False
+        return isinstance(node, self._zarr.Array)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.group[name].shape)
@@ -150,7 +158,9 @@ class _ZarrBackend:
     def close(self) -> None:
         pass
 
-    def nbytes_on_disk(self) -> int:
+    def nbytes_on_disk(self) -> int | None:
+        if is_url(self.path):
+            return None  # remote stores are not listed
         return sum(p.stat().st_size for p in Path(self.path).rglob("*") if p.is_file())
 
 
@@ -246,9 +256,19 @@ def check_contained(path: str) -> None:
             )
 
 
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """fsspec-style URLs (http://, s3://, memory://, ...) as opposed to local paths."""
+    return "://" in str(path)
+
+
 def _backend(path: str | os.PathLike[str], mode: str) -> _ZarrBackend | _HDF5Backend:
     kind = store_kind(path)
-    if mode == "r" and not os.path.exists(path):
+    if is_url(path) and kind != "zarr":
+        raise StoreFormatError(
+            f"{str(path)!r}: remote stores must be Zarr (one object per chunk); convert the HDF5 "
+            f"file with `softlabels convert` and publish the .zarr"
+        )
+    if mode == "r" and not is_url(path) and not os.path.exists(path):
         raise StoreNotFoundError(
             f"no store at {str(path)!r}: check the path, or create it with `softlabels generate`"
         )
@@ -510,13 +530,15 @@ class StoreWriter:
         return cls(backend, meta)
 
     @classmethod
-    def attach(cls, path: str | os.PathLike[str], meta: StoreMeta) -> StoreWriter:
+    def attach(
+        cls, path: str | os.PathLike[str], meta: StoreMeta, *, verify: bool = True
+    ) -> StoreWriter:
         """Open an existing incomplete store for writing; its metadata must match ``meta``.
 
         Committed chunks whose data no longer matches their journal entry are un-committed, so
         they are rewritten.
         """
-        if not os.path.exists(path):
+        if not is_url(path) and not os.path.exists(path):
             raise StoreNotFoundError(f"nothing to resume at {str(path)!r}; run without --resume")
         backend = _backend(path, "r+")
         try:
@@ -533,7 +555,8 @@ class StoreWriter:
             backend.close()
             raise
         writer = cls(backend, existing)
-        writer._drop_corrupt_commits()
+        if verify:  # one process verifies; in a process group the other ranks skip it
+            writer._drop_corrupt_commits()
         return writer
 
     def __enter__(self) -> StoreWriter:

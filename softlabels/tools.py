@@ -71,7 +71,7 @@ def inspect_store(path: str) -> dict[str, Any]:
             "num_classes": meta.num_classes,
             "class_names": list(meta.class_names),
             "size_on_disk_bytes": size,
-            "bytes_per_sample": size / meta.num_samples,
+            "bytes_per_sample": None if size is None else size / meta.num_samples,
             "combine": meta.combine,
             "weights": list(meta.weights),
             "teachers": [
@@ -101,8 +101,11 @@ def format_inspect(info: dict[str, Any]) -> str:
         f"  dtype           {info['dtype']}",
     ]
     lines += [f"  {name:<15} {tuple(shape)}" for name, shape in info["arrays"].items()]
+    size = info["size_on_disk_bytes"]
     lines += [
-        f"  size on disk    {info['size_on_disk_bytes']:,} bytes ({info['bytes_per_sample']:.1f} bytes/sample)",
+        f"  size on disk    {size:,} bytes ({info['bytes_per_sample']:.1f} bytes/sample)"
+        if size is not None
+        else "  size on disk    unknown (remote store; sizes are not listed)",
         f"  combine         {info['combine']}  weights {[f'{w:.4g}' for w in info['weights']]}",
     ]
     for i, t in enumerate(info["teachers"]):

@@ -91,39 +91,63 @@ def _batches_from(
         )
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the data under torchrun: chunks (or, without a store, transfer
+    positions) c with c % world == rank. The default is everything."""
+
+    rank: int = 0
+    world: int = 1
+
+    def take(self, items: np.ndarray) -> np.ndarray:
+        return items[items % self.world == self.rank]
+
+    def rows_per_rank(self, meta_chunk_rows: int, num_samples: int) -> list[int]:
+        """Rows each rank gets when whole chunks of ``meta_chunk_rows`` rows are dealt out."""
+        sizes = np.diff(
+            np.minimum(np.arange(0, num_samples + meta_chunk_rows, meta_chunk_rows), num_samples)
+        )
+        sizes = sizes[sizes > 0]
+        return [int(sizes[r :: self.world].sum()) for r in range(self.world)]
+
+
 class HardLabelSource:
     """No store: shuffled positions only (teachers and hard-label baselines)."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int) -> None:
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, shard: Shard = Shard()
+    ) -> None:
+        self.positions = shard.take(np.arange(num_samples))
+        self.batch_size, self.seed = batch_size, seed
 
     def batches(self, epoch: int) -> Iterator[TargetBatch]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        order = self.positions[
+            np.random.default_rng([self.seed, epoch]).permutation(len(self.positions))
+        ]
         return _batches_from(order, None, None, self.batch_size)
 
 
 class InMemoryTargets:
-    """The whole store in memory, indexed by transfer position."""
+    """The store (or this rank's shard of its chunks) in memory, rows sorted by transfer position.
 
-    def __init__(self, store: StoreReader, batch_size: int, seed: int) -> None:
-        m = store.meta
+    For a whole store, ``logits[i]`` is the row of transfer position i.
+    """
+
+    def __init__(
+        self, store: StoreReader, batch_size: int, seed: int, shard: Shard = Shard()
+    ) -> None:
         self.batch_size, self.seed = batch_size, seed
-        self.logits = np.empty((m.num_samples, m.num_classes), dtype=np.float32)
-        self.members = (
-            np.empty((m.num_samples, m.num_members, m.num_classes), dtype=np.float32)
-            if store.has_members
-            else None
-        )
-        for chunk in range(m.num_chunks):
-            rows = store.read_verified_chunk(chunk)
-            self.logits[rows.sample_index] = rows.logits
-            if self.members is not None:
-                self.members[rows.sample_index] = rows.member_logits
+        chunks = shard.take(np.arange(store.meta.num_chunks))
+        rows = _concat([store.read_verified_chunk(int(c)) for c in chunks])
+        by_position = np.argsort(rows.sample_index, kind="stable")
+        self.positions = rows.sample_index[by_position]
+        self.logits = rows.logits[by_position]
+        self.members = None if rows.member_logits is None else rows.member_logits[by_position]
 
     def batches(self, epoch: int) -> Iterator[TargetBatch]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.logits))
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.positions))
         members = None if self.members is None else self.members[order]
-        return _batches_from(order, self.logits[order], members, self.batch_size)
+        return _batches_from(self.positions[order], self.logits[order], members, self.batch_size)
 
 
 class StreamingTargets:
@@ -132,13 +156,20 @@ class StreamingTargets:
     Peak memory is about 2 * buffer_chunks chunks (the buffer in use and the one prefetched).
     """
 
-    def __init__(self, store: StoreReader, batch_size: int, seed: int, buffer_chunks: int) -> None:
-        self.store, self.batch_size, self.seed = store, batch_size, seed
+    def __init__(
+        self,
+        store: StoreReader,
+        batch_size: int,
+        seed: int,
+        buffer_chunks: int,
+        shard: Shard = Shard(),
+    ) -> None:
+        self.store, self.batch_size, self.seed, self.shard = store, batch_size, seed, shard
         self.buffer_chunks = max(1, buffer_chunks)
 
     def batches(self, epoch: int) -> Iterator[TargetBatch]:
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(self.store.meta.num_chunks)
+        order = self.shard.take(rng.permutation(self.store.meta.num_chunks))
         groups = [
             order[i : i + self.buffer_chunks] for i in range(0, len(order), self.buffer_chunks)
         ]
@@ -213,14 +244,26 @@ def make_target_source(
     batch_size: int,
     seed: int,
     memory_budget_bytes: int,
+    shard: Shard = Shard(),
 ) -> TargetSource:
     """In memory when the loaded store fits the budget, streamed otherwise."""
     if store is None:
-        return HardLabelSource(num_samples, batch_size, seed)
-    need = store_nbytes_in_memory(store)
+        return HardLabelSource(num_samples, batch_size, seed, shard)
+    need = store_nbytes_in_memory(store) / shard.world
     if need <= memory_budget_bytes:
-        return InMemoryTargets(store, batch_size, seed)
-    chunk_bytes = need / store.meta.num_chunks
-    return StreamingTargets(
-        store, batch_size, seed, buffer_chunks=int(memory_budget_bytes // (2 * chunk_bytes))
-    )
+        return InMemoryTargets(store, batch_size, seed, shard)
+    chunk_bytes = store_nbytes_in_memory(store) / store.meta.num_chunks
+    buffer_chunks = int(memory_budget_bytes // (2 * chunk_bytes))
+    return StreamingTargets(store, batch_size, seed, buffer_chunks=buffer_chunks, shard=shard)
+
+
+def steps_per_epoch(
+    store: StoreReader | None, num_samples: int, batch_size: int, shard: Shard
+) -> int:
+    """Batches every rank can take each epoch: the smallest shard's count, so that ranks stay in
+    step (DDP needs the same number of backward passes on every rank)."""
+    if store is None:
+        rows = [len(Shard(r, shard.world).take(np.arange(num_samples))) for r in range(shard.world)]
+    else:
+        rows = shard.rows_per_rank(store.meta.chunk_rows, store.meta.num_samples)
+    return min(-(-n // batch_size) for n in rows)

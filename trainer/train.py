@@ -23,17 +23,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from softlabels import faults
 from softlabels.checkpoint import load_checkpoint, save_checkpoint
+from softlabels.distributed import Dist, init_from_env, shutdown
 from softlabels.ensemble import replay_log_probs
 from softlabels.errors import SoftLabelsError
 from softlabels.models import build_model
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, import_callable, load_transfer
 from trainer import losses
-from trainer.data import TargetBatch, TargetSource, make_target_source, open_joined_store
+from trainer.data import (
+    Shard,
+    TargetBatch,
+    TargetSource,
+    make_target_source,
+    open_joined_store,
+    steps_per_epoch,
+)
 from trainer.evaluate import evaluate, teacher_log_probs
 
 LOSSES = ("hinton", "soft_ce", "logits", "soft_only")
@@ -189,6 +198,10 @@ def _prepare_out(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig) -> RunResult:
+    """Train one model. Under ``torchrun`` this is distributed data-parallel: each rank reads only
+    its shard of the store's chunks, takes batch_size / world rows per step, and gradients are
+    averaged, so a step sees a global batch of ``batch_size`` as in a single process. Rank 0
+    evaluates, checkpoints and writes the outputs."""
     config.validate()
     data = load_transfer(config.transfer, config.split)
     eval_data = load_transfer(config.transfer, config.eval_split) if config.eval_split else None
@@ -196,12 +209,14 @@ def train(config: TrainConfig) -> RunResult:
     eval_store = (
         open_joined_store(config.eval_store, eval_data) if config.eval_store and eval_data else None
     )
+    d = init_from_env()
     try:
-        return _run(config, data, eval_data, store, eval_store)
+        return _run(config, data, eval_data, store, eval_store, d)
     finally:
         for s in (store, eval_store):
             if s is not None:
                 s.close()
+        shutdown(d)
 
 
 def _run(
@@ -210,25 +225,37 @@ def _run(
     eval_data: TransferSet | None,
     store: StoreReader | None,
     eval_store: StoreReader | None,
+    d: Dist,
 ) -> RunResult:
     if store is None and not data.has_labels:
         raise SoftLabelsError(
             f"transfer set {data.name!r} has no labels; give --store to train on soft targets"
         )
+    if config.batch_size % d.world:
+        raise SoftLabelsError(
+            f"--batch-size {config.batch_size} must divide evenly over {d.world} processes"
+        )
+    if store is not None and store.meta.num_chunks < d.world:
+        raise SoftLabelsError(
+            f"the store has {store.meta.num_chunks} chunk(s), fewer than the {d.world} processes; "
+            f"regenerate it with a smaller --chunk-rows"
+        )
     num_classes = (
         store.meta.num_classes if store else (data.num_classes or int(data.labels.max()) + 1)
     )
-    out = _prepare_out(config)
-    (out / "config.json").write_text(json.dumps(_comparable(config), indent=2))
+    out = d.collective(lambda: _prepare_out(config) if d.is_main else Path(config.out))
+    if d.is_main:
+        (out / "config.json").write_text(json.dumps(_comparable(config), indent=2))
 
     torch.manual_seed(config.seed)
     model, arch = build_student(config, data.input_shape, num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    source = make_target_source(
-        store, len(data), config.batch_size, config.seed, int(config.memory_budget_mb * 2**20)
-    )
+    shard, rank_batch = Shard(d.rank, d.world), config.batch_size // d.world
+    budget = int(config.memory_budget_mb * 2**20)
+    source = make_target_source(store, len(data), rank_batch, config.seed, budget, shard)
+    steps = steps_per_epoch(store, len(data), rank_batch, shard) if d.world > 1 else None
     labels_all = torch.from_numpy(data.label_array())
-    teacher_eval = teacher_log_probs(eval_store) if eval_store is not None else None
+    teacher_eval = teacher_log_probs(eval_store) if eval_store is not None and d.is_main else None
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -242,43 +269,48 @@ def _run(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
+    net = DistributedDataParallel(model) if d.world > 1 else model  # averages gradients
 
     for epoch in range(start_epoch, config.epochs):
         # ---- train one epoch
         train_loss, epoch_seconds = train_epoch(
-            config, model, optimizer, source, data, labels_all, store, epoch
+            config, net, optimizer, source, data, labels_all, store, epoch, max_steps=steps
         )
-        # ---- evaluate at T = 1 and checkpoint
+        # ---- evaluate at T = 1 and checkpoint (rank 0)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "epoch_seconds": epoch_seconds,
         }
-        if eval_data is not None:
-            record.update(
-                {f"eval_{k}": v for k, v in evaluate(model, eval_data, teacher_eval).items()}
-            )
-        history.append(record)
-        payload = {"arch": arch or {}, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history, "config": _comparable(config)}  # fmt: skip
-        save_checkpoint(out / "last.pt", payload)
-        _write_metrics(out, history)
-        faults.point("epoch_end")
-        if config.progress:
-            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
-            tqdm.write(json.dumps(shown))
+        if d.is_main:
+            if eval_data is not None:
+                record.update(
+                    {f"eval_{k}": v for k, v in evaluate(model, eval_data, teacher_eval).items()}
+                )
+            history.append(record)
+            payload = {"arch": arch or {}, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history, "config": _comparable(config)}  # fmt: skip
+            save_checkpoint(out / "last.pt", payload)
+            _write_metrics(out, history)
+            faults.point("epoch_end")
+            if config.progress:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+                tqdm.write(json.dumps(shown))
+        history = d.broadcast(history)
 
     model_path = out / "model.pt"
-    final = {
-        "arch": arch or {},
-        "model": model.state_dict(),
-        "config": _comparable(config),
-        "metrics": history[-1],
-    }
-    save_checkpoint(model_path, final)
-    if config.save:
-        save_checkpoint(config.save, final)
-    _plot(out, history)
+    if d.is_main:
+        final = {
+            "arch": arch or {},
+            "model": model.state_dict(),
+            "config": _comparable(config),
+            "metrics": history[-1],
+        }
+        save_checkpoint(model_path, final)
+        if config.save:
+            save_checkpoint(config.save, final)
+        _plot(out, history)
+    d.barrier()
     return RunResult(config, history, str(config.save or model_path))
 
 
@@ -291,13 +323,17 @@ def train_epoch(
     labels: torch.Tensor,
     store: StoreReader | None,
     epoch: int,
+    max_steps: int | None = None,
 ) -> tuple[float, float]:
-    """One pass over ``source``'s batches. Returns (mean training loss, seconds)."""
+    """One pass over ``source``'s batches (at most ``max_steps``). Returns (mean training loss,
+    seconds)."""
     model.train()
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
     desc = f"epoch {epoch + 1}/{config.epochs}"
     bar = tqdm(total=len(data), unit="samples", desc=desc, disable=not config.progress, leave=False)
     for step, batch in enumerate(source.batches(epoch)):
+        if max_steps is not None and step >= max_steps:
+            break
         x = torch.from_numpy(data.gather(batch.positions))  # (B, *input_shape)
         y = labels[batch.positions]  # (B,)
         loss = batch_loss(config, store, model(x), y, batch)

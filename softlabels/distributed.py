@@ -1,0 +1,70 @@
+"""Multi-process support through PyTorch's own runtime: launch with ``torchrun``, which sets
+RANK and WORLD_SIZE; the gloo backend works on CPUs (set SOFTLABELS_DIST_BACKEND=nccl on GPUs).
+Outside torchrun everything here is a no-op with world size 1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch.distributed as dist
+
+from softlabels.errors import SoftLabelsError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def collective(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on this rank; then every rank learns whether any rank failed, so no rank is
+        left waiting at a barrier for one that died with an error."""
+        if self.world == 1:
+            return fn()
+        try:
+            result, error = fn(), None
+        except Exception as exc:  # re-raised below, after the other ranks have heard of it
+            result, error = None, exc
+        errors: list[str | None] = [None] * self.world
+        dist.all_gather_object(errors, None if error is None else str(error))
+        if error is not None:
+            raise error
+        failed = [(r, e) for r, e in enumerate(errors) if e]
+        if failed:
+            raise SoftLabelsError(f"rank {failed[0][0]} failed: {failed[0][1]}")
+        return result  # type: ignore[return-value]
+
+
+def init_from_env() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend=os.environ.get("SOFTLABELS_DIST_BACKEND", "gloo"))
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def shutdown(d: Dist) -> None:
+    if d.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
