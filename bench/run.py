@@ -35,6 +35,7 @@ from trainer import losses
 from trainer.data import (
     InMemoryTargets,
     StreamingTargets,
+    buffer_chunks_for,
     open_joined_store,
     store_nbytes_in_memory,
 )
@@ -130,21 +131,24 @@ def make_store(
 # Speed.
 
 
-def bare_inference_seconds(teacher_path: Path, data: TransferSet, batch_size: int = 256) -> float:
-    model, _ = load_model(teacher_path)
+def bare_inference_seconds(teacher_path: Path, transfer: str, batch_size: int = 256) -> float:
+    """The work any teacher inference must do: load the checkpoint and the inputs, then run the
+    forward pass batch by batch. `generate` does this plus fingerprinting, combining and writing."""
     t0 = time.perf_counter()
+    model, _ = load_model(teacher_path)
+    data = load_transfer(transfer, "train")
     with torch.inference_mode():
         for s in range(0, len(data), batch_size):
             model(torch.from_numpy(data.take(s, min(s + batch_size, len(data)))))
     return time.perf_counter() - t0
 
 
-def stage1_ratio(c: BenchConfig, data: TransferSet) -> dict[str, Any]:
-    """generate (one teacher, its checkpoint loaded by the CLI path) vs the bare forward pass."""
+def stage1_ratio(c: BenchConfig) -> dict[str, Any]:
+    """generate (one teacher) vs bare inference, alternating, same batch size."""
     teacher = teacher_paths(c)[0]
     bare, gen = [], []
     for _ in range(c.stage1_repeats):
-        bare.append(bare_inference_seconds(teacher, data))
+        bare.append(bare_inference_seconds(teacher, c.transfer))
         gen.append(make_store(c, "stage1-probe.zarr", [teacher])[1])
     return {"bare_seconds": bare, "generate_seconds": gen,
             "stage1_over_inference": statistics.median(gen) / statistics.median(bare)}  # fmt: skip
@@ -163,9 +167,8 @@ def speed_ratios(
     with open_joined_store(str(store_path), data) as store:
         memory = InMemoryTargets(store, c.batch_size, seed=0)
         budget = store_nbytes_in_memory(store) // 4  # a quarter of the store: it must stream
-        chunk_bytes = store_nbytes_in_memory(store) / store.meta.num_chunks
         stream = StreamingTargets(
-            store, c.batch_size, seed=0, buffer_chunks=max(1, int(budget // (2 * chunk_bytes)))
+            store, c.batch_size, seed=0, buffer_chunks=buffer_chunks_for(store, budget)
         )
         ideal_logits = torch.from_numpy(memory.logits.copy())
         feeds = {
@@ -384,7 +387,7 @@ def run(c: BenchConfig) -> dict[str, Any]:
         res["store_bytes_per_sample"] = s.nbytes_on_disk() / s.meta.num_samples
 
     log("speed: stage one vs bare inference")
-    res["stage1"] = stage1_ratio(c, data)
+    res["stage1"] = stage1_ratio(c)
     log("speed: student epoch times (ideal / in memory / streamed / hard / online)")
     res["speed"] = speed_ratios(c, data, single, teacher_paths(c)[0])
     log("speed: storage matrix")

@@ -16,7 +16,7 @@ import numpy as np
 
 from softlabels.schema import StoreMeta, TeacherInfo, TransferInfo
 from softlabels.store import Rows, StoreWriter, open_store
-from trainer.data import StreamingTargets, store_nbytes_in_memory
+from trainer.data import StreamingTargets, buffer_chunks_for, store_nbytes_in_memory
 
 CHUNK_ROWS = 8192
 
@@ -44,8 +44,7 @@ def write(path: str, rows: int, classes: int) -> dict[str, float]:
 
 def stream(path: str, budget_mb: float, batch_size: int) -> dict[str, float]:
     with open_store(path) as store:
-        chunk_bytes = store_nbytes_in_memory(store) / store.meta.num_chunks
-        buffer_chunks = max(1, int(budget_mb * 2**20 // (2 * chunk_bytes)))
+        buffer_chunks = buffer_chunks_for(store, budget_mb * 2**20)
         loader = StreamingTargets(store, batch_size=batch_size, seed=0, buffer_chunks=buffer_chunks)
         t0 = time.perf_counter()
         seen = sum(len(b.positions) for b in loader.batches(0))

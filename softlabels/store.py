@@ -110,6 +110,12 @@ class _ZarrBackend:
         except OSError as exc:
             raise StoreNotFoundError(f"cannot open the Zarr store at {path!r}: {exc}") from exc
         self.path = path
+        self._arrays: dict[str, Any] = {}  # opening an array reads its zarr.json: do it once
+
+    def _array(self, name: str) -> Any:
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     def attrs(self) -> dict[str, Any]:
         return dict(self.group.attrs)
@@ -119,19 +125,19 @@ class _ZarrBackend:
 
     def has(self, name: str) -> bool:
         try:  # a direct lookup of NAME/zarr.json: no listing, so it works over HTTP too
-            node = self.group[name]
+            node = self._array(name)
         except KeyError:
             return False
         return isinstance(node, self._zarr.Array)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.group[name].shape)
+        return tuple(self._array(name).shape)
 
     def dtype(self, name: str) -> np.dtype:
-        return np.dtype(self.group[name].dtype)
+        return np.dtype(self._array(name).dtype)
 
     def chunk_rows(self, name: str) -> int:
-        return int(self.group[name].chunks[0])
+        return int(self._array(name).chunks[0])
 
     def create(
         self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, compress: bool
@@ -144,12 +150,13 @@ class _ZarrBackend:
         )
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.group[name][start:stop])
+        return np.asarray(self._array(name)[start:stop])
 
     def write(self, name: str, start: int, data: np.ndarray) -> None:
-        self.group[name][start : start + len(data)] = data
+        self._array(name)[start : start + len(data)] = data
 
     def delete(self, name: str) -> None:
+        self._arrays.pop(name, None)
         del self.group[name]
 
     def flush(self) -> None:

@@ -153,7 +153,8 @@ class InMemoryTargets:
 class StreamingTargets:
     """Chunk-aware streaming: shuffled chunk order, shuffle within a buffer, background prefetch.
 
-    Peak memory is about 2 * buffer_chunks chunks (the buffer in use and the one prefetched).
+    Peak memory is about 3 * buffer_chunks chunks as float32: the buffer in use, the one queued,
+    and the one being read.
     """
 
     def __init__(
@@ -173,25 +174,42 @@ class StreamingTargets:
         groups = [
             order[i : i + self.buffer_chunks] for i in range(0, len(order), self.buffer_chunks)
         ]
-        carry: Rows | None = None
+        b = self.batch_size
+        carry: TargetBatch | None = None  # fewer than b rows left over from the last buffer
         for rows in _prefetch(self.store, groups):
-            if carry is not None:
-                rows = _concat([carry, rows])
             perm = rng.permutation(len(rows.logits))
-            full = len(perm) - len(perm) % self.batch_size
-            members = None if rows.member_logits is None else rows.member_logits[perm]
-            shuffled = Rows(
-                0, rows.logits[perm], members, rows.sample_index[perm], rows.labels[perm]
-            )
-            yield from _batches_from(
-                shuffled.sample_index[:full],
-                shuffled.logits[:full],
-                None if members is None else members[:full],
-                self.batch_size,
-            )
-            carry = _slice(shuffled, full, len(perm)) if full < len(perm) else None
+            start = 0
+            if carry is not None:  # top the leftover up to a full batch from this buffer
+                start = min(b - len(carry.positions), len(perm))
+                carry = _join(carry, _take(rows, perm[:start]))
+                if len(carry.positions) == b:
+                    yield carry
+                    carry = None
+            stop = start + (len(perm) - start) // b * b
+            for s in range(start, stop, b):  # index per batch: no shuffled copy of the buffer
+                yield _take(rows, perm[s : s + b])
+            if stop < len(perm):
+                carry = (
+                    _take(rows, perm[stop:])
+                    if carry is None
+                    else _join(carry, _take(rows, perm[stop:]))
+                )
         if carry is not None:
-            yield TargetBatch(carry.sample_index, carry.logits, carry.member_logits)
+            yield carry
+
+
+def _take(rows: Rows, idx: np.ndarray) -> TargetBatch:
+    members = None if rows.member_logits is None else rows.member_logits[idx]
+    return TargetBatch(rows.sample_index[idx], rows.logits[idx], members)
+
+
+def _join(a: TargetBatch, b: TargetBatch) -> TargetBatch:
+    members = (
+        None if a.member_logits is None else np.concatenate([a.member_logits, b.member_logits])
+    )
+    return TargetBatch(
+        np.concatenate([a.positions, b.positions]), np.concatenate([a.logits, b.logits]), members
+    )
 
 
 def _prefetch(store: StoreReader, groups: list[np.ndarray]) -> Iterator[Rows]:
@@ -228,13 +246,6 @@ def _concat(parts: list[Rows]) -> Rows:
     )
 
 
-def _slice(rows: Rows, start: int, stop: int) -> Rows:
-    members = None if rows.member_logits is None else rows.member_logits[start:stop]
-    return Rows(
-        0, rows.logits[start:stop], members, rows.sample_index[start:stop], rows.labels[start:stop]
-    )
-
-
 TargetSource = HardLabelSource | InMemoryTargets | StreamingTargets
 
 
@@ -252,9 +263,15 @@ def make_target_source(
     need = store_nbytes_in_memory(store) / shard.world
     if need <= memory_budget_bytes:
         return InMemoryTargets(store, batch_size, seed, shard)
-    chunk_bytes = store_nbytes_in_memory(store) / store.meta.num_chunks
-    buffer_chunks = int(memory_budget_bytes // (2 * chunk_bytes))
+    buffer_chunks = buffer_chunks_for(store, memory_budget_bytes)
     return StreamingTargets(store, batch_size, seed, buffer_chunks=buffer_chunks, shard=shard)
+
+
+def buffer_chunks_for(store: StoreReader, memory_budget_bytes: float) -> int:
+    """Chunks per streaming buffer so that the three buffers alive at once (one being consumed,
+    one queued, one being read) fit the budget."""
+    chunk_bytes = store_nbytes_in_memory(store) / store.meta.num_chunks
+    return max(1, int(memory_budget_bytes // (3 * chunk_bytes)))
 
 
 def steps_per_epoch(
