@@ -19,12 +19,13 @@ TEST_STORE  := $(DIGITS)/softlabels-test.$(FORMAT)
 TEACHERS    := $(DIGITS)/teacher1.pt $(DIGITS)/teacher2.pt $(DIGITS)/teacher3.pt
 QUIET       ?= --quiet
 
-.PHONY: help venv test lint softlabels distill bench clean
+.PHONY: help venv test lint softlabels distill bench reliability clean
 help:
 	@echo "make distill    teachers -> soft-label store -> hard-label and distilled students (digits)"
 	@echo "make softlabels train 3 digits teachers if missing, write $(STORE) (FORMAT=h5 for HDF5)"
 	@echo "make test       run the test suite"
 	@echo "make lint       ruff"
+	@echo "make reliability  fault-injection campaign and hostile-store checks (RELIABILITY.md)"
 	@echo "make bench      speed and accuracy on Fashion-MNIST (writes BENCHMARKS.md, bench/results.json)"
 	@echo "Variables: FORMAT=zarr|h5 TEMPERATURE=4 (or 1,2,4,8,20) ALPHA=0.1 EPOCHS=30 SEED=0"
 
@@ -88,6 +89,13 @@ bench: $(STAMP)
 	  fi; \
 	fi
 	$(BIN)/python -m bench.run --data $(FASHION_MNIST_DIR)
+
+# ---- reliability (see RELIABILITY.md) --------------------------------------------------------
+reliability: $(STAMP)
+	rm -rf data/faults
+	$(BIN)/python -m tests.faults_campaign --random 8 --work data/faults --out data/faults/campaign.json
+	$(BIN)/python -m tests.stores.build data/hostile
+	$(BIN)/python -m pytest tests/test_hostile.py tests/test_bad_input.py tests/test_fuzz.py tests/test_security.py tests/test_faults.py
 
 clean:
 	rm -rf $(DIGITS)
