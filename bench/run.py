@@ -263,6 +263,47 @@ def online_epoch(
     return time.perf_counter() - t0
 
 
+def distributed_stage1(c: BenchConfig) -> dict[str, Any]:
+    """Wall time of `softlabels generate` (the 3-teacher ensemble over the training split) as one
+    process and under `torchrun --nproc_per_node=2`, start-up included. The single process uses
+    torch's default threads; each of the two ranks gets one (OMP_NUM_THREADS=1)."""
+    teachers = [a for t in teacher_paths(c) for a in ("--teacher", str(t))]
+    gen = [
+        "-m",
+        "softlabels.cli",
+        "generate",
+        *teachers,
+        "--transfer",
+        c.transfer,
+        "--quiet",
+        "--overwrite",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out: dict[str, Any] = {}
+    for procs in (1, 2):
+        store = str(Path(c.work) / f"dist-{procs}.zarr")
+        launch = (
+            [sys.executable]
+            if procs == 1
+            else [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={procs}",
+            ]
+        )
+        t0 = time.perf_counter()
+        subprocess.run([*launch, *gen, "--out", store], check=True, env={**env, **({"OMP_NUM_THREADS": "1"} if procs > 1 else {})},
+                       capture_output=True)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        with open_store(store) as s:
+            out[f"{procs}_process"] = {"seconds": seconds, "rows_per_second": s.meta.num_samples / seconds,
+                                       "checksums": s.meta.checksums}  # fmt: skip
+    out["bitwise_equal"] = out["1_process"].pop("checksums") == out["2_process"].pop("checksums")
+    return out
+
+
 def storage_matrix(c: BenchConfig, source: Path) -> list[dict[str, Any]]:
     """Bytes per sample and read throughput for Zarr/HDF5 x float32/float16 x compression."""
     with open_store(source) as s:
@@ -390,6 +431,8 @@ def run(c: BenchConfig) -> dict[str, Any]:
     res["stage1"] = stage1_ratio(c)
     log("speed: student epoch times (ideal / in memory / streamed / hard / online)")
     res["speed"] = speed_ratios(c, data, single, teacher_paths(c)[0])
+    log("speed: stage one with 1 and 2 processes")
+    res["distributed_stage1"] = distributed_stage1(c)
     log("speed: storage matrix")
     res["storage"] = storage_matrix(c, store)
     log(

@@ -32,5 +32,6 @@ def test_bench_quick(tmp_path):
     assert len(res["student_hard"]) == 2 and set(res["sweep"]) == {"1", "4"}
     write_report(res, tmp_path, tmp_path / "BENCHMARKS.md")
     text = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "stage2_over_ideal" in text and "smoke run" in text and (tmp_path / "sweep.png").exists()
+    assert "stage2_over_ideal" in text and "smoke run" in text and "Scaling to many GPUs" in text
+    assert "\n## Scaling" in text and (tmp_path / "sweep.png").exists()
     json.dumps(res)
