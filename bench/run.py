@@ -228,39 +228,41 @@ def _kd_step(config: TrainConfig, model, optimizer, x, y, teacher_lp) -> None:
     optimizer.step()
 
 
-def ideal_epoch(
-    config, model, optimizer, data, labels, logits: torch.Tensor, store, epoch: int
-) -> float:
-    """The same batches and loss as the store path, with the teacher logits already in a tensor."""
-    weights = torch.tensor(store.meta.weights)
+def _kd_epoch(config, model, optimizer, data, labels, epoch: int, teacher_log_probs) -> float:
+    """One epoch in the store path's batch order; ``teacher_log_probs(pos, x)`` gives the soft
+    targets of a batch."""
     order = np.random.default_rng([0, epoch]).permutation(len(data))
     model.train()
     t0 = time.perf_counter()
     for s in range(0, len(order), config.batch_size):
         pos = order[s : s + config.batch_size]
         x, y = torch.from_numpy(data.gather(pos)), labels[pos]
-        teacher = replay_log_probs(
-            logits[pos], None, store.meta.combine, weights, config.temperature
-        )
-        _kd_step(config, model, optimizer, x, y, teacher)
+        _kd_step(config, model, optimizer, x, y, teacher_log_probs(pos, x))
     return time.perf_counter() - t0
+
+
+def ideal_epoch(
+    config, model, optimizer, data, labels, logits: torch.Tensor, store, epoch: int
+) -> float:
+    """The same batches and loss as the store path, with the teacher logits already in a tensor."""
+    weights = torch.tensor(store.meta.weights)
+    return _kd_epoch(config, model, optimizer, data, labels, epoch,
+                     lambda pos, x: replay_log_probs(logits[pos], None, store.meta.combine, weights, config.temperature))  # fmt: skip
 
 
 def online_epoch(
     config, model, optimizer, data, labels, teacher: torch.nn.Module, epoch: int
 ) -> float:
     """Classic online KD: the teacher runs forward on every batch."""
-    order = np.random.default_rng([0, epoch]).permutation(len(data))
-    model.train()
-    t0 = time.perf_counter()
-    for s in range(0, len(order), config.batch_size):
-        pos = order[s : s + config.batch_size]
-        x, y = torch.from_numpy(data.gather(pos)), labels[pos]
+
+    def targets(pos, x):
         with torch.inference_mode():
             v = teacher(x)
-        teacher_lp = torch.log_softmax(v.clone() / config.temperature, dim=-1)
-        _kd_step(config, model, optimizer, x, y, teacher_lp)
-    return time.perf_counter() - t0
+        return torch.log_softmax(
+            v.clone() / config.temperature, dim=-1
+        )  # clone: leave inference mode
+
+    return _kd_epoch(config, model, optimizer, data, labels, epoch, targets)
 
 
 def distributed_stage1(c: BenchConfig) -> dict[str, Any]:
