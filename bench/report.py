@@ -137,10 +137,13 @@ def write_report(res: dict[str, Any], out: Path, report: Path) -> None:
         f"`sweep_over_online` is computed from measured parts: stage one ({res['stage1_single_seconds']:.1f} s) + "
         f"{len(c['temperatures'])} × {c['student_epochs']} × the median offline epoch, over {c['student_epochs']} × the median online epoch.",
         "",
-        f"Stage one: bare inference {', '.join(f'{s:.2f}' for s in res['stage1']['bare_seconds'])} s; "
+        f"Stage one, {len(res['stage1']['bare_seconds'])} alternating repeats: bare inference "
+        f"{', '.join(f'{s:.2f}' for s in res['stage1']['bare_seconds'])} s; "
         f"`generate` {', '.join(f'{s:.2f}' for s in res['stage1']['generate_seconds'])} s. Both load the checkpoint and "
         "the IDX files and run the same forward passes at batch 256; `generate` also fingerprints the inputs, "
-        "combines, checksums, compresses and writes every chunk (on a background thread) and commits the store.",
+        "combines, checksums, compresses and writes every chunk (on a background thread) and commits the store. "
+        f"Ratio of the fastest runs: {res['stage1']['stage1_over_inference_min']:.3f}; ratio of median CPU seconds "
+        f"(all threads): {res['stage1']['stage1_over_inference_cpu']:.3f}.",
         "",
         f"![speed]({rel(images[1])})",
         "",
@@ -237,4 +240,7 @@ def write_report(res: dict[str, Any], out: Path, report: Path) -> None:
         "",
     ]
     lines.append(SCALING)
+    notes = Path(__file__).with_name("notes.md")
+    if notes.exists():  # the written analysis of the figures: where targets are missed, and why
+        lines.append(notes.read_text())
     report.write_text("\n".join(lines) + "\n")

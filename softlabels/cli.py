@@ -120,7 +120,11 @@ def main() -> None:
 def generate_cmd(teachers: tuple[str, ...], combine: str | None, weights: tuple[float, ...] | None, transfer: str,
                  split: str, out: str, dtype: str, batch_size: int, chunk_rows: int, compress: bool,
                  resume: bool, overwrite: bool, quiet: bool) -> None:  # fmt: skip
-    """Run the teacher(s) over a transfer set once and write their logits to a store."""
+    """Run the teacher(s) over a transfer set once and write their logits to a store.
+
+    Under `torchrun --nproc_per_node=K -m softlabels.cli generate ...` the K processes split the
+    chunks and write one Zarr store together; the result is identical to a single process.
+    STORE paths may also be fsspec URLs (memory://, s3://) for writing Zarr."""
     config = GenerateConfig(
         teachers=teachers, transfer=transfer, out=out, split=split, combine=combine, weights=weights,
         dtype=dtype, batch_size=batch_size, chunk_rows=chunk_rows, compress=compress, resume=resume,

@@ -85,6 +85,9 @@ def main() -> None:
 
     Loss convention (--loss hinton): alpha * CE(labels, student) + beta * T^2 * KL(teacher_T ||
     student_T), with beta = 1 - alpha unless given.
+
+    Stores may be local paths or fsspec URLs (http://, s3://). Under `torchrun
+    --nproc_per_node=K -m trainer.cli train ...` training is data-parallel over K processes.
     """
 
 
