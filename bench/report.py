@@ -244,3 +244,11 @@ def write_report(res: dict[str, Any], out: Path, report: Path) -> None:
     if notes.exists():  # the written analysis of the figures: where targets are missed, and why
         lines.append(notes.read_text())
     report.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":  # re-render the report from bench/results.json (same figures)
+    import json
+    import sys
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench")
+    write_report(json.loads((out / "results.json").read_text()), out, Path("BENCHMARKS.md"))
