@@ -175,7 +175,7 @@ def campaign(
         )
     ]
     two += [stage_two_trial(work, reference, train_ref, f"s2-random-{i}", fault=None, kill_after=rng.uniform(3.0, 7.0))
-            for i in range(max(1, random_trials // 2))]  # fmt: skip
+            for i in range(random_trials // 2)]  # fmt: skip
     return {"stage_one": one, "stage_two": two, "summary": summarise(one, two)}
 
 

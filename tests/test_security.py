@@ -39,6 +39,7 @@ def test_malicious_checkpoint_is_refused(tmp_path):
     assert not MARKER.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_plain_pickle_checkpoint_is_refused(tmp_path):
     path = tmp_path / "raw.pt"
     path.write_bytes(pickle.dumps(Exploit()))
