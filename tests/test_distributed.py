@@ -19,7 +19,15 @@ TEACHERS = ("tests.helpers:teacher_a", "tests.helpers:teacher_b", "tests.helpers
 
 
 def torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        *args,
+    ]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
 
@@ -33,7 +41,10 @@ def generate_args(out: Path, *extra: str) -> list[str]:
 def same(a: Path, b: Path) -> bool:
     with open_store(a) as x, open_store(b) as y:
         ra, rb = x.read(0, x.meta.num_samples), y.read(0, y.meta.num_samples)
-        return x.meta.checksums == y.meta.checksums and ra.member_logits.tobytes() == rb.member_logits.tobytes()
+        return (
+            x.meta.checksums == y.meta.checksums
+            and ra.member_logits.tobytes() == rb.member_logits.tobytes()
+        )
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +60,9 @@ def test_distributed_generate_equals_single_process(tmp_path, single):
 
 def test_killed_rank_then_resume(tmp_path, single):
     out = tmp_path / "killed.zarr"
-    res = torchrun(*generate_args(out), env={"SOFTLABELS_FAULT": "chunk_array:5", "SOFTLABELS_FAULT_RANK": "1"})
+    res = torchrun(
+        *generate_args(out), env={"SOFTLABELS_FAULT": "chunk_array:5", "SOFTLABELS_FAULT_RANK": "1"}
+    )
     assert res.returncode != 0
     with open_store(out, allow_incomplete=True) as s:
         assert not s.meta.complete and 0 < s.committed_chunks().sum() < s.meta.num_chunks

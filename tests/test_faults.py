@@ -24,7 +24,9 @@ def test_campaign_small(tmp_path):
     assert (
         s["half_written_chunks_accepted"] == 0 and s["killed_stores_accepted_by_plain_reader"] == 0
     )
-    assert s["stage_two_trials"] == 1 and s["stage_two_killed"] == 1 and s["stage_two_survived"] == 1
+    assert (
+        s["stage_two_trials"] == 1 and s["stage_two_killed"] == 1 and s["stage_two_survived"] == 1
+    )
 
 
 def test_disk_full_then_resume(tmp_path, monkeypatch):

@@ -56,13 +56,17 @@ def test_http_inspect_verify_train(server, tmp_path):
     info = inspect_store(url)
     assert info["complete"] and info["size_on_disk_bytes"] is None
     assert verify_store(url, transfer="digits").ok
-    run = train(TrainConfig(out=str(tmp_path / "run"), store=url, hidden=(8,), epochs=1, progress=False))
+    run = train(
+        TrainConfig(out=str(tmp_path / "run"), store=url, hidden=(8,), epochs=1, progress=False)
+    )
     assert run.final["epoch"] == 1
 
 
 def test_combine_across_urls(server, tmp_path):
     local = make_store(tmp_path / "a.zarr", teachers=("tests.helpers:teacher_a",))
-    meta = combine_stores((str(local), f"{server}/single.zarr"), str(tmp_path / "ac.zarr"), combine="geometric")
+    meta = combine_stores(
+        (str(local), f"{server}/single.zarr"), str(tmp_path / "ac.zarr"), combine="geometric"
+    )
     assert [t.name for t in meta.teachers] == ["tests.helpers:teacher_a", "tests.helpers:teacher_c"]
 
 
