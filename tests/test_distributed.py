@@ -13,6 +13,7 @@ import pytest
 
 from softlabels.store import open_store
 from tests.conftest import make_store
+from tests.faults_campaign import same_store
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHERS = ("tests.helpers:teacher_a", "tests.helpers:teacher_b", "tests.helpers:teacher_c")
@@ -38,15 +39,6 @@ def generate_args(out: Path, *extra: str) -> list[str]:
             "--out", str(out), "--quiet", *extra]  # fmt: skip
 
 
-def same(a: Path, b: Path) -> bool:
-    with open_store(a) as x, open_store(b) as y:
-        ra, rb = x.read(0, x.meta.num_samples), y.read(0, y.meta.num_samples)
-        return (
-            x.meta.checksums == y.meta.checksums
-            and ra.member_logits.tobytes() == rb.member_logits.tobytes()
-        )
-
-
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
     return make_store(tmp_path_factory.mktemp("single") / "single.zarr", chunk_rows=100)
@@ -55,7 +47,7 @@ def single(tmp_path_factory) -> Path:
 def test_distributed_generate_equals_single_process(tmp_path, single):
     res = torchrun(*generate_args(tmp_path / "dist.zarr"))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert same(single, tmp_path / "dist.zarr")
+    assert same_store(single, tmp_path / "dist.zarr")
 
 
 def test_killed_rank_then_resume(tmp_path, single):
@@ -68,7 +60,7 @@ def test_killed_rank_then_resume(tmp_path, single):
         assert not s.meta.complete and 0 < s.committed_chunks().sum() < s.meta.num_chunks
     res = torchrun(*generate_args(out, "--resume"))  # multi-process resume
     assert res.returncode == 0, res.stderr[-3000:]
-    assert same(single, out)
+    assert same_store(single, out)
 
 
 def test_distributed_refuses_hdf5(tmp_path):
