@@ -64,7 +64,7 @@ class BenchConfig:
     batch_size: int = 128
     small_fraction: float = 0.03
     small_epochs: int = 60
-    speed_epochs: int = 5
+    speed_epochs: int = 9
     stage1_repeats: int = 5
     synthetic_rows: int = 2_000_000
     synthetic_classes: int = 1000

