@@ -13,7 +13,7 @@ import torch
 
 from softlabels.store import StoreReader
 from softlabels.transfer import load_transfer
-from trainer.data import open_joined_store
+from trainer.data import InMemoryTargets, open_joined_store
 from trainer.evaluate import classification_metrics, member_metrics, teacher_log_probs
 from trainer.train import RunResult, TrainConfig, format_table, train, train_sweep
 
@@ -87,9 +87,9 @@ def _teacher_rows(base: TrainConfig) -> dict[str, Any]:
     eval_data = load_transfer(base.transfer, base.eval_split)
     store: StoreReader = open_joined_store(base.eval_store, eval_data)
     with store:
-        members = member_metrics(store)
-        ensemble = classification_metrics(
-            teacher_log_probs(store), torch.from_numpy(eval_data.label_array())
-        )
+        targets = InMemoryTargets(store, batch_size=1, seed=0)  # read the store once
+        labels = torch.from_numpy(eval_data.label_array())  # equal to the store's, checked at join
+        members = member_metrics(targets, labels)
+        ensemble = classification_metrics(teacher_log_probs(store, targets=targets), labels)
         combine = store.meta.combine
     return {"members": members, "ensemble": ensemble, "combine": combine}

@@ -3,7 +3,6 @@ covers the split, top-1 agreement with the teacher and KL(teacher || student).""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,9 +55,12 @@ def predict_log_probs(model: nn.Module, data: TransferSet, batch_size: int = 102
     return torch.cat(out)
 
 
-def teacher_log_probs(store: StoreReader, temperature: float = 1.0) -> torch.Tensor:
-    """(N, C) log soft targets of the stored teacher, in transfer-position order."""
-    targets = InMemoryTargets(store, batch_size=1, seed=0)
+def teacher_log_probs(
+    store: StoreReader, temperature: float = 1.0, targets: InMemoryTargets | None = None
+) -> torch.Tensor:
+    """(N, C) log soft targets of the stored teacher, in transfer-position order. Pass
+    ``targets`` when the store is already loaded."""
+    targets = targets or InMemoryTargets(store, batch_size=1, seed=0)
     members = None if targets.members is None else torch.from_numpy(targets.members)
     weights = torch.tensor(store.meta.weights, dtype=torch.float32)
     return replay_log_probs(
@@ -82,18 +84,10 @@ def evaluate(
     return metrics
 
 
-def member_metrics(store: StoreReader) -> list[dict[str, float]]:
-    """Each ensemble member's metrics on the store's split, from its stored logits."""
-    targets = InMemoryTargets(store, batch_size=1, seed=0)
-    labels = torch.from_numpy(_labels_by_position(store))
+def member_metrics(targets: InMemoryTargets, labels: torch.Tensor) -> list[dict[str, float]]:
+    """Each ensemble member's metrics from its stored logits; ``labels`` by transfer position."""
     members = targets.members if targets.members is not None else targets.logits[:, None, :]
     return [
         classification_metrics(F.log_softmax(torch.from_numpy(members[:, m]), dim=1), labels)
         for m in range(members.shape[1])
     ]
-
-
-def _labels_by_position(store: StoreReader) -> np.ndarray:
-    labels = np.empty(store.meta.num_samples, dtype=np.int64)
-    labels[store.sample_index()] = store.labels()
-    return labels
