@@ -393,14 +393,9 @@ class StoreReader:
                 f"chunk {chunk} of {self.path!r} does not match its checksum: the store is corrupt; "
                 f"run `softlabels verify` and regenerate it"
             )
-        for arr in (rows.logits, rows.member_logits):
-            if arr is not None and not np.isfinite(arr).all():
-                bad = (
-                    np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))[:10] + rows.start
-                )
-                raise StoreFormatError(
-                    f"{self.path!r} holds NaN or Inf logits at rows {bad.tolist()}"
-                )
+        bad = _nonfinite_rows(rows)
+        if bad:
+            raise StoreFormatError(f"{self.path!r} holds NaN or Inf logits at rows {bad[:10]}")
         return rows
 
     def iter_chunks(self) -> Iterator[Rows]:
@@ -419,17 +414,33 @@ class StoreReader:
     def verify_checksums(self) -> list[int]:
         """Indices of chunks whose data no longer matches the recorded checksum (or cannot be
         decoded at all)."""
+        return self.scan_chunks()[0]
+
+    def scan_chunks(self) -> tuple[list[int], list[int]]:
+        """One pass over every chunk: (chunks failing their checksum or undecodable, the first
+        rows holding NaN or Inf logits)."""
         if self.meta.checksums is None:
             raise IncompleteStoreError("store has no checksums yet: it was never finalised")
-        bad = []
+        bad_sums: list[int] = []
+        bad_rows: list[int] = []
         for chunk in range(self.meta.num_chunks):
             try:
-                ok = chunk_checksum(self.read_chunk(chunk)) == self.meta.checksums[chunk]
+                rows = self.read_chunk(chunk)
             except StoreFormatError:
-                ok = False
-            if not ok:
-                bad.append(chunk)
-        return bad
+                bad_sums.append(chunk)
+                continue
+            if chunk_checksum(rows) != self.meta.checksums[chunk]:
+                bad_sums.append(chunk)
+            bad_rows += _nonfinite_rows(rows)[: 10 - len(bad_rows)]
+        return bad_sums, bad_rows
+
+
+def _nonfinite_rows(rows: Rows) -> list[int]:
+    """Store rows of ``rows`` whose logits or member logits hold NaN or Inf."""
+    finite = np.isfinite(rows.logits).all(1)
+    if rows.member_logits is not None:
+        finite &= np.isfinite(rows.member_logits).all((1, 2))
+    return (np.flatnonzero(~finite) + rows.start).tolist()
 
 
 def check_sample_index(index: np.ndarray, num_samples: int) -> None:

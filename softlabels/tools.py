@@ -14,7 +14,13 @@ from softlabels import __version__, schema
 from softlabels.ensemble import combined_logits, normalise_weights, replay_log_probs
 from softlabels.errors import MismatchError, SoftLabelsError, StoreExistsError
 from softlabels.schema import StoreMeta
-from softlabels.store import Rows, StoreReader, StoreWriter, open_store, store_kind
+from softlabels.store import (
+    Rows,
+    StoreReader,
+    StoreWriter,
+    open_store,
+    store_kind,
+)
 from softlabels.teachers import load_teacher
 from softlabels.transfer import load_transfer
 
@@ -178,11 +184,12 @@ def verify_store(
             meta.complete,
             "complete flag set" if meta.complete else "writer did not finish; resume it",
         )
+        bad_sums, bad_rows = store.scan_chunks() if meta.checksums is not None else ([], [])
         if meta.checksums is not None:
-            _check(report, "checksums", lambda: _checksum_detail(store))
+            _check(report, "checksums", lambda: _checksum_detail(store, bad_sums))
         _check(report, "sample_index", lambda: (store.sample_index(), "a permutation of 0..N-1")[1])
         if meta.complete:
-            _check(report, "finite", lambda: _finite_detail(store))
+            _check(report, "finite", lambda: _finite_detail(bad_rows))
         if transfer is not None:
             _check(report, "transfer", lambda: _transfer_detail(meta, transfer))
         if teachers:
@@ -201,16 +208,15 @@ def _check(report: VerifyReport, name: str, fn: Any) -> None:
         report.add(name, False, str(exc))
 
 
-def _checksum_detail(store: StoreReader) -> str:
-    bad = store.verify_checksums()
+def _checksum_detail(store: StoreReader, bad: list[int]) -> str:
     if bad:
         raise MismatchError(f"chunks {bad[:20]} do not match their recorded SHA-256")
     return f"all {store.meta.num_chunks} chunks match"
 
 
-def _finite_detail(store: StoreReader) -> str:
-    for chunk in range(store.meta.num_chunks):
-        store.read_verified_chunk(chunk)
+def _finite_detail(bad_rows: list[int]) -> str:
+    if bad_rows:
+        raise MismatchError(f"non-finite logits at rows {bad_rows}")
     return "all logits finite"
 
 
