@@ -206,7 +206,7 @@ def compute_chunk(
         logits=logits,
         member_logits=members if len(teachers) > 1 else None,
         sample_index=np.arange(start, stop, dtype=np.int64),
-        labels=transfer.label_array()[start:stop],
+        labels=transfer.label_array(start, stop),  # not the whole array per chunk
     )
 
 

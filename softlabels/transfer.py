@@ -107,11 +107,12 @@ class TransferSet:
             return np.ascontiguousarray(self._inputs[positions], dtype=np.float32)
         return np.stack([_item_input(self._dataset[int(i)]) for i in positions])
 
-    def label_array(self) -> np.ndarray:
-        """int64 labels, -1 where the set has none."""
+    def label_array(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """int64 labels of positions [start, stop), -1 where the set has none."""
+        stop = len(self) if stop is None else stop
         if self.labels is None:
-            return np.full(len(self), -1, dtype=np.int64)
-        return self.labels.astype(np.int64, copy=False)
+            return np.full(stop - start, -1, dtype=np.int64)
+        return self.labels[start:stop].astype(np.int64, copy=False)
 
     def fingerprint(self) -> str:
         """'sha256:<hex>' over the float32 little-endian input bytes, in order."""
