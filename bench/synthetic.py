@@ -23,11 +23,18 @@ CHUNK_ROWS = 8192
 
 def write(path: str, rows: int, classes: int) -> dict[str, float]:
     meta = StoreMeta(
-        num_samples=rows, num_classes=classes, class_names=tuple(str(i) for i in range(classes)),
-        combine="single", weights=(1.0,), teachers=(TeacherInfo("synthetic", "synthetic", None, "0" * 64),),
-        transfer=TransferInfo("synthetic", "train", rows, "sha256:" + "0" * 64), dtype="float16",
-        chunk_rows=CHUNK_ROWS, created_at="synthetic", producer="bench.synthetic",
-    )  # fmt: skip
+        num_samples=rows,
+        num_classes=classes,
+        class_names=tuple(str(i) for i in range(classes)),
+        combine="single",
+        weights=(1.0,),
+        teachers=(TeacherInfo("synthetic", "synthetic", None, "0" * 64),),
+        transfer=TransferInfo("synthetic", "train", rows, "sha256:" + "0" * 64),
+        dtype="float16",
+        chunk_rows=CHUNK_ROWS,
+        created_at="synthetic",
+        producer="bench.synthetic",
+    )
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     with StoreWriter.create(path, meta, compress=False, overwrite=True) as writer:
@@ -37,7 +44,9 @@ def write(path: str, rows: int, classes: int) -> dict[str, float]:
                 np.float16
             )
             labels = np.full(stop - start, -1, dtype=np.int64)
-            writer.write_chunk(chunk, Rows(start, logits, None, np.arange(start, stop), labels))
+            writer.write_chunk(
+                chunk, Rows(logits, None, np.arange(start, stop), labels, start=start)
+            )
         writer.finalize()
     return {"write_seconds": time.perf_counter() - t0}
 
@@ -45,9 +54,9 @@ def write(path: str, rows: int, classes: int) -> dict[str, float]:
 def stream(path: str, budget_mb: float, batch_size: int) -> dict[str, float]:
     with open_store(path) as store:
         buffer_chunks = buffer_chunks_for(store, budget_mb * 2**20)
-        loader = StreamingTargets(store, batch_size=batch_size, seed=0, buffer_chunks=buffer_chunks)
+        loader = StreamingTargets(store, 4.0, batch_size, seed=0, buffer_chunks=buffer_chunks)
         t0 = time.perf_counter()
-        seen = sum(len(b.positions) for b in loader.batches(0))
+        seen = sum(len(positions) for positions, _ in loader.batches(0))
         seconds = time.perf_counter() - t0
         on_disk = store.nbytes_on_disk()
     return {

@@ -5,42 +5,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import click
 
 from softlabels import schema
-from softlabels.errors import SoftLabelsError
-from softlabels.generate import DEFAULT_CHUNK_ROWS, GenerateConfig, generate
-from softlabels.tools import (
-    combine_stores,
-    convert_store,
-    format_inspect,
-    inspect_store,
-    verify_store,
-)
-
-
-class FriendlyGroup(click.Group):
-    """Turns the project's own exceptions into a one-paragraph error and exit code 1,
-    instead of a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (SoftLabelsError, OSError) as exc:
-            raise click.ClickException(str(exc)) from exc
-
-
-def parse_floats(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError as exc:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from exc
+from softlabels.clihelp import FriendlyGroup, parse_floats
+from softlabels.generate import DEFAULT_CHUNK_ROWS, generate
+from softlabels.summary import format_inspect, inspect_store
+from softlabels.teachers import load_teacher
+from softlabels.tools import combine_stores, convert_store
+from softlabels.transfer import load_transfer
+from softlabels.verify import verify_store
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,14 +69,14 @@ def main() -> None:
 )
 @click.option(
     "--batch-size",
-    type=int,
+    type=click.IntRange(min=1),
     default=256,
     show_default=True,
     help="Teacher batch size (batches never cross a chunk).",
 )
 @click.option(
     "--chunk-rows",
-    type=int,
+    type=click.IntRange(min=1),
     default=DEFAULT_CHUNK_ROWS,
     show_default=True,
     help="Rows per stored chunk.",
@@ -117,22 +92,53 @@ def main() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate_cmd(teachers: tuple[str, ...], combine: str | None, weights: tuple[float, ...] | None, transfer: str,
-                 split: str, out: str, dtype: str, batch_size: int, chunk_rows: int, compress: bool,
-                 resume: bool, overwrite: bool, quiet: bool) -> None:  # fmt: skip
+def generate_cmd(
+    teachers: tuple[str, ...],
+    combine: str | None,
+    weights: tuple[float, ...] | None,
+    transfer: str,
+    split: str,
+    out: str,
+    dtype: str,
+    batch_size: int,
+    chunk_rows: int,
+    compress: bool,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Run the teacher(s) over a transfer set once and write their logits to a store.
+
+    With --resume the same command line is safe to repeat (a requeued job): it creates the
+    store if there is none, finishes a partial one, and does nothing if the store is already
+    complete and was made from the same teachers and inputs.
 
     Under `torchrun --nproc_per_node=K -m softlabels.cli generate ...` the K processes split the
     chunks and write one Zarr store together; the result is identical to a single process.
     STORE paths may also be fsspec URLs (memory://, s3://) for writing Zarr."""
-    config = GenerateConfig(
-        teachers=teachers, transfer=transfer, out=out, split=split, combine=combine, weights=weights,
-        dtype=dtype, batch_size=batch_size, chunk_rows=chunk_rows, compress=compress, resume=resume,
-        overwrite=overwrite, progress=not quiet,
-    )  # fmt: skip
-    meta = generate(config)
-    click.echo(f"wrote {out}: {meta.num_samples} rows x {meta.num_classes} classes, "
-               f"{meta.num_members} teacher(s), combine={meta.combine}, dtype={meta.dtype}")  # fmt: skip
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other; pick one")
+    store = generate(
+        [load_teacher(t) for t in teachers],
+        load_transfer(transfer, split),
+        out,
+        combine=combine,
+        weights=weights,
+        split=split,
+        dtype=dtype,
+        batch_size=batch_size,
+        chunk_rows=chunk_rows,
+        compress=compress,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    with store:
+        meta = store.meta
+    click.echo(
+        f"wrote {out}: {meta.num_samples} rows x {meta.num_classes} classes, "
+        f"{meta.num_members} teacher(s), combine={meta.combine}, dtype={meta.dtype}"
+    )
 
 
 @main.command("inspect")

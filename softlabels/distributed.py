@@ -1,6 +1,11 @@
 """Multi-process support through PyTorch's own runtime: launch with ``torchrun``, which sets
 RANK and WORLD_SIZE; the gloo backend works on CPUs (set SOFTLABELS_DIST_BACKEND=nccl on GPUs).
-Outside torchrun everything here is a no-op with world size 1."""
+Outside torchrun everything here is a no-op with world size 1.
+
+The one sharding rule, for stage one (which chunks a rank computes) and stage two (which chunks,
+or without a store which transfer positions, a rank trains on): item c belongs to rank
+c % world.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch.distributed as dist
 
 from softlabels.errors import SoftLabelsError
@@ -24,6 +30,17 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def take(self, items: np.ndarray) -> np.ndarray:
+        """This rank's share of ``items`` (chunk indices or positions): c % world == rank."""
+        items = np.asarray(items)
+        return items[items % self.world == self.rank]
+
+    def rows_per_rank(self, chunk_rows: int, num_samples: int) -> list[int]:
+        """Rows each rank gets when whole chunks of ``chunk_rows`` rows are dealt out."""
+        starts = np.arange(0, num_samples, chunk_rows)
+        sizes = np.minimum(starts + chunk_rows, num_samples) - starts
+        return [int(sizes[r :: self.world].sum()) for r in range(self.world)]
 
     def barrier(self) -> None:
         if self.world > 1:

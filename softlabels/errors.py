@@ -32,7 +32,11 @@ class MismatchError(SoftLabelsError, ValueError):
     """Two things that must agree (store and transfer set, stores in a combine) do not."""
 
 
-class TeacherError(SoftLabelsError, ValueError):
+class ModelError(SoftLabelsError, ValueError):
+    """A user's model (teacher or student) that fails on the data or returns unusable output."""
+
+
+class TeacherError(ModelError):
     """A teacher that cannot be loaded, or whose outputs are unusable."""
 
 

@@ -9,148 +9,214 @@ batches as an uninterrupted one and its logits are bitwise identical.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import queue
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from softlabels import __version__, schema
 from softlabels.distributed import Dist, init_from_env, shutdown
 from softlabels.ensemble import combined_logits, normalise_weights
-from softlabels.errors import MismatchError, NonFiniteLogitsError, SoftLabelsError, TeacherError
+from softlabels.errors import (
+    MismatchError,
+    NonFiniteLogitsError,
+    SoftLabelsError,
+    StoreExistsError,
+    TeacherError,
+)
+from softlabels.join import check_transfer
+from softlabels.models import forward
 from softlabels.schema import StoreMeta, TransferInfo
-from softlabels.store import Rows, StoreWriter, store_kind
-from softlabels.teachers import Teacher, load_teacher
-from softlabels.transfer import TransferSet, load_transfer
+from softlabels.store import (
+    Rows,
+    StoreReader,
+    StoreWriter,
+    backends,
+    check_same_run,
+    open_store,
+    remove_store,
+    store_kind,
+)
+from softlabels.teachers import Teacher, as_teacher
+from softlabels.transfer import TransferSet, as_transfer
 
 DEFAULT_CHUNK_ROWS = 4096
 _WRITE_QUEUE_CHUNKS = 2  # chunks computed ahead of the writer: bounds memory
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
-    teachers: tuple[str, ...]
-    transfer: str
-    out: str
-    split: str = "train"
-    combine: str | None = None  # None: "single" for one teacher, "arithmetic" for several
+class GenerateOptions:
+    """How ``generate`` combines, stores and batches. See ``generate`` for each field."""
+
+    combine: str | None = None
     weights: tuple[float, ...] | None = None
+    split: str = "train"
     dtype: str = "float32"
-    batch_size: int = 256
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    batch_size: int = 256
     compress: bool = True
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
 
-    def validate(self) -> None:
-        if not self.teachers:
-            raise SoftLabelsError("give at least one --teacher")
+    def validate(self, num_teachers: int) -> None:
+        if num_teachers < 1:
+            raise SoftLabelsError("give at least one teacher")
         if self.batch_size < 1:
-            raise SoftLabelsError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise SoftLabelsError(f"batch size must be at least 1, got {self.batch_size}")
         if self.chunk_rows < 1:
-            raise SoftLabelsError(f"--chunk-rows must be at least 1, got {self.chunk_rows}")
+            raise SoftLabelsError(f"chunk rows must be at least 1, got {self.chunk_rows}")
         if self.dtype not in schema.DTYPES:
-            raise SoftLabelsError(f"--dtype must be one of {schema.DTYPES}, got {self.dtype!r}")
+            raise SoftLabelsError(f"dtype must be one of {schema.DTYPES}, got {self.dtype!r}")
         if self.resume and self.overwrite:
-            raise SoftLabelsError("--resume and --overwrite contradict each other; pick one")
+            raise SoftLabelsError("resume and overwrite contradict each other; pick one")
         if self.combine is not None and self.combine not in schema.COMBINE_RULES:
             raise SoftLabelsError(
-                f"--combine must be one of {schema.COMBINE_RULES}, got {self.combine!r}"
+                f"combine must be one of {schema.COMBINE_RULES}, got {self.combine!r}"
             )
-        if len(self.teachers) > 1 and self.combine == schema.COMBINE_SINGLE:
-            raise SoftLabelsError("--combine single needs exactly one --teacher")
-        store_kind(self.out)
+        if num_teachers > 1 and self.combine == schema.COMBINE_SINGLE:
+            raise SoftLabelsError("combine 'single' needs exactly one teacher")
 
 
-def generate(config: GenerateConfig) -> StoreMeta:
-    """Write (or finish, with ``resume``) the store described by ``config``. Returns its metadata.
+def generate(
+    teachers: Sequence[nn.Module | str],
+    transfer: Any,
+    out: str | os.PathLike[str],
+    *,
+    combine: str | None = None,
+    weights: Sequence[float] | None = None,
+    split: str = "train",
+    dtype: str = "float32",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    batch_size: int = 256,
+    compress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> StoreReader:
+    """Run the teacher(s) over a transfer set once and write their logits to a store at ``out``
+    (PATH.zarr, PATH.h5, or a Zarr fsspec URL). Returns the finished store, opened: close it, or
+    use it in a ``with`` block.
 
-    Under ``torchrun`` each rank runs the teachers on the chunks c with c % world == rank and
-    writes them straight into the one Zarr store; rank 0 creates (or verifies, on resume) the
-    store first and finalises it after every rank has committed.
+    teachers: ``nn.Module`` objects (put in eval mode; recorded as ``spec: null`` with their
+        class name and weights hash) or teacher SPEC strings. Each maps a float32 batch
+        (B, *input_shape) to logits (B, C).
+    transfer: a map-style torch Dataset of ``(x, y)`` or ``x``, a ``TransferSet``, or a SPEC.
+    combine: "single", "arithmetic" or "geometric"; default single for one teacher, arithmetic
+        for several. weights: per teacher, normalised to sum 1 (default uniform).
+    split: the SPEC's split to label ("train" or "test"). dtype: "float32" or "float16".
+    chunk_rows: rows per stored chunk (clipped to N). batch_size: teacher batch (never crosses a
+        chunk, so a resumed run computes bitwise-identical logits).
+    resume: finish an interrupted store; create it if absent; do nothing if it is complete and
+        was made from the same teachers and inputs (refuse one made from others).
+    overwrite: replace an existing store.
+
+    Under ``torchrun`` each rank computes the chunks c with c % world == rank and writes them
+    into the one Zarr store; rank 0 creates (or checks) the store first and finalises it last.
     """
-    config.validate()
+    opts = GenerateOptions(
+        combine=combine,
+        weights=None if weights is None else tuple(weights),
+        split=split,
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        batch_size=batch_size,
+        compress=compress,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    opts.validate(len(teachers))
+    store_kind(out)
+    out = str(out)
     d = init_from_env()
     try:
-        if d.world > 1 and store_kind(config.out) != "zarr":
+        if d.world > 1 and store_kind(out) != "zarr":
             raise SoftLabelsError(
-                "distributed generation writes Zarr: use --out PATH.zarr, then `softlabels convert "
+                "distributed generation writes Zarr: write PATH.zarr, then `softlabels convert "
                 "PATH.zarr PATH.h5` for an HDF5 copy"
             )
-        teachers = [load_teacher(spec) for spec in config.teachers]
-        transfer = load_transfer(config.transfer, config.split)
-        num_classes = probe_num_classes(teachers, transfer)
-        meta = build_meta(config, teachers, transfer, num_classes)
-        writer = d.collective(lambda: _open_writer(config, meta) if d.is_main else None)
-        if not d.is_main:
-            writer = StoreWriter.attach(config.out, meta, verify=False)
-        with writer:
-            d.collective(lambda: _write_pending(config, writer, teachers, transfer, d))
-            return d.collective(lambda: writer.finalize() if d.is_main else writer.meta)
+        loaded = [as_teacher(t) for t in teachers]
+        data = as_transfer(transfer, split)
+        meta = build_meta(opts, loaded, data, probe_num_classes(loaded, data))
+        writer = d.collective(lambda: _open_writer(out, meta, opts) if d.is_main else None)
+        if d.broadcast(writer is not None):  # else a complete, matching store is already there
+            if not d.is_main:
+                writer = StoreWriter.attach(out, meta, verify=False)
+            assert writer is not None
+            with writer:
+                d.collective(lambda: _write_pending(opts, writer, loaded, data, d))
+                d.collective(lambda: writer.finalize() if d.is_main else None)
     finally:
         shutdown(d)
+    return open_store(out)
 
 
-def _open_writer(config: GenerateConfig, meta: StoreMeta) -> StoreWriter:
-    if config.resume:
-        return StoreWriter.attach(config.out, meta)
-    return StoreWriter.create(
-        config.out, meta, compress=config.compress, overwrite=config.overwrite
-    )
+def _open_writer(out: str, meta: StoreMeta, opts: GenerateOptions) -> StoreWriter | None:
+    """A writer on a new or resumed store; None when ``resume`` finds it already complete."""
+    if opts.resume and backends.exists(out):
+        with open_store(out, allow_incomplete=True) as existing:
+            if existing.meta.complete:
+                check_same_run(existing.meta, meta)
+                return None
+        return StoreWriter.attach(out, meta)
+    try:
+        return StoreWriter.create(out, meta, compress=opts.compress, overwrite=opts.overwrite)
+    except StoreExistsError as exc:
+        raise StoreExistsError(
+            f"{exc}, or finish an interrupted run with --resume (resume=True)"
+        ) from exc
 
 
 def _write_pending(
-    config: GenerateConfig,
-    writer: StoreWriter,
-    teachers: list[Teacher],
-    transfer: TransferSet,
-    d: Dist,
+    opts: GenerateOptions, writer: StoreWriter, teachers: list[Teacher], data: TransferSet, d: Dist
 ) -> None:
     meta = writer.meta
-    pending = [c for c in writer.pending_chunks() if c % d.world == d.rank]
+    pending = d.take(np.array(writer.pending_chunks(), dtype=np.int64)).tolist()
     rows_left = sum(stop - start for start, stop in map(meta.chunk_bounds, pending))
     desc = "teacher logits" if d.world == 1 else f"teacher logits (rank {d.rank}/{d.world})"
-    bar = tqdm(total=rows_left, unit="samples", desc=desc, disable=not config.progress)
-    with bar, _BackgroundWriter(writer) as background:
-        for chunk in pending:
-            rows = compute_chunk(teachers, transfer, meta, chunk, config.batch_size)
-            background.put(chunk, rows)
-            bar.update(len(rows.logits))
+    bar = tqdm(total=rows_left, unit="samples", desc=desc, disable=not opts.progress)
+    try:
+        with bar, _BackgroundWriter(writer) as background:
+            for chunk in pending:
+                rows = compute_chunk(teachers, data, meta, chunk, opts.batch_size)
+                background.put(chunk, rows)
+                bar.update(len(rows))
+    except TeacherError:
+        # The same inputs fail the same way on --resume, so a partial store is no use: a store
+        # created by this run is removed (one resumed from an earlier run is kept as it was).
+        if writer.created and d.world == 1:
+            writer.close()
+            remove_store(writer.path)
+        raise
 
 
 def probe_num_classes(teachers: list[Teacher], transfer: TransferSet) -> int:
-    """Run every teacher on two inputs; check each returns (batch, C) with one C for all."""
+    """Run every teacher on two inputs; check each returns (batch, C) with one C for all, and
+    that the transfer set's classes and labels fit C."""
     x = torch.from_numpy(transfer.take(0, min(2, len(transfer))))
-    sizes = []
-    for t in teachers:
-        out = _forward(t, x)
-        sizes.append(out.shape[1])
+    sizes = [_forward(t, x).shape[1] for t in teachers]
     if len(set(sizes)) > 1:
         detail = ", ".join(f"{t.info.name}: {c}" for t, c in zip(teachers, sizes, strict=True))
         raise MismatchError(f"ensemble members disagree on the number of classes ({detail})")
     c = sizes[0]
     if c < 2:
         raise TeacherError(f"teachers output {c} class(es); a soft-label store needs at least 2")
-    if transfer.num_classes is not None and transfer.num_classes != c:
-        raise MismatchError(
-            f"teachers output {c} classes but transfer set {transfer.name!r} has {transfer.num_classes}"
-        )
-    if transfer.labels is not None and len(transfer.labels) and transfer.labels.max() >= c:
-        raise MismatchError(
-            f"transfer labels reach {int(transfer.labels.max())}, but teachers output only {c} classes"
-        )
+    check_transfer(transfer, num_classes=c)
     return c
 
 
 def build_meta(
-    config: GenerateConfig, teachers: list[Teacher], transfer: TransferSet, num_classes: int
+    opts: GenerateOptions, teachers: list[Teacher], transfer: TransferSet, num_classes: int
 ) -> StoreMeta:
-    combine = config.combine or (
+    combine = opts.combine or (
         schema.COMBINE_SINGLE if len(teachers) == 1 else schema.COMBINE_ARITHMETIC
     )
     names = transfer.class_names or tuple(str(i) for i in range(num_classes))
@@ -159,7 +225,7 @@ def build_meta(
         num_classes=num_classes,
         class_names=tuple(names),
         combine=combine,
-        weights=normalise_weights(config.weights, len(teachers)),
+        weights=normalise_weights(opts.weights, len(teachers)),
         teachers=tuple(t.info for t in teachers),
         transfer=TransferInfo(
             name=transfer.name,
@@ -167,8 +233,8 @@ def build_meta(
             num_samples=len(transfer),
             fingerprint=transfer.fingerprint(),
         ),
-        dtype=config.dtype,
-        chunk_rows=config.chunk_rows,
+        dtype=opts.dtype,
+        chunk_rows=min(opts.chunk_rows, len(transfer)),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         producer=f"softlabels {__version__}",
     )
@@ -202,24 +268,18 @@ def compute_chunk(
     member_t = torch.from_numpy(members)
     logits = combined_logits(member_t.double(), weights, meta.combine).float().numpy()
     return Rows(
-        start=start,
         logits=logits,
         member_logits=members if len(teachers) > 1 else None,
         sample_index=np.arange(start, stop, dtype=np.int64),
         labels=transfer.label_array(start, stop),  # not the whole array per chunk
+        start=start,
     )
 
 
 def _forward(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
+    name = teacher.info.spec or teacher.info.name
     with torch.inference_mode():
-        out = teacher.module(x)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise TeacherError(
-            f"teacher {teacher.info.name!r} must return logits of shape (batch, classes); for a batch "
-            f"of {x.shape[0]} it returned {shape}"
-        )
-    return out.float()
+        return forward(teacher.module, x, name=name, error=TeacherError).float()
 
 
 class _BackgroundWriter:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from softlabels.errors import CheckpointError
+from softlabels.errors import CheckpointError, ModelError
 
 
 def mlp(
@@ -70,3 +70,40 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
         return ARCHITECTURES[name](**kwargs)
     except TypeError as exc:
         raise CheckpointError(f"bad arguments for architecture {name!r}: {exc}") from exc
+
+
+def expected_input(module: nn.Module) -> str:
+    """What the first layer with weights expects, in words (for error messages)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            return (
+                f"its first Linear layer takes {layer.in_features} features of {layer.weight.dtype}"
+            )
+        if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            return (
+                f"its first {type(layer).__name__} takes {layer.in_channels} channels of "
+                f"{layer.weight.dtype}"
+            )
+    return "its first layer's expectations are unknown"
+
+
+def forward(
+    module: nn.Module, x: torch.Tensor, *, name: str, error: type[ModelError] = ModelError
+) -> torch.Tensor:
+    """``module(x)``, with a user model's failure turned into one clear error that says which
+    model failed, on what input, and what it expected. Output must be (batch, classes)."""
+    try:
+        out = module(x)
+    except Exception as exc:
+        raise error(
+            f"model {name!r} failed on an input batch of shape {tuple(x.shape)} and dtype "
+            f"{x.dtype}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            f"({expected_input(module)})"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise error(
+            f"model {name!r} must return logits of shape (batch, classes); for a batch of "
+            f"{x.shape[0]} it returned {shape}"
+        )
+    return out

@@ -37,6 +37,7 @@ COMMIT_JOURNAL = "_chunk_commits"
 
 # Arrays in checksum order: a chunk's checksum hashes these arrays' rows in this order.
 CHECKSUM_ORDER = (LOGITS, MEMBER_LOGITS, SAMPLE_INDEX, LABELS)
+DIGEST_BYTES = 32  # one SHA-256 per journal row
 
 # Root attribute keys.
 ATTR_FORMAT = "format"
@@ -89,7 +90,7 @@ class TeacherInfo:
     """One ensemble member: what it was and which exact weights produced its logits."""
 
     name: str
-    spec: str  # checkpoint path or module:function, as given on the command line
+    spec: str | None  # checkpoint path or module:function; None for an in-memory nn.Module
     architecture: dict[str, Any] | None  # {"name": ..., "kwargs": {...}} for built-in models
     sha256: str  # over the state_dict, see softlabels.teachers.weights_sha256
 
@@ -217,6 +218,40 @@ class StoreMeta:
             raise StoreFormatError("invalid store metadata: " + "; ".join(problems))
 
 
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of the layout: its name, shape, chunk shape and dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    compressible: bool  # data arrays may be compressed; the commit journal never is
+
+
+def array_layout(meta: StoreMeta, *, journal: bool = False) -> tuple[ArraySpec, ...]:
+    """The arrays a store with ``meta`` holds, in CHECKSUM_ORDER (then the journal, if asked).
+
+    This is the only place the layout is written down in code; writers create exactly these
+    arrays and readers check exactly these shapes and dtypes.
+    """
+    n, c, m, r = meta.num_samples, meta.num_classes, meta.num_members, meta.chunk_rows
+    specs = [ArraySpec(LOGITS, (n, c), (r, c), meta.dtype, True)]
+    if m > 1:
+        specs.append(ArraySpec(MEMBER_LOGITS, (n, m, c), (r, m, c), meta.dtype, True))
+    specs += [
+        ArraySpec(SAMPLE_INDEX, (n,), (r,), "int64", True),
+        ArraySpec(LABELS, (n,), (r,), "int64", True),
+    ]
+    if journal:
+        specs.append(
+            ArraySpec(
+                COMMIT_JOURNAL, (meta.num_chunks, DIGEST_BYTES), (1, DIGEST_BYTES), "uint8", False
+            )
+        )
+    return tuple(specs)
+
+
 def encode_h5_attr(value: Any) -> str:
     """HDF5 root attributes hold JSON text, so nested values survive without pickle."""
     return json.dumps(value, sort_keys=True)
@@ -259,7 +294,7 @@ def _teacher(entry: Any) -> TeacherInfo:
         raise ValueError("teacher architecture must be an object or null")
     return TeacherInfo(
         name=str(entry["name"]),
-        spec=str(entry["spec"]),
+        spec=None if entry["spec"] is None else str(entry["spec"]),
         architecture=arch,
         sha256=str(entry["sha256"]),
     )

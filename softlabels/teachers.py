@@ -33,6 +33,27 @@ def weights_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def as_teacher(teacher: nn.Module | str) -> Teacher:
+    """A Teacher from an in-memory ``nn.Module`` (recorded with ``spec: null``, its class name and
+    its weights hash; it is put in eval mode) or a teacher SPEC string."""
+    if isinstance(teacher, Teacher):
+        return teacher
+    if isinstance(teacher, nn.Module):
+        teacher.eval()
+        info = TeacherInfo(
+            name=type(teacher).__name__,
+            spec=None,
+            architecture=None,
+            sha256=weights_sha256(teacher),
+        )
+        return Teacher(info, teacher)
+    if isinstance(teacher, str | os.PathLike):
+        return load_teacher(str(teacher))
+    raise TeacherError(
+        f"a teacher must be an nn.Module or a SPEC string, got {type(teacher).__name__}"
+    )
+
+
 def load_teacher(spec: str) -> Teacher:
     """Resolve a teacher SPEC to a module in eval mode, with its provenance."""
     arch: dict[str, Any] | None

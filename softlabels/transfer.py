@@ -32,17 +32,21 @@ from softlabels.schema import FINGERPRINT_PREFIX
 
 SPLITS = ("train", "test")
 DIGITS_TEST_EVERY = 5  # digits test split: every 5th sample (positions 4, 9, 14, ...)
+# fmt: off
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+)
+# fmt: on
 _IDX_PREFIXES = {
     "mnist": tuple(str(i) for i in range(10)),
     "fashion-mnist": FASHION_CLASSES,
     "idx": None,
 }
-_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 _MODULE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _FINGERPRINT_BLOCK = 4096
 
@@ -76,6 +80,14 @@ class TransferSet:
             raise SpecError(f"transfer set {name!r} (split {split!r}) is empty")
         if labels is not None and len(labels) != n:
             raise SpecError(f"transfer set {name!r} has {n} inputs but {len(labels)} labels")
+        if labels is not None and (labels < -1).any():
+            bad = np.flatnonzero(labels < -1)[:10].tolist()
+            raise SpecError(
+                f"transfer set {name!r} has labels below -1 at positions {bad}; labels must be "
+                f"0..C-1, or -1 for 'no label'"
+            )
+        if inputs is not None:
+            check_finite(inputs, name, 0)
         self._n = n
 
     def __len__(self) -> int:
@@ -120,9 +132,52 @@ class TransferSet:
             h = hashlib.sha256()
             for start in range(0, len(self), _FINGERPRINT_BLOCK):
                 block = self.take(start, min(start + _FINGERPRINT_BLOCK, len(self)))
+                if self._inputs is None:  # array inputs were checked when loaded
+                    check_finite(block, self.name, start)
                 h.update(np.ascontiguousarray(block, dtype="<f4").tobytes())
             self._fingerprint = FINGERPRINT_PREFIX + h.hexdigest()
         return self._fingerprint
+
+
+def check_finite(inputs: np.ndarray, name: str, offset: int) -> None:
+    """Refuse NaN or Inf inputs, naming the first positions that hold them."""
+    flat = np.asarray(inputs).reshape(len(inputs), -1)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        bad = (np.flatnonzero(~np.isfinite(flat).all(axis=1))[:10] + offset).tolist()
+        raise SpecError(
+            f"transfer set {name!r} holds NaN or Inf inputs at positions {bad}; clean or drop "
+            f"those samples"
+        )
+
+
+def as_transfer(transfer: Any, split: str = "train") -> TransferSet:
+    """A TransferSet from a TransferSet (returned as is), a transfer SPEC string, or a map-style
+    torch Dataset whose items are ``(x, y)`` or ``x``."""
+    if isinstance(transfer, TransferSet):
+        return transfer
+    if isinstance(transfer, str | os.PathLike):
+        return load_transfer(str(transfer), split)
+    if hasattr(transfer, "__len__") and hasattr(transfer, "__getitem__"):
+        return from_dataset(transfer, name=type(transfer).__name__, split=split)
+    raise SpecError(
+        f"a transfer set must be a TransferSet, a SPEC string or a map-style Dataset; got "
+        f"{type(transfer).__name__}"
+    )
+
+
+def from_dataset(dataset: Any, *, name: str, split: str) -> TransferSet:
+    """A TransferSet over a map-style Dataset, read item by item; labels from ``(x, y)`` items."""
+    if len(dataset) == 0:
+        raise SpecError(f"transfer set {name!r} (split {split!r}) is empty")
+    first = dataset[0]
+    labels = None
+    if isinstance(first, tuple | list) and len(first) >= 2:
+        labels = np.array([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+    names = getattr(dataset, "classes", None)
+    class_names = tuple(str(c) for c in names) if names is not None else None
+    return TransferSet(
+        name=name, split=split, inputs=None, labels=labels, class_names=class_names, dataset=dataset
+    )
 
 
 def load_transfer(spec: str, split: str = "train") -> TransferSet:
@@ -205,7 +260,9 @@ def _find(folder: Path, stem: str) -> Path:
         if candidate.is_file():
             return candidate
     raise SpecError(
-        f"no {stem}[.gz] in {folder}; for Fashion-MNIST on Debian: apt-get install dataset-fashion-mnist"
+        f"no {stem}[.gz] in {folder}; for Fashion-MNIST on Debian: apt-get install "
+        f"dataset-fashion-mnist (a folder without the t10k files has no test split: train "
+        f"without evaluation with --eval-split none)"
     )
 
 
@@ -261,7 +318,10 @@ def _pick_split(
     elif "x" in arrays and split == "train":
         x, y = arrays["x"], arrays.get("y")
     elif "x" in arrays:
-        raise SpecError(f"{spec!r} has a single split (array 'x'); it has no {split!r} split")
+        raise SpecError(
+            f"{spec!r} has a single split (array 'x'); it has no {split!r} split. Give the file "
+            f"x_{split}/y_{split} arrays, or train without evaluation (--eval-split none)"
+        )
     else:
         raise SpecError(f"{spec!r} has no array 'x' or 'x_{split}' (found: {sorted(arrays)})")
     if x.dtype.kind not in "fiu":
@@ -274,20 +334,18 @@ def _pick_split(
 def _module_dataset(spec: str, split: str) -> TransferSet:
     fn = import_callable(spec)
     takes_split = "split" in inspect.signature(fn).parameters
+    if not takes_split and split != "train":
+        raise SpecError(
+            f"{spec!r} takes no `split` argument, so it has only a training split and cannot "
+            f"serve split {split!r}; add a split parameter to it, or train without evaluation "
+            f"(--eval-split none)"
+        )
     dataset = fn(split=split) if takes_split else fn()
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise SpecError(
             f"{spec!r} returned {type(dataset).__name__}, not a map-style torch Dataset"
         )
-    first = dataset[0] if len(dataset) else None
-    labels = None
-    if isinstance(first, tuple | list) and len(first) >= 2:
-        labels = np.array([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
-    names = getattr(dataset, "classes", None)
-    return TransferSet(
-        name=spec, split=split if takes_split else "train", inputs=None, labels=labels,
-        class_names=tuple(str(c) for c in names) if names is not None else None, dataset=dataset,
-    )  # fmt: skip
+    return from_dataset(dataset, name=spec, split=split)
 
 
 def _item_input(item: Any) -> np.ndarray:

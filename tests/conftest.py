@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from softlabels.generate import GenerateConfig, generate
+from softlabels.generate import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PYTHONPATH", str(ROOT))
@@ -16,8 +16,18 @@ ENSEMBLE = ("tests.helpers:teacher_a", "tests.helpers:teacher_b", "tests.helpers
 def make_store(
     path: Path, *, teachers=ENSEMBLE, combine=None, split="train", chunk_rows=256, **kw
 ) -> Path:
-    generate(GenerateConfig(teachers=tuple(teachers), transfer="digits", out=str(path), split=split,
-                            combine=combine, chunk_rows=chunk_rows, progress=False, **kw))  # fmt: skip
+    transfer = kw.pop("transfer", "digits")
+    store = generate(
+        list(teachers),
+        transfer,
+        str(path),
+        split=split,
+        combine=combine,
+        chunk_rows=chunk_rows,
+        progress=False,
+        **kw,
+    )
+    store.close()
     return path
 
 

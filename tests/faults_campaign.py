@@ -8,6 +8,11 @@ commit, after a commit, twice inside finalisation) and at random moments, then f
 reports as committed verifies, and the resumed store is bitwise equal to an uninterrupted run.
 Stage two: `distill train` is SIGKILLed after an epoch and at random moments, then resumed; a
 trial survives when its metrics equal an uninterrupted run's (timings aside).
+
+Named-point kills are exact (softlabels/faults.py), so they run on fast models. Random-moment
+kills are timed, so a campaign with any uses a teacher and a student that sleep per batch, to
+make its runs long enough for a kill to land mid-run. Tests run it with random_trials=0: no
+test depends on a sleep.
 """
 
 from __future__ import annotations
@@ -35,16 +40,54 @@ NAMED_POINTS = (
 )
 
 
-def generate_cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "softlabels.cli", "generate", "--teacher", "tests.helpers:slow_teacher",
-            "--teacher", "tests.helpers:teacher_b", "--transfer", "digits", "--chunk-rows", "128",
-            "--batch-size", "32", "--out", str(out), "--quiet", *extra]  # fmt: skip
+def generate_cmd(out: Path, *extra: str, slow: bool = False) -> list[str]:
+    first = "tests.helpers:slow_teacher" if slow else "tests.helpers:teacher_a"
+    return [
+        sys.executable,
+        "-m",
+        "softlabels.cli",
+        "generate",
+        "--teacher",
+        first,
+        "--teacher",
+        "tests.helpers:teacher_b",
+        "--transfer",
+        "digits",
+        "--chunk-rows",
+        "128",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
-def train_cmd(out: Path, store: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "trainer.cli", "train", "--transfer", "digits", "--store", str(store),
-            "--model", "tests.helpers:slow_student", "--batch-size", "64", "--epochs", "6", "--seed", "3",
-            "--quiet", "--out", str(out), *extra]  # fmt: skip
+def train_cmd(out: Path, store: Path, *extra: str, slow: bool = False) -> list[str]:
+    model = "tests.helpers:slow_student" if slow else "tests.helpers:student"
+    return [
+        sys.executable,
+        "-m",
+        "trainer.cli",
+        "train",
+        "--transfer",
+        "digits",
+        "--store",
+        str(store),
+        "--model",
+        model,
+        "--batch-size",
+        "64",
+        "--epochs",
+        "6",
+        "--seed",
+        "3",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _run(cmd: list[str], fault: str | None = None) -> int:
@@ -102,27 +145,41 @@ def same_store(a: Path, b: Path) -> bool:
 
 
 def stage_one_trial(
-    work: Path, reference: Path, name: str, *, fault: str | None, kill_after: float | None
+    work: Path,
+    reference: Path,
+    name: str,
+    *,
+    fault: str | None,
+    kill_after: float | None,
+    slow: bool = False,
 ) -> dict[str, Any]:
     store = work / f"{name}.zarr"
     rc = (
-        _run(generate_cmd(store), fault)
+        _run(generate_cmd(store, slow=slow), fault)
         if fault
-        else _kill_after(generate_cmd(store), kill_after or 1.0)
+        else _kill_after(generate_cmd(store, slow=slow), kill_after or 1.0)
     )
     killed = rc == -signal.SIGKILL
     seen = inspect_killed_store(store)
-    resumed_rc = _run(generate_cmd(store, "--resume")) if killed and seen["exists"] else None
+    resume = generate_cmd(store, "--resume", slow=slow)
+    resumed_rc = _run(resume) if killed and seen["exists"] else None
     if killed and not seen["exists"]:  # killed before the store was created: start again
-        resumed_rc = _run(generate_cmd(store))
+        resumed_rc = _run(generate_cmd(store, slow=slow))
     equal = (
         same_store(reference, store)
         if store.exists() and (resumed_rc == 0 or not killed)
         else False
     )
     survived = (not killed or seen["refused"]) and seen["bad_committed"] == 0 and equal
-    return {"trial": name, "fault": fault or f"SIGKILL after {kill_after:.2f} s", "killed": killed, **seen,
-            "resume_exit": resumed_rc, "bitwise_equal": equal, "survived": survived}  # fmt: skip
+    return {
+        "trial": name,
+        "fault": fault or f"SIGKILL after {kill_after:.2f} s",
+        "killed": killed,
+        **seen,
+        "resume_exit": resumed_rc,
+        "bitwise_equal": equal,
+        "survived": survived,
+    }
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -138,15 +195,22 @@ def stage_two_trial(
     *,
     fault: str | None,
     kill_after: float | None,
+    slow: bool = False,
 ) -> dict[str, Any]:
     out = work / name
-    cmd = train_cmd(out, store)
+    cmd = train_cmd(out, store, slow=slow)
     rc = _run(cmd, fault) if fault else _kill_after(cmd, kill_after or 1.0)
     killed = rc == -signal.SIGKILL
-    resumed_rc = _run(train_cmd(out, store, "--resume")) if killed else None
+    resumed_rc = _run(train_cmd(out, store, "--resume", slow=slow)) if killed else None
     equal = (out / "metrics.jsonl").exists() and _metrics(out) == _metrics(reference)
-    return {"trial": name, "fault": fault or f"SIGKILL after {kill_after:.2f} s", "killed": killed,
-            "resume_exit": resumed_rc, "metrics_equal": equal, "survived": equal}  # fmt: skip
+    return {
+        "trial": name,
+        "fault": fault or f"SIGKILL after {kill_after:.2f} s",
+        "killed": killed,
+        "resume_exit": resumed_rc,
+        "metrics_equal": equal,
+        "survived": equal,
+    }
 
 
 def campaign(
@@ -154,28 +218,56 @@ def campaign(
 ) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
+    slow = random_trials > 0  # only timed kills need slow runs (module docstring)
     reference = work / "reference.zarr"
     if not reference.exists():
         t0 = time.perf_counter()
-        assert _run(generate_cmd(reference)) == 0
+        assert _run(generate_cmd(reference, slow=slow)) == 0
         ref_seconds = time.perf_counter() - t0
     else:
         ref_seconds = 6.0
     one = [
-        stage_one_trial(work, reference, f"s1-{p.replace(':', '-')}", fault=p, kill_after=None)
+        stage_one_trial(
+            work, reference, f"s1-{p.replace(':', '-')}", fault=p, kill_after=None, slow=slow
+        )
         for p in named
     ]
-    one += [stage_one_trial(work, reference, f"s1-random-{i}", fault=None, kill_after=rng.uniform(1.0, 0.9 * ref_seconds))
-            for i in range(random_trials)]  # fmt: skip
+    one += [
+        stage_one_trial(
+            work,
+            reference,
+            f"s1-random-{i}",
+            fault=None,
+            kill_after=rng.uniform(1.0, 0.9 * ref_seconds),
+            slow=slow,
+        )
+        for i in range(random_trials)
+    ]
     train_ref = work / "train-reference"
-    assert _run(train_cmd(train_ref, reference)) == 0
+    assert _run(train_cmd(train_ref, reference, slow=slow)) == 0
     two = [
         stage_two_trial(
-            work, reference, train_ref, "s2-epoch_end-2", fault="epoch_end:2", kill_after=None
+            work,
+            reference,
+            train_ref,
+            "s2-epoch_end-2",
+            fault="epoch_end:2",
+            kill_after=None,
+            slow=slow,
         )
     ]
-    two += [stage_two_trial(work, reference, train_ref, f"s2-random-{i}", fault=None, kill_after=rng.uniform(3.0, 7.0))
-            for i in range(random_trials // 2)]  # fmt: skip
+    two += [
+        stage_two_trial(
+            work,
+            reference,
+            train_ref,
+            f"s2-random-{i}",
+            fault=None,
+            kill_after=rng.uniform(3.0, 7.0),
+            slow=slow,
+        )
+        for i in range(random_trials // 2)
+    ]
     return {"stage_one": one, "stage_two": two, "summary": summarise(one, two)}
 
 

@@ -1,12 +1,27 @@
-"""Teachers and datasets that tests pass as ``module:function`` SPECs (tests.helpers:NAME)."""
+"""Teachers and datasets that tests pass as ``module:function`` SPECs (tests.helpers:NAME), and
+``wait_for_signal`` for tests that synchronise with a child through a fault point's signal file."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from softlabels import faults
+
+
+def wait_for_signal(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Block until the child ``proc`` creates ``path`` (``SOFTLABELS_FAULT=POINT:N:signal=PATH``);
+    fail at once if it exits first, or after ``timeout`` seconds."""
+
+    def exited() -> str | None:
+        return None if proc.poll() is None else f"the child exited with {proc.returncode}"
+
+    faults.wait_for(path, timeout, what="test", abort=exited)
 
 
 def _linear(seed: int, classes: int = 10) -> nn.Module:
@@ -57,6 +72,9 @@ def bad_shape_teacher() -> nn.Module:
 
 
 class _Slow(nn.Module):
+    """Sleeps 50 ms a batch. Only for the fault campaign's random-moment kills (make reliability),
+    which need a run long enough to land mid-run; no test may use it (tests kill at fault points)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.inner = _linear(5)
@@ -89,8 +107,8 @@ def tiny_dataset(split: str = "train") -> TinyDataset:
     return TinyDataset(split)
 
 
-class _SlowStudent(nn.Module):
-    """A small MLP that sleeps 20 ms per training batch, so that kills land mid-epoch."""
+class _Student(nn.Module):
+    """A small MLP with dropout, so that a resumed run must restore the RNG state."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,10 +117,27 @@ class _SlowStudent(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def student() -> nn.Module:
+    return _Student()
+
+
+class _SlowStudent(_Student):
+    """``student`` sleeping 20 ms per training batch, so that the fault campaign's random-moment
+    kills (make reliability) land mid-epoch. No test may use it (tests kill at fault points)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             time.sleep(0.02)
-        return self.net(x)
+        return super().forward(x)
 
 
 def slow_student() -> nn.Module:
     return _SlowStudent()
+
+
+def unsplit_dataset() -> TinyDataset:
+    """A module:function transfer set that takes no split: it has a training split only."""
+    return TinyDataset("train")

@@ -39,42 +39,127 @@ def cases(p):
         "--out",
         str(d / "run"),
     ]
-    cmp = ["compare", "--store", store, "--eval-store", test_store, "--hidden", "8", "--epochs", "1", "--quiet",
-           "--out", str(d / "cmp"), "--results", str(d / "cmp.json")]  # fmt: skip
+    cmp = [
+        "compare",
+        "--store",
+        store,
+        "--eval-store",
+        test_store,
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        str(d / "cmp"),
+        "--results",
+        str(d / "cmp.json"),
+    ]
     return [
         # softlabels generate
-        (softlabels, [*gen, "--batch-size", "0"], "--batch-size must be at least 1"),
+        (
+            softlabels,
+            [*gen, "--batch-size", "0"],
+            "Invalid value for '--batch-size': 0 is not in the range x>=1",
+        ),
         (softlabels, [*gen[:-2], "--out", str(d / "notes.txt")], "must end in .zarr"),
-        (softlabels, [*gen[:3], "--transfer", str(d / "missing.npz"), "--out", out], "does not exist"),
+        (
+            softlabels,
+            [*gen[:3], "--transfer", str(d / "missing.npz"), "--out", out],
+            "does not exist",
+        ),
         (softlabels, [*gen[:3], "--transfer", str(d / "empty.npz"), "--out", out], "is empty"),
-        (softlabels, [*gen[:3], "--transfer", "tests.helpers:tiny_dataset", "--out", str(d / "dir.h5")], "already exists"),
-        (softlabels, ["generate", "--teacher", "tests.helpers:bad_shape_teacher", "--transfer", "digits", "--out", out], "(batch, classes)"),
-        (softlabels, ["generate", "--teacher", "tests.helpers:teacher_11_classes", "--transfer", "digits", "--out", out], "11 classes but transfer set 'digits' has 10"),
-        (softlabels, ["generate", "--teacher", str(d / "notes.txt"), "--transfer", "digits", "--out", out], "is not a PyTorch checkpoint"),
+        (
+            softlabels,
+            [*gen[:3], "--transfer", "tests.helpers:tiny_dataset", "--out", str(d / "dir.h5")],
+            "already exists",
+        ),
+        (
+            softlabels,
+            [
+                "generate",
+                "--teacher",
+                "tests.helpers:bad_shape_teacher",
+                "--transfer",
+                "digits",
+                "--out",
+                out,
+            ],
+            "(batch, classes)",
+        ),
+        (
+            softlabels,
+            [
+                "generate",
+                "--teacher",
+                "tests.helpers:teacher_11_classes",
+                "--transfer",
+                "digits",
+                "--out",
+                out,
+            ],
+            "class count: 11 classes, but transfer set 'digits' names 10",
+        ),
+        (
+            softlabels,
+            ["generate", "--teacher", str(d / "notes.txt"), "--transfer", "digits", "--out", out],
+            "is not a PyTorch checkpoint",
+        ),
         # store tools
         (softlabels, ["inspect", str(d / "missing.zarr")], "no store at"),
         (softlabels, ["inspect", str(d / "dir.h5")], "HDF5"),
         (softlabels, ["inspect", str(d / "file.zarr")], "Zarr"),
         (softlabels, ["verify", str(d / "missing.zarr")], "FAIL"),
-        (softlabels, ["verify", store, "--transfer", "digits", "--sample", "0"], "0 is not in the range"),
+        (
+            softlabels,
+            ["verify", store, "--transfer", "digits", "--sample", "0"],
+            "0 is not in the range",
+        ),
         (softlabels, ["convert", str(d / "missing.zarr"), str(d / "c.h5")], "no store at"),
         (softlabels, ["convert", store, str(d / "notes.txt")], "must end in .zarr"),
-        (softlabels, ["combine", store, test_store, "--combine", "arithmetic", "--out", str(d / "k.zarr")], "transfer fingerprints differ"),
-        (softlabels, ["combine", store, "--combine", "arithmetic", "--out", str(d / "k.zarr")], "at least two stores"),
+        (
+            softlabels,
+            ["combine", store, test_store, "--combine", "arithmetic", "--out", str(d / "k.zarr")],
+            "transfer fingerprints differ",
+        ),
+        (
+            softlabels,
+            ["combine", store, "--combine", "arithmetic", "--out", str(d / "k.zarr")],
+            "at least two stores",
+        ),
         # distill train and compare
-        *[(distill, [*tr, "--temperature", t], "temperatures must be finite numbers > 0") for t in ("0", "-1", "nan", "inf")],
-        *[(distill, [*tr, flag, v], f"{flag[2:]} must be in [0, 1]") for flag in ("--alpha", "--beta") for v in ("-0.1", "1.5", "nan")],
-        (distill, [*tr, "--batch-size", "0"], "--batch-size must be at least 1"),
-        (distill, [*tr, "--epochs", "0"], "--epochs must be at least 1"),
+        *[
+            (distill, [*tr, "--temperature", t], "temperatures must be finite numbers > 0")
+            for t in ("0", "-1", "nan", "inf")
+        ],
+        *[
+            (distill, [*tr, flag, v], f"{flag[2:]} must be in [0, 1]")
+            for flag in ("--alpha", "--beta")
+            for v in ("-0.1", "1.5", "nan")
+        ],
+        (
+            distill,
+            [*tr, "--batch-size", "0"],
+            "Invalid value for '--batch-size': 0 is not in the range x>=1",
+        ),
+        (
+            distill,
+            [*tr, "--epochs", "0"],
+            "Invalid value for '--epochs': 0 is not in the range x>=1",
+        ),
         (distill, [*tr, "--transfer", "digits", "--split", "test"], "does not match the store"),
-        (distill, [*tr, "--transfer", "tests.helpers:tiny_dataset"], "N: store has 1438 rows, transfer set has 40"),
+        (
+            distill,
+            [*tr, "--transfer", "tests.helpers:tiny_dataset"],
+            "N: store has 1438 rows, transfer set has 40",
+        ),
         (distill, [*tr[:1], "--store", str(d / "missing.zarr"), *tr[3:]], "no store at"),
         (distill, [*tr[:1], "--store", str(d / "notes.txt"), *tr[3:]], "must end in .zarr"),
         (distill, [*tr, "--transfer", str(d / "empty.npz")], "is empty"),
         (distill, [*cmp, "--temperature", "0"], "temperatures must be finite numbers > 0"),
         (distill, [*cmp, "--alpha", "2"], "alpha must be in [0, 1]"),
         (distill, [*cmp[:1], "--store", test_store, *cmp[3:]], "does not match the store"),
-    ]  # fmt: skip
+    ]
 
 
 def test_bad_inputs(paths):

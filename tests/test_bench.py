@@ -23,9 +23,17 @@ def test_bench_quick(tmp_path):
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
     c = replace(BenchConfig(data=str(tmp_path), work=str(tmp_path / "work"), quick=True), **QUICK)
     res = run(c)
-    for key in ("stage2_over_ideal", "stream_over_ideal", "online_over_offline", "stage1_over_inference",
-                "sweep_over_online", "distilled_minus_hard", "distilled_minus_hard_std", "gap_closed",
-                "small_data_soft_minus_hard"):  # fmt: skip
+    for key in (
+        "stage2_over_ideal",
+        "stream_over_ideal",
+        "online_over_offline",
+        "stage1_over_inference",
+        "sweep_over_online",
+        "distilled_minus_hard",
+        "distilled_minus_hard_std",
+        "gap_closed",
+        "small_data_soft_minus_hard",
+    ):
         assert key in res
     assert len(res["storage"]) == 8 and res["synthetic_stream"]["rows"] == 20_000
     assert res["speed"]["stream_budget_bytes"] < res["speed"]["store_float32_bytes"]

@@ -58,7 +58,7 @@ def test_errors_are_one_paragraph_with_exit_codes(tmp_path):
     cases = [
         (
             ("generate", *TEACHERS, "--transfer", "digits", "--out", out, "--batch-size", "0"),
-            "--batch-size must be at least 1",
+            "Invalid value for '--batch-size': 0 is not in the range x>=1",
         ),
         (
             ("generate", *TEACHERS, "--transfer", "nothing-here", "--out", out),

@@ -2,46 +2,55 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 from softlabels.errors import ChecksumError, IncompleteStoreError, MismatchError
 from softlabels.store import open_store
 from softlabels.transfer import load_transfer
 from tests.conftest import make_store
-from trainer.data import InMemoryTargets, StreamingTargets, make_target_source, open_joined_store
+from tests.test_ensemble import direct_arithmetic
+from trainer.data import InMemoryTargets, StreamingTargets, join, make_target_source
+
+
+def open_joined_store(path: str, transfer):
+    return join(path, transfer)
 
 
 def pairs(source, epoch: int) -> dict[int, bytes]:
     out = {}
-    for b in source.batches(epoch):
-        for i, pos in enumerate(b.positions):
+    for positions, targets in source.batches(epoch):
+        for i, pos in enumerate(positions):
             assert int(pos) not in out, "a sample was served twice in one epoch"
-            out[int(pos)] = b.logits[i].tobytes() + b.member_logits[i].tobytes()
+            out[int(pos)] = targets[i].numpy().tobytes()
     return out
 
 
 def test_streaming_and_in_memory_serve_the_same_pairs(tmp_path):
     path = make_store(tmp_path / "s.zarr", chunk_rows=100)
     with open_store(path) as store:
-        memory = InMemoryTargets(store, batch_size=32, seed=3)
-        stream = StreamingTargets(store, batch_size=32, seed=3, buffer_chunks=2)
+        memory = InMemoryTargets(store, 4.0, batch_size=32, seed=3)
+        stream = StreamingTargets(store, 4.0, batch_size=32, seed=3, buffer_chunks=2)
         for epoch in (0, 1):
             a, b = pairs(memory, epoch), pairs(stream, epoch)
             assert len(a) == 1438 and a == b
         rows = store.read(0, 1438)
-    # and each pair is the stored row of that transfer position
+    # and each pair is the arithmetic ensemble at T = 4 of that transfer position's stored row
     a = pairs(memory, 0)
     for pos in (0, 717, 1437):
-        assert a[pos][:40] == rows.logits[list(rows.sample_index).index(pos)].tobytes()
+        row = list(rows.sample_index).index(pos)
+        want = np.log(direct_arithmetic(rows.member_logits[row : row + 1], np.full(3, 1 / 3), 4.0))
+        got = np.frombuffer(a[pos], dtype=np.float32)
+        np.testing.assert_allclose(got, want[0], rtol=1e-5, atol=1e-6)
 
 
 def test_streaming_shuffles_chunks_and_batches_are_full(tmp_path):
     path = make_store(tmp_path / "s.zarr", chunk_rows=100)
     with open_store(path) as store:
-        stream = StreamingTargets(store, batch_size=32, seed=0, buffer_chunks=3)
-        sizes = [len(b.positions) for b in stream.batches(0)]
-        first = next(iter(stream.batches(0))).positions
-        other = next(iter(stream.batches(1))).positions
+        stream = StreamingTargets(store, 1.0, batch_size=32, seed=0, buffer_chunks=3)
+        sizes = [len(p) for p, _ in stream.batches(0)]
+        first = next(iter(stream.batches(0)))[0]
+        other = next(iter(stream.batches(1)))[0]
     assert sizes[:-1] == [32] * (len(sizes) - 1) and sum(sizes) == 1438
     assert not np.array_equal(first, other)
     assert len(np.unique(first // 100)) > 1  # a batch mixes rows from several chunks
@@ -49,8 +58,8 @@ def test_streaming_shuffles_chunks_and_batches_are_full(tmp_path):
 
 def test_budget_picks_streaming(digits_store):
     with open_store(digits_store) as store:
-        assert isinstance(make_target_source(store, 1438, 32, 0, 10**9), InMemoryTargets)
-        src = make_target_source(store, 1438, 32, 0, 100_000)
+        assert isinstance(make_target_source(store, 2.0, 1438, 32, 0, 10**9), InMemoryTargets)
+        src = make_target_source(store, 2.0, 1438, 32, 0, 100_000)
         assert isinstance(src, StreamingTargets) and src.buffer_chunks == 1
 
 
@@ -72,14 +81,26 @@ def test_join_follows_sample_index_not_row_order(tmp_path):
     with open_store(path) as s:
         g.attrs["checksums"] = [chunk_checksum(s.read(0, 1438))]
     with open_joined_store(str(path), load_transfer("digits")) as s:
-        memory = InMemoryTargets(s, 64, 0)
-    np.testing.assert_array_equal(memory.logits, rows.logits)
+        memory = InMemoryTargets(s, 1.0, 64, 0)
+    np.testing.assert_allclose(
+        memory.targets.numpy(),
+        torch.log_softmax(torch.from_numpy(rows.logits), 1).numpy(),
+        atol=1e-6,
+    )
 
 
-@pytest.mark.parametrize(("transfer", "split", "message"), [
-    ("digits", "test", "split: store has 'train', transfer set is 'test'.*N: store has 1438 rows, transfer set has 359.*fingerprint"),
-    ("tests.helpers:tiny_dataset", "train", "N: store has 1438 rows, transfer set has 40"),
-])  # fmt: skip
+SPLIT_AND_SIZE = (
+    "split: store has 'train', transfer set is 'test'.*N: store has 1438 rows, transfer set has 359"
+)
+
+
+@pytest.mark.parametrize(
+    ("transfer", "split", "message"),
+    [
+        ("digits", "test", SPLIT_AND_SIZE),
+        ("tests.helpers:tiny_dataset", "train", "N: store has 1438 rows, transfer set has 40"),
+    ],
+)
 def test_join_refusals(digits_store, transfer, split, message):
     with pytest.raises(MismatchError, match=message):
         open_joined_store(str(digits_store), load_transfer(transfer, split))
@@ -89,16 +110,17 @@ def test_join_refuses_same_size_different_content(tmp_path, digits_store):
     x = load_transfer("digits").take(0, 1438).copy()
     x[7, 0, 3, 3] += 0.5
     np.savez(tmp_path / "edited.npz", x=x, y=load_transfer("digits").labels)
-    with pytest.raises(MismatchError, match="fingerprint: store has sha256:") as info:
+    with pytest.raises(MismatchError, match="fingerprint: store was made from 'digits'") as info:
         open_joined_store(str(digits_store), load_transfer(str(tmp_path / "edited.npz")))
     assert "split" not in str(info.value) and "N:" not in str(info.value)
 
 
 def test_join_refuses_class_count(tmp_path, digits_store):
-    np.savez(tmp_path / "c.npz", x=load_transfer("digits").take(0, 1438), y=load_transfer("digits").labels,
-             class_names=np.array([str(i) for i in range(12)]))  # fmt: skip
+    digits = load_transfer("digits")
+    names = np.array([str(i) for i in range(12)])
+    np.savez(tmp_path / "c.npz", x=digits.take(0, 1438), y=digits.labels, class_names=names)
     with pytest.raises(
-        MismatchError, match="class count: store has 10 classes, transfer set .* has 12"
+        MismatchError, match="class count: 10 classes, but transfer set .* names 12"
     ):
         open_joined_store(str(digits_store), load_transfer(str(tmp_path / "c.npz")))
 
@@ -115,4 +137,4 @@ def test_join_refuses_incomplete_and_corrupt(tmp_path):
         open_joined_store(str(path), load_transfer("digits")) as s,
         pytest.raises(ChecksumError, match="chunk 0 .* corrupt"),
     ):
-        InMemoryTargets(s, 64, 0)
+        InMemoryTargets(s, 1.0, 64, 0)

@@ -35,8 +35,19 @@ def torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
 
 def generate_args(out: Path, *extra: str) -> list[str]:
     teachers = [a for t in TEACHERS for a in ("--teacher", t)]
-    return ["softlabels.cli", "generate", *teachers, "--transfer", "digits", "--chunk-rows", "100",
-            "--out", str(out), "--quiet", *extra]  # fmt: skip
+    return [
+        "softlabels.cli",
+        "generate",
+        *teachers,
+        "--transfer",
+        "digits",
+        "--chunk-rows",
+        "100",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +80,32 @@ def test_distributed_refuses_hdf5(tmp_path):
 
 
 def test_ddp_training_matches_single_process(tmp_path, single):
-    args = ["trainer.cli", "train", "--transfer", "digits", "--store", str(single), "--hidden", "32",
-            "--epochs", "3", "--batch-size", "64", "--seed", "0", "--quiet"]  # fmt: skip
+    args = [
+        "trainer.cli",
+        "train",
+        "--transfer",
+        "digits",
+        "--store",
+        str(single),
+        "--hidden",
+        "32",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--seed",
+        "0",
+        "--quiet",
+    ]
     res = torchrun(*args, "--out", str(tmp_path / "ddp"))
     assert res.returncode == 0, res.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", *args, "--out", str(tmp_path / "one")], cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, "-m", *args, "--out", str(tmp_path / "one")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     ddp = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]

@@ -39,8 +39,17 @@ def test_stored_arithmetic_replays_exactly(digits_store, t):
     with open_store(digits_store) as s:
         rows = s.read(0, s.meta.num_samples)
         w = np.asarray(s.meta.weights)
-    got = replay_log_probs(torch.from_numpy(rows.logits), torch.from_numpy(rows.member_logits), "arithmetic",
-                           torch.tensor(w), t).exp().numpy()  # fmt: skip
+    got = (
+        replay_log_probs(
+            torch.from_numpy(rows.logits),
+            torch.from_numpy(rows.member_logits),
+            "arithmetic",
+            torch.tensor(w),
+            t,
+        )
+        .exp()
+        .numpy()
+    )
     np.testing.assert_allclose(got, direct_arithmetic(rows.member_logits, w, t), atol=1e-6)
 
 
@@ -85,8 +94,11 @@ def test_normalise_weights():
         normalise_weights([1.0, -1.0], 2)
 
 
-members_strategy = arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(2, 6)),
-                          elements=st.floats(-50, 50))  # fmt: skip
+members_strategy = arrays(
+    np.float64,
+    st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(2, 6)),
+    elements=st.floats(-50, 50),
+)
 
 
 @settings(max_examples=60, deadline=None)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from softlabels import faults
 from softlabels.errors import IncompleteStoreError, SoftLabelsError
 from softlabels.store import open_store
 from tests.conftest import make_store
 from tests.faults_campaign import ENV, ROOT, campaign, generate_cmd
+from tests.helpers import wait_for_signal
 
 
 def test_campaign_small(tmp_path):
@@ -56,32 +57,61 @@ def test_disk_full_during_finalize(tmp_path, monkeypatch):
         assert s.meta.complete and s.verify_checksums() == []
 
 
+def _check_live_store(path: Path, committed: int, partial: int | None) -> None:
+    """What a reader must see while the writer is paused: ``committed`` chunks, each verified
+    against its journal entry; every other chunk refused, ``partial`` (half written) included."""
+    with pytest.raises(IncompleteStoreError, match="not complete"):
+        open_store(path)
+    with open_store(path, allow_incomplete=True) as s:
+        assert np.flatnonzero(s.committed_chunks()).tolist() == list(range(committed))
+        for c in range(committed):
+            assert np.isfinite(s.read_verified_chunk(c).logits).all()
+        for c in {committed, s.meta.num_chunks - 1} | ({partial} - {None}):
+            with pytest.raises(IncompleteStoreError, match="uncommitted"):
+                s.read_chunk(c)
+
+
 def test_reader_during_generation_sees_only_committed_chunks(tmp_path):
+    """The writer pauses at fault points (signal, then wait for the go-ahead) while a reader looks:
+    mid-chunk 2 (its 10th array write, 2 of chunk 2's 4 arrays on disk) and after chunk 5's commit."""
     path = tmp_path / "live.zarr"
-    proc = subprocess.Popen(generate_cmd(path), env=ENV, cwd=ROOT)
+    pauses = [("chunk_array:10", 2, 2), ("chunk_committed:6", 6, None)]
+    spec = ",".join(
+        f"{p}:signal={tmp_path / f'at-{i}'},{p}:wait={tmp_path / f'go-{i}'}"
+        for i, (p, _, _) in enumerate(pauses)
+    )
+    proc = subprocess.Popen(generate_cmd(path), env={**ENV, "SOFTLABELS_FAULT": spec}, cwd=ROOT)
     try:
-        deadline = time.time() + 60
-        seen = 0
-        while time.time() < deadline and seen < 3:
-            time.sleep(0.1)
-            if not (path / "zarr.json").exists():
-                continue
-            with pytest.raises(IncompleteStoreError, match="not complete"):
-                open_store(path)
-            with open_store(path, allow_incomplete=True) as s:
-                committed = np.flatnonzero(s.committed_chunks())
-                for c in committed:
-                    rows = s.read_verified_chunk(int(c))  # checksum against the journal entry
-                    assert np.isfinite(rows.logits).all()
-                pending = np.flatnonzero(~s.committed_chunks())
-                if len(pending):
-                    with pytest.raises(IncompleteStoreError, match="uncommitted"):
-                        s.read_chunk(int(pending[-1]))
-                seen = len(committed)
-        assert seen >= 3
+        for i, (_, committed, partial) in enumerate(pauses):
+            wait_for_signal(tmp_path / f"at-{i}", proc)
+            _check_live_store(path, committed, partial)
+            (tmp_path / f"go-{i}").touch()
+        assert proc.wait(timeout=300) == 0
     finally:
-        proc.wait(timeout=120)
-    assert proc.returncode == 0
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with open_store(path) as s:
+        assert s.meta.complete and s.verify_checksums() == []
+
+
+def test_fault_actions_signal_and_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(faults, "_passes", {})
+    sig, go, never = tmp_path / "sig", tmp_path / "go", tmp_path / "never"
+    go.touch()
+    spec = f"chunk_committed:2:signal={sig},chunk_committed:2:wait={go},chunk_array:1:wait={never}"
+    monkeypatch.setenv("SOFTLABELS_FAULT", spec)
+    monkeypatch.setenv("SOFTLABELS_FAULT_TIMEOUT", "0")
+    faults.point("chunk_committed")
+    faults.point("epoch_end")
+    assert not sig.exists()
+    faults.point("chunk_committed")  # 2nd pass: signals, then finds `go` and carries on
+    assert sig.exists()
+    with pytest.raises(RuntimeError, match="fault point chunk_array: .*never did not appear"):
+        faults.point("chunk_array")
+    monkeypatch.setenv("SOFTLABELS_FAULT", "epoch_end:1:explode")
+    with pytest.raises(ValueError, match="unknown action 'explode'"):
+        faults.point("epoch_end")
 
 
 def test_environment_has_no_fault_set():

@@ -32,12 +32,20 @@ json_values = st.recursive(
 
 def base_meta(n: int = 10, c: int = 3, m: int = 2) -> StoreMeta:
     return StoreMeta(
-        num_samples=n, num_classes=c, class_names=tuple("abcdefgh"[:c]),
-        combine="arithmetic" if m > 1 else "single", weights=tuple([1.0 / m] * m),
+        num_samples=n,
+        num_classes=c,
+        class_names=tuple("abcdefgh"[:c]),
+        combine="arithmetic" if m > 1 else "single",
+        weights=tuple([1.0 / m] * m),
         teachers=tuple(TeacherInfo(f"t{i}", "x", None, "0" * 64) for i in range(m)),
-        transfer=TransferInfo("t", "train", n, "sha256:" + "0" * 64), dtype="float32", chunk_rows=4,
-        created_at="now", producer="fuzz", checksums=("0" * 64,) * ((n + 3) // 4), complete=True,
-    )  # fmt: skip
+        transfer=TransferInfo("t", "train", n, "sha256:" + "0" * 64),
+        dtype="float32",
+        chunk_rows=4,
+        created_at="now",
+        producer="fuzz",
+        checksums=("0" * 64,) * ((n + 3) // 4),
+        complete=True,
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -69,11 +77,16 @@ array_spec = st.tuples(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    n=st.integers(1, 12), c=st.integers(2, 5), m=st.integers(1, 3),
-    arrays=st.dictionaries(st.sampled_from([schema.LOGITS, schema.MEMBER_LOGITS, schema.SAMPLE_INDEX, schema.LABELS]),
-                           array_spec, max_size=4),
+    n=st.integers(1, 12),
+    c=st.integers(2, 5),
+    m=st.integers(1, 3),
+    arrays=st.dictionaries(
+        st.sampled_from([schema.LOGITS, schema.MEMBER_LOGITS, schema.SAMPLE_INDEX, schema.LABELS]),
+        array_spec,
+        max_size=4,
+    ),
     complete=st.booleans(),
-)  # fmt: skip
+)
 def test_random_store_layouts_never_crash(n, c, m, arrays, complete):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f.zarr"

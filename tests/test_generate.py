@@ -1,34 +1,27 @@
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from softlabels import schema
 from softlabels.errors import (
     MismatchError,
     NonFiniteLogitsError,
     SoftLabelsError,
     StoreExistsError,
-    StoreNotFoundError,
     TeacherError,
 )
 from softlabels.store import open_store
 from tests.conftest import make_store
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.faults_campaign import ENV, ROOT, generate_cmd
 
 
 def test_refuses_existing_store_without_overwrite(tmp_path):
     path = make_store(tmp_path / "s.zarr")
-    with pytest.raises(StoreExistsError, match="already exists; pass --overwrite"):
+    with pytest.raises(StoreExistsError, match="already exists; replace it with --overwrite"):
         make_store(path)
     make_store(path, overwrite=True)
     with open_store(path) as s:
@@ -78,19 +71,17 @@ def test_members_must_agree_on_classes(tmp_path):
 
 
 def test_teacher_classes_must_match_transfer(tmp_path):
-    with pytest.raises(
-        MismatchError, match="teachers output 11 classes but transfer set 'digits' has 10"
-    ):
+    with pytest.raises(MismatchError, match="class count: 11 classes, but transfer set 'digits'"):
         make_store(tmp_path / "d.zarr", teachers=("tests.helpers:teacher_11_classes",))
 
 
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"batch_size": 0}, "--batch-size must be at least 1"),
-        ({"chunk_rows": 0}, "--chunk-rows must be at least 1"),
+        ({"batch_size": 0}, "batch size must be at least 1"),
+        ({"chunk_rows": 0}, "chunk rows must be at least 1"),
         ({"resume": True, "overwrite": True}, "contradict"),
-        ({"combine": "single"}, "--combine single needs exactly one"),
+        ({"combine": "single"}, "combine 'single' needs exactly one teacher"),
     ],
 )
 def test_config_refusals(tmp_path, kw, message):
@@ -99,9 +90,18 @@ def test_config_refusals(tmp_path, kw, message):
     assert not (tmp_path / "x.zarr").exists()
 
 
-def test_resume_needs_a_store(tmp_path):
-    with pytest.raises(StoreNotFoundError, match="nothing to resume"):
-        make_store(tmp_path / "r.zarr", resume=True)
+def test_resume_is_idempotent(tmp_path):
+    """A requeued job repeats its command line: --resume creates, finishes, or does nothing."""
+    path = tmp_path / "r.zarr"
+    make_store(path, resume=True)  # nothing there: created
+    with open_store(path) as s:
+        first = s.meta
+    assert first.complete
+    make_store(path, resume=True)  # complete and the same run: a no-op, not rewritten
+    with open_store(path) as s:
+        assert s.meta == first
+    with pytest.raises(MismatchError, match="different run.*teachers"):
+        make_store(path, resume=True, teachers=("tests.helpers:teacher_a",))
 
 
 def test_resume_refuses_a_different_run(tmp_path):
@@ -118,44 +118,32 @@ def test_weights_are_recorded(tmp_path):
         assert s.meta.weights == (0.25, 0.25, 0.5) and s.meta.combine == "geometric"
 
 
-def _generate_cmd(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "softlabels.cli", "generate", "--teacher", "tests.helpers:slow_teacher",
-            "--teacher", "tests.helpers:teacher_b", "--transfer", "digits", "--chunk-rows", "128",
-            "--batch-size", "32", "--out", str(out), "--quiet", *extra]  # fmt: skip
-
-
-def _committed(path: Path) -> int:
-    try:
-        journal = zarr.open_group(str(path), mode="r")[schema.COMMIT_JOURNAL][:]
-    except Exception:
-        return 0
-    return int(journal.any(axis=1).sum())
-
-
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_killed_then_resumed_is_bitwise_equal(tmp_path, suffix):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    reference = tmp_path / f"ref{suffix}"
-    subprocess.run(_generate_cmd(reference), check=True, env=env, cwd=ROOT)
+    # The run of generate_cmd, in this process (only the killed run needs a process of its own).
+    run = {
+        "teachers": ("tests.helpers:teacher_a", "tests.helpers:teacher_b"),
+        "chunk_rows": 128,
+        "batch_size": 32,
+    }
+    reference = make_store(tmp_path / f"ref{suffix}", **run)
     killed = tmp_path / f"killed{suffix}"
-    proc = subprocess.Popen(_generate_cmd(killed), env=env, cwd=ROOT)
-    # A chunk takes ~0.2 s (4 slow batches). Zarr: wait for 3 committed chunks. HDF5 cannot be
-    # read while its writer holds it, so wait a fixed time past start-up instead.
-    deadline = time.time() + 60
-    if suffix == ".zarr":
-        while _committed(killed) < 3 and time.time() < deadline:
-            time.sleep(0.05)
-    else:
-        time.sleep(4.0)
-    time.sleep(0.07)  # land somewhere inside a chunk
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # Killed by the fault point at its 14th array write: chunk 3's second of four arrays, with
+    # chunks 0-2 committed. The kill is exact, so no timing is involved.
+    res = subprocess.run(
+        generate_cmd(killed),
+        env={**ENV, "SOFTLABELS_FAULT": "chunk_array:14"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     with pytest.raises(SoftLabelsError, match="not complete"):
         open_store(killed)
     with open_store(killed, allow_incomplete=True) as s:
-        done = int(s.committed_chunks().sum())
-    assert 0 < done < 12
-    subprocess.run(_generate_cmd(killed, "--resume"), check=True, env=env, cwd=ROOT)
+        assert s.committed_chunks().tolist() == [True] * 3 + [False] * 9
+    make_store(killed, resume=True, **run)
     with open_store(reference) as a, open_store(killed) as b:
         ra, rb = a.read(0, a.meta.num_samples), b.read(0, b.meta.num_samples)
         assert a.meta.checksums == b.meta.checksums

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from softlabels.cli import main as softlabels
 from softlabels.errors import SoftLabelsError
-from softlabels.tools import verify_store
+from softlabels.verify import verify_store
 from tests.stores.build import CASES, build_all
 from trainer.cli import main as distill
 from trainer.train import TrainConfig, train
@@ -24,8 +24,18 @@ def test_the_valid_controls_pass(stores, tmp_path):
     out, paths = stores
     for name in ("valid.zarr", "valid.h5"):
         assert verify_store(str(paths[name]), transfer=str(out / "transfer.npz")).ok
-        run = train(TrainConfig(out=str(tmp_path / name), transfer=str(out / "transfer.npz"), store=str(paths[name]),
-                                eval_split=None, hidden=(4,), epochs=1, batch_size=8, progress=False))  # fmt: skip
+        run = train(
+            TrainConfig(
+                out=str(tmp_path / name),
+                transfer=str(out / "transfer.npz"),
+                store=str(paths[name]),
+                eval_split=None,
+                hidden=(4,),
+                epochs=1,
+                batch_size=8,
+                progress=False,
+            )
+        )
         assert run.final["epoch"] == 1
 
 
@@ -39,8 +49,16 @@ def test_verify_flags_it(stores, name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_trainer_refuses_it(stores, tmp_path, name):
     out, paths = stores
-    config = TrainConfig(out=str(tmp_path / "run"), transfer=str(out / "transfer.npz"), store=str(paths[name]),
-                         eval_split=None, hidden=(4,), epochs=1, batch_size=8, progress=False)  # fmt: skip
+    config = TrainConfig(
+        out=str(tmp_path / "run"),
+        transfer=str(out / "transfer.npz"),
+        store=str(paths[name]),
+        eval_split=None,
+        hidden=(4,),
+        epochs=1,
+        batch_size=8,
+        progress=False,
+    )
     with pytest.raises(SoftLabelsError) as info:
         train(config)
     assert len(str(info.value)) > 20
@@ -51,9 +69,27 @@ def test_trainer_refuses_it(stores, tmp_path, name):
 def test_cli_errors_are_clean(stores, tmp_path, name):
     out, paths = stores
     runner = CliRunner()
-    res = runner.invoke(distill, ["train", "--transfer", str(out / "transfer.npz"), "--store", str(paths[name]),
-                                  "--eval-split", "none", "--hidden", "4", "--epochs", "1", "--batch-size", "8",
-                                  "--quiet", "--out", str(tmp_path / "cli")])  # fmt: skip
+    res = runner.invoke(
+        distill,
+        [
+            "train",
+            "--transfer",
+            str(out / "transfer.npz"),
+            "--store",
+            str(paths[name]),
+            "--eval-split",
+            "none",
+            "--hidden",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--quiet",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+    )
     assert res.exit_code == 1 and res.output.startswith("Error: "), res.output
     assert "Traceback" not in res.output
     res = runner.invoke(softlabels, ["inspect", str(paths[name])])

@@ -12,7 +12,9 @@ import pytest
 
 from softlabels.errors import StoreFormatError
 from softlabels.store import open_store
-from softlabels.tools import combine_stores, inspect_store, verify_store
+from softlabels.summary import inspect_store
+from softlabels.tools import combine_stores
+from softlabels.verify import verify_store
 from tests.conftest import make_store
 from trainer.train import TrainConfig, train
 

@@ -14,11 +14,21 @@ FORMAT_MD = (Path(__file__).resolve().parent.parent / "FORMAT.md").read_text()
 
 def meta(**kw) -> StoreMeta:
     base = StoreMeta(
-        num_samples=10, num_classes=3, class_names=("a", "b", "c"), combine="arithmetic", weights=(0.5, 0.5),
-        teachers=(TeacherInfo("t1", "m:f", None, "0" * 64), TeacherInfo("t2", "m:g", None, "1" * 64)),
-        transfer=TransferInfo("digits", "train", 10, "sha256:" + "2" * 64), dtype="float32", chunk_rows=4,
-        created_at="2026-01-01T00:00:00+00:00", producer="softlabels test",
-    )  # fmt: skip
+        num_samples=10,
+        num_classes=3,
+        class_names=("a", "b", "c"),
+        combine="arithmetic",
+        weights=(0.5, 0.5),
+        teachers=(
+            TeacherInfo("t1", "m:f", None, "0" * 64),
+            TeacherInfo("t2", "m:g", None, "1" * 64),
+        ),
+        transfer=TransferInfo("digits", "train", 10, "sha256:" + "2" * 64),
+        dtype="float32",
+        chunk_rows=4,
+        created_at="2026-01-01T00:00:00+00:00",
+        producer="softlabels test",
+    )
     return replace(base, **kw)
 
 

@@ -14,7 +14,8 @@ import zarr
 
 from softlabels.checkpoint import load_checkpoint, load_model
 from softlabels.errors import CheckpointError, SoftLabelsError
-from softlabels.tools import inspect_store, verify_store
+from softlabels.summary import inspect_store
+from softlabels.verify import verify_store
 from tests.conftest import make_store
 from trainer.train import TrainConfig, train
 

@@ -9,7 +9,9 @@ import zarr
 
 from softlabels.errors import MismatchError, StoreExistsError
 from softlabels.store import open_store
-from softlabels.tools import combine_stores, convert_store, inspect_store, verify_store
+from softlabels.summary import inspect_store
+from softlabels.tools import combine_stores, convert_store
+from softlabels.verify import verify_store
 from tests.conftest import make_store
 from tests.test_ensemble import direct_arithmetic
 
@@ -42,6 +44,7 @@ def test_verify_passes_a_good_store_with_rerun(digits_store):
         "complete",
         "checksums",
         "sample_index",
+        "labels",
         "finite",
         "transfer",
         "teachers",
@@ -60,8 +63,11 @@ def test_verify_detects_a_flipped_byte(tmp_path):
 
 
 def test_verify_detects_wrong_transfer_and_teacher(digits_store):
-    report = verify_store(str(digits_store), transfer="tests.helpers:tiny_dataset",
-                          teachers=("tests.helpers:teacher_a",) * 3)  # fmt: skip
+    report = verify_store(
+        str(digits_store),
+        transfer="tests.helpers:tiny_dataset",
+        teachers=("tests.helpers:teacher_a",) * 3,
+    )
     details = {name: (ok, detail) for name, ok, detail in report.checks}
     assert (
         details["transfer"][0] is False

@@ -14,8 +14,16 @@ from trainer.train import TrainConfig, train, train_sweep
 
 
 def config(tmp_path, digits_store, digits_test_store, **kw) -> TrainConfig:
-    base = TrainConfig(out=str(tmp_path / "run"), store=str(digits_store), eval_store=str(digits_test_store),
-                       hidden=(16,), epochs=3, batch_size=64, seed=1, progress=False)  # fmt: skip
+    base = TrainConfig(
+        out=str(tmp_path / "run"),
+        store=str(digits_store),
+        eval_store=str(digits_test_store),
+        hidden=(16,),
+        epochs=3,
+        batch_size=64,
+        seed=1,
+        progress=False,
+    )
     return replace(base, **kw)
 
 
@@ -70,7 +78,7 @@ def test_refusals(tmp_path, digits_store, digits_test_store):
         train(c)
     with pytest.raises(SoftLabelsError, match="different configuration"):
         train(replace(c, resume=True, temperature=2.0))
-    with pytest.raises(SoftLabelsError, match="--batch-size must be at least 1"):
+    with pytest.raises(SoftLabelsError, match="batch_size must be at least 1"):
         train(replace(c, batch_size=0))
     with pytest.raises(SoftLabelsError, match="temperature must be"):
         train(replace(c, temperature=float("nan")))
@@ -100,10 +108,12 @@ def test_cli_train_and_errors(tmp_path, digits_store, digits_test_store):
     res = runner.invoke(distill, [*args, "--temperature", "1,4", "--out", str(tmp_path / "cli")])
     assert res.exit_code == 0, res.output
     assert "KD T=1" in res.output and "KD T=4" in res.output
-    for bad, message in ((["--temperature", "0"], "temperatures must be finite numbers > 0"),
-                         (["--temperature", "nan"], "temperatures must be finite numbers > 0"),
-                         (["--alpha", "1.5"], "alpha must be in [0, 1]"),
-                         (["--batch-size", "0"], "--batch-size must be at least 1")):  # fmt: skip
+    for bad, message in (
+        (["--temperature", "0"], "temperatures must be finite numbers > 0"),
+        (["--temperature", "nan"], "temperatures must be finite numbers > 0"),
+        (["--alpha", "1.5"], "alpha must be in [0, 1]"),
+        (["--batch-size", "0"], "Invalid value for '--batch-size': 0 is not in the range x>=1"),
+    ):
         res = runner.invoke(distill, [*args, *bad, "--out", str(tmp_path / "bad")])
         assert res.exit_code != 0 and message in res.output, res.output
         assert not (tmp_path / "bad" / "model.pt").exists()

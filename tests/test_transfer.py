@@ -71,11 +71,14 @@ def test_module_dataset():
     assert len(ts) == 40 and ts.split == "test" and ts.labels is not None and ts.num_classes == 10
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("nope", "cannot understand transfer SPEC"),
-    ("missing.npz", "does not exist"),
-    ("no_such_module:fn", "cannot import module"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nope", "cannot understand transfer SPEC"),
+        ("missing.npz", "does not exist"),
+        ("no_such_module:fn", "cannot import module"),
+    ],
+)
 def test_bad_specs(spec, message):
     with pytest.raises(SpecError, match=message):
         load_transfer(spec)
@@ -85,3 +88,22 @@ def test_empty_transfer_set(tmp_path):
     np.savez(tmp_path / "e.npz", x=np.zeros((0, 3), np.float32))
     with pytest.raises(SpecError, match="is empty"):
         load_transfer(str(tmp_path / "e.npz"))
+
+
+def test_function_without_split_cannot_serve_the_test_split(tmp_path):
+    """It used to return its training data for split='test', so evaluation ran on training data."""
+    assert len(load_transfer("tests.helpers:unsplit_dataset", "train")) == 40
+    with pytest.raises(SpecError, match="takes no `split` argument.*--eval-split none"):
+        load_transfer("tests.helpers:unsplit_dataset", "test")
+    from trainer.train import TrainConfig, train
+
+    config = TrainConfig(
+        out=str(tmp_path / "r"),
+        transfer="tests.helpers:unsplit_dataset",
+        hidden=(4,),
+        epochs=1,
+        progress=False,
+    )
+    with pytest.raises(SpecError, match="--eval-split none"):
+        train(config)
+    assert train(TrainConfig(**{**config.__dict__, "eval_split": None})).final["epoch"] == 1

@@ -1,6 +1,13 @@
 """Stage two: train students from a soft-label store at any temperature. No teacher runs here.
 
-Entry points: ``trainer.train.train`` (one run), ``trainer.train.train_sweep`` (one run per
-temperature) and ``trainer.compare.compare`` (the `make distill` experiment). The only thing
-read from stage one is the store, through ``softlabels.store.open_store``.
+For your own training loop, use ``softlabels.SoftTargetDataset`` with one of the loss modules
+exported here (``HintonKD``, ``SoftCE``, ``LogitMatching``). The built-in recipe is
+``trainer.train`` (one run; it accepts an opened store), and ``trainer.compare.compare`` runs the
+`make distill` experiment. The only thing read from stage one is the store, and the only thing
+asked of it is ``StoreReader.soft_targets``: the teacher's log soft targets at T.
 """
+
+from trainer.losses import HintonKD, LogitMatching, SoftCE
+from trainer.train import TrainConfig, train
+
+__all__ = ["HintonKD", "LogitMatching", "SoftCE", "TrainConfig", "train"]

@@ -9,56 +9,137 @@ from typing import Any
 
 import click
 
-from softlabels.cli import FriendlyGroup, parse_floats
+from softlabels.clihelp import FriendlyGroup, parse_ints, parse_seeds, parse_temperatures
 from trainer.compare import CompareConfig, compare
 from trainer.train import LOSSES, TrainConfig, format_table, train_sweep
 
 
-def parse_ints(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        ints = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError as exc:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from exc
-    if not ints or min(ints) < 1:
-        raise click.BadParameter(f"expected positive sizes, got {value!r}")
-    return ints
-
-
-def parse_temperatures(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
-    temps = parse_floats(ctx, param, value)
-    if not temps or any(not (t > 0 and t < float("inf")) for t in temps):
-        raise click.BadParameter(f"temperatures must be finite numbers > 0, got {value!r}")
-    return temps
-
-
 def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--transfer", default="digits", show_default=True, help="Transfer SPEC (see `softlabels generate --help`)."),
-        click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True, help="Training split."),
-        click.option("--eval-split", type=click.Choice(["train", "test", "none"]), default="test", show_default=True, help="Held-out split evaluated at T=1 after each epoch."),
-        click.option("--store", default=None, help="Soft-label store over the training split. Omit to train on hard labels."),
-        click.option("--eval-store", default=None, help="Store over the eval split: adds teacher agreement and KL to teacher."),
-        click.option("--model", default="mlp", show_default=True, help="mlp | cnn | module:function returning an nn.Module."),
-        click.option("--hidden", default="128", show_default=True, callback=parse_ints, help="MLP hidden sizes, comma-separated."),
-        click.option("--channels", default="32,64", show_default=True, callback=parse_ints, help="CNN conv channels, comma-separated."),
-        click.option("--fc", type=click.IntRange(min=1), default=128, show_default=True, help="CNN fully-connected width."),
-        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True, help="Dropout probability."),
-        click.option("--loss", type=click.Choice(LOSSES), default="hinton", show_default=True,
-                     help="hinton: alpha*CE + beta*T^2*KL; soft_ce: T^2*H(p_T,q_T); logits: MSE on centred logits; soft_only: T^2*KL."),
-        click.option("--temperature", default="4", show_default=True, callback=parse_temperatures, help="T, or a comma list for a sweep (one student per T)."),
-        click.option("--alpha", type=float, default=0.1, show_default=True, help="Weight of the hard-label CE term, in [0, 1]."),
-        click.option("--beta", type=float, default=None, help="Weight of the T^2*KL term, in [0, 1]. Default: 1 - alpha."),
-        click.option("--epochs", type=int, default=10, show_default=True),
-        click.option("--batch-size", type=int, default=128, show_default=True),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
+        click.option(
+            "--transfer",
+            default="digits",
+            show_default=True,
+            help="Transfer SPEC (see `softlabels generate --help`).",
+        ),
+        click.option(
+            "--split",
+            type=click.Choice(["train", "test"]),
+            default="train",
+            show_default=True,
+            help="Training split.",
+        ),
+        click.option(
+            "--eval-split",
+            type=click.Choice(["train", "test", "none"]),
+            default="test",
+            show_default=True,
+            help="Held-out split evaluated at T=1 after each epoch.",
+        ),
+        click.option(
+            "--store",
+            default=None,
+            help="Soft-label store over the training split (path or URL). `train` without it trains on hard labels.",
+        ),
+        click.option(
+            "--eval-store",
+            default=None,
+            help="Store over the eval split: adds teacher agreement and KL to teacher.",
+        ),
+        click.option(
+            "--model",
+            default="mlp",
+            show_default=True,
+            help="mlp | cnn | module:function returning an nn.Module.",
+        ),
+        click.option(
+            "--num-classes",
+            type=click.IntRange(min=2),
+            default=None,
+            help="Number of classes when neither a store nor the transfer set's class names give it.",
+        ),
+        click.option(
+            "--hidden",
+            default="128",
+            show_default=True,
+            callback=parse_ints,
+            help="MLP hidden sizes, comma-separated.",
+        ),
+        click.option(
+            "--channels",
+            default="32,64",
+            show_default=True,
+            callback=parse_ints,
+            help="CNN conv channels, comma-separated.",
+        ),
+        click.option(
+            "--fc",
+            type=click.IntRange(min=1),
+            default=128,
+            show_default=True,
+            help="CNN fully-connected width.",
+        ),
+        click.option(
+            "--dropout",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.0,
+            show_default=True,
+            help="Dropout probability.",
+        ),
+        click.option(
+            "--loss",
+            type=click.Choice(tuple(LOSSES)),
+            default="hinton",
+            show_default=True,
+            help="hinton: alpha*CE + beta*T^2*KL; soft_ce: T^2*H(p_T,q_T); logits: MSE on centred logits; soft_only: T^2*KL.",
+        ),
+        click.option(
+            "--temperature",
+            default="4",
+            show_default=True,
+            callback=parse_temperatures,
+            help="T, or a comma list for a sweep (one student per T).",
+        ),
+        click.option(
+            "--alpha",
+            type=float,
+            default=0.1,
+            show_default=True,
+            help="Weight of the hard-label CE term, in [0, 1].",
+        ),
+        click.option(
+            "--beta",
+            type=float,
+            default=None,
+            help="Weight of the T^2*KL term, in [0, 1]. Default: 1 - alpha.",
+        ),
+        click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option(
+            "--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."
+        ),
         click.option("--weight-decay", type=float, default=0.0, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--memory-budget-mb", type=float, default=1024.0, show_default=True, help="Stores larger than this (as float32) are streamed chunk by chunk."),
-        click.option("--out", required=True, help="Output folder: metrics.jsonl, curves.png, last.pt, model.pt."),
-        click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch checkpoint."),
+        click.option(
+            "--memory-budget-mb",
+            type=float,
+            default=1024.0,
+            show_default=True,
+            help="Stores larger than this (as float32) are streamed chunk by chunk.",
+        ),
+        click.option(
+            "--out",
+            required=True,
+            help="Output folder: metrics.jsonl, curves.png, last.pt, model.pt.",
+        ),
+        click.option(
+            "--resume",
+            is_flag=True,
+            help="Continue the run in --out from its last epoch checkpoint.",
+        ),
         click.option("--overwrite", is_flag=True, help="Replace a non-empty --out."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
-    ]  # fmt: skip
+    ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
 
 
@@ -105,8 +186,15 @@ def train_cmd(**kw: Any) -> None:
     label = (
         (lambda r: f"KD T={r.config.temperature:g}") if config.store else (lambda r: "hard labels")
     )
-    rows = [(label(r), {k.removeprefix("eval_"): v for k, v in r.final.items()} | {"epoch_seconds": r.epoch_seconds})
-            for r in runs if "eval_accuracy" in r.final]  # fmt: skip
+    rows = [
+        (
+            label(r),
+            {k.removeprefix("eval_"): v for k, v in r.final.items()}
+            | {"epoch_seconds": r.epoch_seconds},
+        )
+        for r in runs
+        if "eval_accuracy" in r.final
+    ]
     if rows:
         click.echo(format_table(rows))
     for r in runs:
@@ -116,14 +204,26 @@ def train_cmd(**kw: Any) -> None:
 @main.command("compare")
 @student_options
 @click.option("--results", required=True, help="Where to write results.json.")
+@click.option(
+    "--seeds",
+    default=None,
+    callback=parse_seeds,
+    help="Seeds to train each student with, e.g. 0,1,2 or 0-4; the table shows mean ± std. "
+    "Default: --seed.",
+)
 def compare_cmd(**kw: Any) -> None:
-    """Train a hard-label student and distilled student(s) with the same architecture, seed and
-    epochs; print one table with the teachers and ensemble (read from --eval-store)."""
+    """Train hard-label and distilled students with the same architecture, epochs, batches and
+    optimizer, over one or more seeds; print one table with the teachers and ensemble (read from
+    --eval-store). --store and --eval-store are required here."""
     results_path = kw.pop("results")
+    seeds = kw.pop("seeds")
     config, temps = build_config(kw)
-    if config.store is None or config.eval_store is None:
-        raise click.UsageError("compare needs --store and --eval-store")
-    results = compare(CompareConfig(base=config, temperatures=temps, results=results_path))
+    if config.store is None or config.eval_store is None or config.eval_split is None:
+        raise click.UsageError("compare needs --store, --eval-store and an --eval-split")
+    seeds = seeds or (config.seed,)
+    results = compare(
+        CompareConfig(base=config, temperatures=temps, results=results_path, seeds=seeds)
+    )
     click.echo(results["table"])
     click.echo(f"wrote {results_path}")
 

@@ -3,14 +3,13 @@ covers the split, top-1 agreement with the teacher and KL(teacher || student).""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softlabels.ensemble import replay_log_probs
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet
-from trainer.data import InMemoryTargets
 
 ECE_BINS = 15
 
@@ -32,9 +31,14 @@ def expected_calibration_error(
     return ece
 
 
-def classification_metrics(log_probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """accuracy, nll and ece of (N, C) log-probabilities against labels (rows with -1 skipped)."""
+def classification_metrics(
+    log_probs: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float | None]:
+    """accuracy, nll and ece of (N, C) log-probabilities against labels (rows with -1 skipped);
+    None for each when no row has a label (accuracy does not apply)."""
     known = labels >= 0
+    if not known.any():
+        return {"accuracy": None, "nll": None, "ece": None}
     log_probs, labels = log_probs[known], labels[known]
     return {
         "accuracy": float((log_probs.argmax(1) == labels).float().mean()),
@@ -55,22 +59,9 @@ def predict_log_probs(model: nn.Module, data: TransferSet, batch_size: int = 102
     return torch.cat(out)
 
 
-def teacher_log_probs(
-    store: StoreReader, temperature: float = 1.0, targets: InMemoryTargets | None = None
-) -> torch.Tensor:
-    """(N, C) log soft targets of the stored teacher, in transfer-position order. Pass
-    ``targets`` when the store is already loaded."""
-    targets = targets or InMemoryTargets(store, batch_size=1, seed=0)
-    members = None if targets.members is None else torch.from_numpy(targets.members)
-    weights = torch.tensor(store.meta.weights, dtype=torch.float32)
-    return replay_log_probs(
-        torch.from_numpy(targets.logits), members, store.meta.combine, weights, temperature
-    )
-
-
 def evaluate(
     model: nn.Module, data: TransferSet, teacher: torch.Tensor | None = None
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Metrics of ``model`` on ``data``; ``teacher`` is (N, C) teacher log-probs at T = 1."""
     log_probs = predict_log_probs(model, data)
     metrics = classification_metrics(log_probs, torch.from_numpy(data.label_array()))
@@ -84,10 +75,15 @@ def evaluate(
     return metrics
 
 
-def member_metrics(targets: InMemoryTargets, labels: torch.Tensor) -> list[dict[str, float]]:
-    """Each ensemble member's metrics from its stored logits; ``labels`` by transfer position."""
-    members = targets.members if targets.members is not None else targets.logits[:, None, :]
-    return [
-        classification_metrics(F.log_softmax(torch.from_numpy(members[:, m]), dim=1), labels)
-        for m in range(members.shape[1])
-    ]
+def teacher_metrics(store: StoreReader, labels: torch.Tensor) -> dict[str, object]:
+    """Each member's and the stored teacher's metrics at T = 1, from the store alone (rows by
+    transfer position; ``labels`` in the same order)."""
+    positions = np.arange(store.meta.num_samples)
+    return {
+        "members": [
+            classification_metrics(store.soft_targets(positions, 1.0, member=m), labels)
+            for m in range(store.meta.num_members)
+        ],
+        "ensemble": classification_metrics(store.soft_targets(positions, 1.0), labels),
+        "combine": store.meta.combine,
+    }

@@ -2,8 +2,13 @@
 and returns a scalar averaged over the batch ("batchmean").
 
 Teacher soft targets arrive as log-probabilities at temperature T, ``teacher_log_probs`` =
-log p_T, so one code path serves single teachers and replayed ensembles (see
-softlabels.ensemble.replay_log_probs). Labels equal to -1 mean "no hard label" and are ignored.
+log p_T, exactly what ``StoreReader.soft_targets(rows, T)`` and ``SoftTargetDataset`` return, so
+one code path serves single teachers and replayed ensembles. Labels equal to -1 mean "no hard
+label" and are ignored.
+
+The modules at the end (``HintonKD``, ``SoftCE``, ``LogitMatching``) wrap these functions for
+users' own training loops: ``loss(student_logits, target, labels)``. Each names the temperature
+its target must be taken at (``target_temperature``).
 
 Notation: z student logits, v teacher logits, q_T = softmax(z / T), p_T the teacher's soft
 targets, C the number of classes.
@@ -15,6 +20,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 IGNORE_LABEL = -1
 
@@ -69,6 +75,8 @@ def logit_matching(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -
     """Caruana's logit matching: (1 / 2C) * ||(z - mean z) - (v - mean v)||^2, batchmean.
 
     Its gradient, (z - v) / C for zero-mean logits, is the high-temperature limit of ``kd_kl``.
+    Centring removes any per-row constant, so ``teacher_logits`` may equally be the teacher's
+    log-probabilities at T = 1 (v - logsumexp v).
     """
     z = student_logits.float()
     v = teacher_logits.float()
@@ -104,3 +112,97 @@ def hinton_loss_common(
     """The common form (1 - alpha) * CE + alpha * T^2 * KL: here alpha weighs the soft term."""
     check_weight("alpha", alpha)
     return hinton_loss(student_logits, labels, teacher_log_probs, temperature, 1.0 - alpha, alpha)
+
+
+# --------------------------------------------------------------------------------------------
+# Modules for training loops. forward(student_logits (B, C), target (B, C) log p_T, labels (B,))
+
+
+class HintonKD(nn.Module):
+    """alpha * CE(y, q_1) + beta * T^2 * KL(p_T || q_T), batchmean; beta defaults to 1 - alpha.
+
+    target: (B, C) teacher log-probabilities at ``temperature``; labels: (B,) int64, -1 for
+    none (needed when alpha > 0).
+    """
+
+    def __init__(self, alpha: float, beta: float | None = None, *, temperature: float) -> None:
+        super().__init__()
+        beta = 1.0 - alpha if beta is None else beta
+        check_weight("alpha", alpha)
+        check_weight("beta", beta)
+        check_temperature(temperature)
+        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+
+    @property
+    def target_temperature(self) -> float:
+        return self.temperature
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        target: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.alpha > 0 and labels is None:
+            raise ValueError(f"HintonKD with alpha={self.alpha} needs labels (use -1 for none)")
+        if labels is None:
+            labels = torch.full(student_logits.shape[:1], IGNORE_LABEL, dtype=torch.long)
+        return hinton_loss(student_logits, labels, target, self.temperature, self.alpha, self.beta)
+
+
+class SoftCE(nn.Module):
+    """T^2 * H(p_T, q_T), batchmean: soft-label cross-entropy (same gradient as KL).
+
+    target: (B, C) teacher log-probabilities at ``temperature``; labels are ignored.
+    """
+
+    def __init__(self, *, temperature: float) -> None:
+        super().__init__()
+        check_temperature(temperature)
+        self.temperature = temperature
+
+    @property
+    def target_temperature(self) -> float:
+        return self.temperature
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        target: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return soft_cross_entropy(student_logits, target, self.temperature)
+
+
+class LogitMatching(nn.Module):
+    """Caruana's logit matching on centred logits, batchmean.
+
+    target: (B, C) teacher logits, or teacher log-probabilities at T = 1 (the same after
+    centring); labels are ignored.
+    """
+
+    target_temperature = 1.0
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        target: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return logit_matching(student_logits, target)
+
+
+class HardCE(nn.Module):
+    """CE(y, q_1) over labelled rows: the hard-label baseline (no target)."""
+
+    target_temperature = None
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        target: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("HardCE needs labels")
+        return hard_cross_entropy(student_logits, labels)

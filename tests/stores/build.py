@@ -32,11 +32,21 @@ N, C, M, CHUNK = 20, 3, 2, 8
 def build_valid(out: Path, name: str, *, compress: bool = True) -> Path:
     transfer = load_transfer(str(out / "transfer.npz"))
     meta = StoreMeta(
-        num_samples=N, num_classes=C, class_names=("a", "b", "c"), combine="arithmetic", weights=(0.5, 0.5),
-        teachers=(TeacherInfo("t1", "evil_module:teacher", None, "1" * 64), TeacherInfo("t2", "t2.pt", None, "2" * 64)),
-        transfer=TransferInfo(transfer.name, "train", N, transfer.fingerprint()), dtype="float32",
-        chunk_rows=CHUNK, created_at="2026-11-21T00:00:00+00:00", producer="tests.stores.build",
-    )  # fmt: skip
+        num_samples=N,
+        num_classes=C,
+        class_names=("a", "b", "c"),
+        combine="arithmetic",
+        weights=(0.5, 0.5),
+        teachers=(
+            TeacherInfo("t1", "evil_module:teacher", None, "1" * 64),
+            TeacherInfo("t2", "t2.pt", None, "2" * 64),
+        ),
+        transfer=TransferInfo(transfer.name, "train", N, transfer.fingerprint()),
+        dtype="float32",
+        chunk_rows=CHUNK,
+        created_at="2026-11-21T00:00:00+00:00",
+        producer="tests.stores.build",
+    )
     rng = np.random.default_rng(0)
     members = rng.normal(size=(N, M, C)).astype(np.float32)
     logits = np.log(np.exp(members).mean(1) / np.exp(members).sum(2).mean(1, keepdims=True)).astype(
@@ -47,7 +57,7 @@ def build_valid(out: Path, name: str, *, compress: bool = True) -> Path:
     with StoreWriter.create(path, meta, compress=compress, overwrite=True) as w:
         for k in range(meta.num_chunks):
             a, b = meta.chunk_bounds(k)
-            w.write_chunk(k, Rows(a, logits[a:b], members[a:b], np.arange(a, b), labels[a:b]))
+            w.write_chunk(k, Rows(logits[a:b], members[a:b], np.arange(a, b), labels[a:b], start=a))
         w.finalize()
     return path
 
@@ -250,8 +260,12 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
 def build_all(out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
-    np.savez(out / "transfer.npz", x=rng.random((N, 4), dtype=np.float32), y=rng.integers(0, C, N),
-             class_names=np.array(["a", "b", "c"]))  # fmt: skip
+    np.savez(
+        out / "transfer.npz",
+        x=rng.random((N, 4), dtype=np.float32),
+        y=rng.integers(0, C, N),
+        class_names=np.array(["a", "b", "c"]),
+    )
     stores = {
         "valid.zarr": build_valid(out, "valid.zarr"),
         "valid.h5": build_valid(out, "valid.h5"),

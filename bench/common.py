@@ -1,0 +1,134 @@
+"""What every part of `make bench` shares: the configuration, logging, the teachers and the
+stores (cached under ``BenchConfig.work``: rerunning the bench reuses them)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from softlabels.generate import generate
+from trainer.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    data: str
+    work: str = "data/fashion"
+    out: str = "bench"
+    report: str = "BENCHMARKS.md"
+    teachers: int = 3
+    teacher_channels: tuple[int, ...] = (32, 64)
+    teacher_fc: int = 256
+    teacher_epochs: int = 12
+    student_hidden: tuple[int, ...] = (800, 800)
+    student_epochs: int = 15
+    speed_hidden: tuple[int, ...] = (64,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    temperature: float = 4.0
+    temperatures: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 20.0)
+    alpha: float = 0.1
+    batch_size: int = 128
+    small_fraction: float = 0.03
+    small_epochs: int = 60
+    speed_epochs: int = 9
+    stage1_repeats: int = 5
+    synthetic_rows: int = 2_000_000
+    synthetic_classes: int = 1000
+    synthetic_budget_mb: float = 512.0
+    quick: bool = False
+
+    @property
+    def transfer(self) -> str:
+        return f"fashion-mnist:{self.data}"
+
+
+QUICK = {
+    "teachers": 2,
+    "teacher_channels": (4, 8),
+    "teacher_fc": 16,
+    "teacher_epochs": 1,
+    "student_hidden": (32, 32),
+    "student_epochs": 1,
+    "speed_hidden": (16,),
+    "seeds": (0, 1),
+    "temperatures": (1.0, 4.0),
+    "small_epochs": 2,
+    "speed_epochs": 2,
+    "stage1_repeats": 1,
+    "synthetic_rows": 20_000,
+    "synthetic_classes": 50,
+    "synthetic_budget_mb": 1.0,
+    "small_fraction": 0.2,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def teacher_paths(c: BenchConfig) -> list[Path]:
+    return [Path(c.work) / f"teacher{i + 1}.pt" for i in range(c.teachers)]
+
+
+def train_teachers(c: BenchConfig) -> list[dict[str, Any]]:
+    out = []
+    for i, path in enumerate(teacher_paths(c)):
+        run_dir = Path(c.work) / "runs" / f"teacher{i + 1}"
+        if not path.exists():
+            log(f"training teacher {i + 1} ({c.teacher_epochs} epochs)")
+            train(
+                TrainConfig(
+                    out=str(run_dir),
+                    transfer=c.transfer,
+                    model="cnn",
+                    channels=c.teacher_channels,
+                    fc=c.teacher_fc,
+                    dropout=0.3,
+                    epochs=c.teacher_epochs,
+                    batch_size=c.batch_size,
+                    lr=1e-3,
+                    seed=100 + i,
+                    save=str(path),
+                    overwrite=True,
+                    progress=False,
+                )
+            )
+        history = [
+            json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
+        out.append(
+            {
+                "test_accuracy": history[-1]["eval_accuracy"],
+                "test_nll": history[-1]["eval_nll"],
+                "epoch_seconds": statistics.median(h["epoch_seconds"] for h in history),
+            }
+        )
+    return out
+
+
+def make_store(
+    c: BenchConfig,
+    name: str,
+    teachers: list[Path],
+    split: str = "train",
+    transfer: str | None = None,
+) -> tuple[Path, float]:
+    path = Path(c.work) / name
+    t0 = time.perf_counter()
+    store = generate(
+        [str(t) for t in teachers],
+        transfer or c.transfer,
+        str(path),
+        split=split,
+        batch_size=256,
+        overwrite=True,
+        progress=False,
+    )
+    store.close()
+    return path, time.perf_counter() - t0

@@ -1,0 +1,74 @@
+"""The one check that a transfer set goes with a store (or with teachers of C classes).
+
+Every path that pairs inputs with soft targets runs it: ``generate`` (teachers' C against the
+transfer set), ``verify --transfer``, ``SoftTargetDataset`` and the trainer's join.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from softlabels.errors import MismatchError
+from softlabels.store import StoreReader
+from softlabels.transfer import TransferSet
+
+
+def check_transfer(
+    transfer: TransferSet, *, num_classes: int, store: StoreReader | None = None
+) -> None:
+    """Raise MismatchError naming every way ``transfer`` differs from what a store of
+    ``num_classes`` classes (or ``store`` itself: split, size, fingerprint, labels) needs.
+
+    Labels must be 0..C-1, or -1 for "no label".
+    """
+    diffs = []
+    if transfer.num_classes is not None and transfer.num_classes != num_classes:
+        diffs.append(
+            f"class count: {num_classes} classes, but transfer set {transfer.name!r} names "
+            f"{transfer.num_classes}"
+        )
+    labels = transfer.labels
+    if labels is not None and len(labels) and (labels.max() >= num_classes or labels.min() < -1):
+        bad = np.flatnonzero((labels >= num_classes) | (labels < -1))[:10].tolist()
+        diffs.append(
+            f"labels: transfer labels must be 0..{num_classes - 1} (or -1 for none), but "
+            f"positions {bad} hold {labels[bad].tolist()}"
+        )
+    if store is not None:
+        diffs += _store_diffs(transfer, store)
+    if diffs:
+        where = f" store {store.path!r}" if store is not None else ""
+        raise MismatchError(
+            f"the transfer set {transfer.name!r} does not match the{where or ' teachers'} ("
+            + "; ".join(diffs)
+            + ")"
+        )
+
+
+def _store_diffs(transfer: TransferSet, store: StoreReader) -> list[str]:
+    meta = store.meta
+    diffs = []
+    if transfer.split != meta.transfer.split:
+        diffs.append(
+            f"split: store has {meta.transfer.split!r}, transfer set is {transfer.split!r}"
+        )
+    if len(transfer) != meta.num_samples:
+        diffs.append(f"N: store has {meta.num_samples} rows, transfer set has {len(transfer)}")
+        return diffs  # positions cannot be compared
+    fingerprint = transfer.fingerprint()
+    if fingerprint != meta.transfer.fingerprint:
+        diffs.append(
+            f"fingerprint: store was made from {meta.transfer.name!r} "
+            f"({meta.transfer.fingerprint[:23]}...), these inputs are {fingerprint[:23]}..."
+        )
+    if transfer.labels is not None:
+        stored, index = store.labels(), store.sample_index()
+        mine = transfer.labels[index]
+        differ = np.flatnonzero((stored >= 0) & (stored != mine))
+        if len(differ):
+            positions = index[differ[:10]].tolist()
+            diffs.append(
+                f"labels: the store's labels differ from the transfer set's at positions "
+                f"{positions} ({len(differ)} in all)"
+            )
+    return diffs

@@ -1,0 +1,318 @@
+"""Reading a store: ``open_store`` validates it and returns a ``StoreReader``.
+
+``StoreReader.soft_targets`` is the seam between the stages: the teacher's log soft targets at
+any temperature, replayed exactly for every combine rule. Stage two asks for nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from softlabels import schema
+from softlabels.ensemble import replay_log_probs
+from softlabels.errors import (
+    ChecksumError,
+    IncompleteStoreError,
+    StoreFormatError,
+)
+from softlabels.schema import StoreMeta
+from softlabels.store.backends import HDF5Backend, ZarrBackend, open_backend, store_kind
+from softlabels.store.rows import Rows, chunk_checksum, nonfinite_rows
+
+Backend = ZarrBackend | HDF5Backend
+
+
+class StoreReader:
+    """A validated, read-only view of a store. Use ``open_store`` to get one; it is a context
+    manager, and it pickles as its path (a DataLoader worker reopens it)."""
+
+    def __init__(self, backend: Backend, meta: StoreMeta, *, allow_incomplete: bool) -> None:
+        self._b = backend
+        self.meta = meta
+        self.path = backend.path
+        self.allow_incomplete = allow_incomplete
+        self._committed: np.ndarray | None = None
+        self._has_members = backend.has(schema.MEMBER_LOGITS)
+        self._row_of: np.ndarray | None = None  # transfer position -> store row
+        self._loaded: Rows | None = None  # every row, verified, in transfer-position order
+        self._weights = torch.tensor(meta.weights, dtype=torch.float32)
+
+    # -- context manager and pickling
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._b.close()
+
+    def __reduce__(self) -> tuple[object, tuple[str, bool]]:
+        return _reopen, (self.path, self.allow_incomplete)
+
+    # -- description
+    @property
+    def kind(self) -> str:
+        return store_kind(self.path)
+
+    @property
+    def has_members(self) -> bool:
+        return self._has_members
+
+    def array_shapes(self) -> dict[str, tuple[int, ...]]:
+        names = [n for n in schema.CHECKSUM_ORDER if self._b.has(n)]
+        return {n: self._b.shape(n) for n in names}
+
+    def nbytes_on_disk(self) -> int | None:
+        return self._b.nbytes_on_disk()
+
+    def committed_chunks(self) -> np.ndarray:
+        """(n_chunks,) bool: all True for a complete store; from the journal otherwise."""
+        if self.meta.complete:
+            return np.ones(self.meta.num_chunks, dtype=bool)
+        if self._committed is None:
+            self._committed = journal_committed(self._b, self.meta)
+        return self._committed
+
+    # -- the seam
+    def soft_targets(
+        self, rows: Rows | np.ndarray, temperature: float, *, member: int | None = None
+    ) -> torch.Tensor:
+        """The teacher's log soft targets at ``temperature``: (R, C) float32 log-probabilities.
+
+        ``rows`` is a block read from this store (``read``, ``read_chunk``, ``load``), or an int
+        array of R transfer-set positions, read here and returned in that order. ``member=None``
+        gives the stored teacher (an ensemble replayed exactly for its combine rule: arithmetic
+        from its members' own logits, geometric and single teachers from ``logits``); ``member=m``
+        gives ensemble member m alone.
+        """
+        if not isinstance(rows, Rows):
+            rows = self.rows_at(np.asarray(rows, dtype=np.int64))
+        if member is not None:
+            if not 0 <= member < self.meta.num_members:
+                raise IndexError(f"member {member} of a {self.meta.num_members}-teacher store")
+            z = rows.logits if rows.member_logits is None else rows.member_logits[:, member]
+            return torch.log_softmax(torch.from_numpy(z).float() / temperature, dim=-1)
+        members = None
+        if rows.member_logits is not None:
+            members = torch.from_numpy(rows.member_logits).float()
+        logits = torch.from_numpy(rows.logits).float()
+        return replay_log_probs(logits, members, self.meta.combine, self._weights, temperature)
+
+    # -- reading rows
+    def read(self, start: int, stop: int) -> Rows:
+        """Rows [start, stop). For an incomplete store every touched chunk must be committed."""
+        n = self.meta.num_samples
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"row range [{start}, {stop}) is outside the store's {n} rows")
+        if not self.meta.complete and stop > start:
+            first, last = start // self.meta.chunk_rows, (stop - 1) // self.meta.chunk_rows
+            pending = [c for c in range(first, last + 1) if not self.committed_chunks()[c]]
+            if pending:
+                raise IncompleteStoreError(
+                    f"rows [{start}, {stop}) touch uncommitted chunks {pending}"
+                )
+        names = [n for n in schema.CHECKSUM_ORDER if n != schema.MEMBER_LOGITS or self.has_members]
+        try:
+            arrays = dict(zip(names, self._b.read_many(names, start, stop), strict=True))
+        except Exception as exc:  # codec or I/O failure inside zarr/h5py: the bytes are bad
+            raise StoreFormatError(
+                f"cannot decode rows [{start}, {stop}) of {self.path!r} ({type(exc).__name__}: "
+                f"{exc}); the store is corrupt: run `softlabels verify` and regenerate it"
+            ) from exc
+        return Rows(
+            logits=arrays[schema.LOGITS],
+            member_logits=arrays.get(schema.MEMBER_LOGITS),
+            sample_index=arrays[schema.SAMPLE_INDEX],
+            labels=arrays[schema.LABELS],
+            start=start,
+        )
+
+    def read_chunk(self, chunk: int) -> Rows:
+        return self.read(*self.meta.chunk_bounds(chunk))
+
+    def read_verified_chunk(self, chunk: int) -> Rows:
+        """A chunk whose bytes match its checksum (its journal entry, for an incomplete store)
+        and whose logits are all finite; raises otherwise."""
+        rows = self.read_chunk(chunk)
+        if self.meta.checksums is not None:
+            expected = self.meta.checksums[chunk]
+        else:
+            expected = bytes(self._b.read(schema.COMMIT_JOURNAL, chunk, chunk + 1)[0]).hex()
+        if chunk_checksum(rows) != expected:
+            raise ChecksumError(
+                f"chunk {chunk} of {self.path!r} does not match its checksum: the store is "
+                f"corrupt; run `softlabels verify` and regenerate it"
+            )
+        bad = nonfinite_rows(rows)
+        if bad:
+            raise StoreFormatError(f"{self.path!r} holds NaN or Inf logits at rows {bad[:10]}")
+        check_labels(rows.labels, self.meta.num_classes, offset=rows.start)
+        return rows
+
+    def iter_chunks(self) -> Iterator[Rows]:
+        for chunk in range(self.meta.num_chunks):
+            yield self.read_chunk(chunk)
+
+    def load(self) -> Rows:
+        """Every row, checksum-verified, in transfer-position order (row i is position i).
+        Read once and kept: later calls, and ``soft_targets`` of positions, reuse it."""
+        if self._loaded is None:
+            rows = Rows.concat([self.read_verified_chunk(c) for c in range(self.meta.num_chunks)])
+            check_sample_index(rows.sample_index, self.meta.num_samples)
+            self._loaded = rows.take(np.argsort(rows.sample_index, kind="stable"))
+        return self._loaded
+
+    def rows_at(self, positions: np.ndarray) -> Rows:
+        """The rows of transfer positions ``positions``, in that order (verified chunks)."""
+        if self._loaded is not None:
+            return self._loaded.take(positions)
+        if self._row_of is None:
+            self._row_of = np.argsort(self.sample_index(), kind="stable")
+        rows = self._row_of[positions]
+        chunks = rows // self.meta.chunk_rows
+        parts, where = [], []
+        for c in np.unique(chunks):
+            block = self.read_verified_chunk(int(c))
+            sel = np.flatnonzero(chunks == c)
+            parts.append(block.take(rows[sel] - block.start))
+            where.append(sel)
+        gathered = Rows.concat(parts)
+        return gathered.take(np.argsort(np.concatenate(where), kind="stable"))
+
+    def sample_index(self) -> np.ndarray:
+        """The whole (N,) sample_index, checked to be a permutation of 0..N-1."""
+        index = self._read_committed(schema.SAMPLE_INDEX)
+        check_sample_index(index, self.meta.num_samples)
+        return index
+
+    def labels(self) -> np.ndarray:
+        """The whole (N,) labels array, checked to hold only -1..C-1."""
+        labels = self._read_committed(schema.LABELS)
+        check_labels(labels, self.meta.num_classes)
+        return labels
+
+    def _read_committed(self, name: str) -> np.ndarray:
+        if not self.meta.complete and not self.committed_chunks().all():
+            done = int(self.committed_chunks().sum())
+            raise IncompleteStoreError(
+                f"{self.path!r} is incomplete: {done} of {self.meta.num_chunks} chunks were "
+                f"committed before its writer stopped; finish it with `softlabels generate ... "
+                f"--resume`"
+            )
+        return self._b.read(name, 0, self.meta.num_samples)
+
+    def scan_chunks(self) -> tuple[list[int], list[int]]:
+        """One pass over every chunk: (chunks failing their checksum or undecodable, the first
+        rows holding NaN or Inf logits)."""
+        if self.meta.checksums is None:
+            raise IncompleteStoreError("store has no checksums yet: it was never finalised")
+        bad_sums: list[int] = []
+        bad_rows: list[int] = []
+        for chunk in range(self.meta.num_chunks):
+            try:
+                rows = self.read_chunk(chunk)
+            except StoreFormatError:
+                bad_sums.append(chunk)
+                continue
+            if chunk_checksum(rows) != self.meta.checksums[chunk]:
+                bad_sums.append(chunk)
+            bad_rows += nonfinite_rows(rows)[: 10 - len(bad_rows)]
+        return bad_sums, bad_rows
+
+    def verify_checksums(self) -> list[int]:
+        """Indices of chunks whose data no longer matches the recorded checksum."""
+        return self.scan_chunks()[0]
+
+
+def _reopen(path: str, allow_incomplete: bool) -> StoreReader:
+    return open_store(path, allow_incomplete=allow_incomplete)
+
+
+def check_sample_index(index: np.ndarray, num_samples: int) -> None:
+    if index.shape != (num_samples,):
+        raise StoreFormatError(f"sample_index has shape {index.shape}, expected ({num_samples},)")
+    if len(index) and (index.min() < 0 or index.max() >= num_samples):
+        bad = np.flatnonzero((index < 0) | (index >= num_samples))[:10]
+        raise StoreFormatError(
+            f"sample_index is out of range [0, {num_samples}) at rows {bad.tolist()}"
+        )
+    counts = np.bincount(index, minlength=num_samples)
+    if (counts != 1).any():
+        dup = np.flatnonzero(counts > 1)[:10]
+        raise StoreFormatError(f"sample_index repeats transfer positions {dup.tolist()}")
+
+
+def check_labels(labels: np.ndarray, num_classes: int, *, offset: int = 0) -> None:
+    """Stored labels are 0..C-1, or -1 for "no label"; refuse anything else."""
+    bad = np.flatnonzero((labels < -1) | (labels >= num_classes))
+    if len(bad):
+        raise StoreFormatError(
+            f"store labels must be -1..{num_classes - 1}, but rows {(bad[:10] + offset).tolist()} "
+            f"hold {labels[bad[:10]].tolist()}; the store is invalid: regenerate it"
+        )
+
+
+def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> StoreReader:
+    """Open and validate the store at a local path or fsspec URL. Refuses an incomplete store
+    (its writer did not finish) unless ``allow_incomplete``: then only committed chunks read."""
+    backend = open_backend(path, "r")
+    try:
+        meta = read_meta(backend)
+        if not meta.complete and not allow_incomplete:
+            raise IncompleteStoreError(
+                f"store {str(path)!r} is not complete (its writer did not finish); finish it with "
+                f"`softlabels generate ... --resume`, or open it with allow_incomplete=True to read "
+                f"the chunks committed so far"
+            )
+    except Exception:
+        backend.close()
+        raise
+    return StoreReader(backend, meta, allow_incomplete=allow_incomplete)
+
+
+def read_meta(backend: Backend) -> StoreMeta:
+    """The validated metadata of an opened backend, after checking its arrays against it."""
+    attrs = backend.attrs()
+    if not attrs:
+        raise StoreFormatError(
+            f"{backend.path!r} is not a softlabels store (it has no store attributes)"
+        )
+    meta = StoreMeta.from_attrs(attrs)
+    check_arrays(backend, meta)
+    return meta
+
+
+def check_arrays(backend: Backend, meta: StoreMeta) -> None:
+    """Every array of ``schema.array_layout(meta)`` exists with its shape and dtype."""
+    layout = schema.array_layout(meta)
+    if meta.num_members == 1 and backend.has(schema.MEMBER_LOGITS):
+        raise StoreFormatError("store has member_logits but lists a single teacher")
+    for spec in layout:
+        if not backend.has(spec.name):
+            if not meta.complete:  # attributes arrive first when a store is moved object by object
+                raise IncompleteStoreError(
+                    f"{backend.path!r} is still being created (array {spec.name!r} is not there "
+                    f"yet); wait for its writer, or rerun it with --resume"
+                )
+            raise StoreFormatError(f"store is missing the array {spec.name!r}")
+        if backend.shape(spec.name) != spec.shape:
+            raise StoreFormatError(
+                f"array {spec.name!r} has shape {backend.shape(spec.name)}, expected {spec.shape}"
+            )
+        if backend.dtype(spec.name) != np.dtype(spec.dtype):
+            raise StoreFormatError(
+                f"array {spec.name!r} has dtype {backend.dtype(spec.name)}, expected {spec.dtype}"
+            )
+
+
+def journal_committed(backend: Backend, meta: StoreMeta) -> np.ndarray:
+    if not backend.has(schema.COMMIT_JOURNAL):
+        # no journal: either never written, or deleted inside finalize after checksums were set
+        return np.full(meta.num_chunks, meta.checksums is not None, dtype=bool)
+    journal = backend.read(schema.COMMIT_JOURNAL, 0, meta.num_chunks)
+    return journal.any(axis=1)

@@ -1,0 +1,234 @@
+"""Writing a store: create it atomically, commit chunks, finalise.
+
+Commit protocol (what makes resume and concurrent writers safe): a chunk's rows are written to
+every array first; only then is its SHA-256 written to its own row of the commit journal
+``_chunk_commits``. A chunk without a journal entry is not committed and is rewritten on resume.
+Each journal row is its own Zarr chunk, so processes writing disjoint chunk ranges never touch
+the same file. ``finalize`` copies the journal into the ``checksums`` attribute, deletes the
+journal, and writes ``complete = true`` last.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import numpy as np
+
+from softlabels import faults, schema
+from softlabels.errors import (
+    IncompleteStoreError,
+    MismatchError,
+    StoreExistsError,
+    StoreFormatError,
+    StoreNotFoundError,
+)
+from softlabels.schema import StoreMeta
+from softlabels.store import backends
+from softlabels.store.reader import Backend, StoreReader, journal_committed, read_meta
+from softlabels.store.rows import Rows, chunk_checksum
+
+# Fields two runs must share for one to resume (or be a no-op repeat of) the other.
+RUN_FIELDS = (
+    "num_samples",
+    "num_classes",
+    "class_names",
+    "combine",
+    "weights",
+    "teachers",
+    "transfer",
+    "dtype",
+    "chunk_rows",
+)
+
+
+class StoreWriter:
+    """Creates or resumes a store, commits chunks, and finalises it.
+
+    Several processes may hold a writer on one Zarr store at once (see ``attach``), each writing
+    a disjoint set of chunks; exactly one of them calls ``finalize`` after all have committed.
+    """
+
+    def __init__(self, backend: Backend, meta: StoreMeta) -> None:
+        self._b = backend
+        self.meta = meta
+        self.path = backend.path
+        self.created = False  # True when this writer created the store (not resumed it)
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        meta: StoreMeta,
+        *,
+        compress: bool = True,
+        overwrite: bool = False,
+    ) -> StoreWriter:
+        """A new, empty, incomplete store at ``path``, built under a staging name and moved
+        into place whole, so no reader or writer ever sees it half-created."""
+        meta = replace(meta, complete=False, checksums=None)
+        meta.validate()
+        if backends.exists(path):
+            if not overwrite:
+                raise StoreExistsError(
+                    f"{str(path)!r} already exists; replace it with --overwrite (overwrite=True)"
+                )
+            backends.remove_store(path)
+        staging = backends.staging_path(path)
+        backend = backends.open_backend(staging, "w")
+        try:
+            backend.update_attrs(meta.to_attrs())
+            for spec in schema.array_layout(meta, journal=True):
+                backend.create(spec, compress)
+            backend.flush()
+            backend.close()
+            faults.point("create_staged")
+            backends.publish(staging, path)
+        except BaseException:
+            backend.close()
+            backends.discard(staging)
+            raise
+        writer = cls(backends.open_backend(path, "r+"), meta)
+        writer.created = True
+        return writer
+
+    @classmethod
+    def attach(
+        cls, path: str | os.PathLike[str], meta: StoreMeta, *, verify: bool = True
+    ) -> StoreWriter:
+        """Open an existing incomplete store for writing; its metadata must match ``meta``.
+
+        Committed chunks whose data no longer matches their journal entry are un-committed, so
+        they are rewritten.
+        """
+        if not backends.exists(path):
+            raise StoreNotFoundError(f"nothing to resume at {str(path)!r}")
+        backend = backends.open_backend(path, "r+")
+        try:
+            existing = StoreMeta.from_attrs(backend.attrs())
+            if existing.complete:
+                raise StoreExistsError(f"{str(path)!r} is already complete; nothing to resume")
+            check_same_run(existing, meta)
+            if not backend.has(schema.COMMIT_JOURNAL):
+                _restore_journal(backend, existing)
+            read_meta(backend)  # every array is there, with its shape and dtype
+        except Exception:
+            backend.close()
+            raise
+        writer = cls(backend, existing)
+        if verify:  # one process verifies; in a process group the other ranks skip it
+            writer._drop_corrupt_commits()
+        return writer
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._b.close()
+
+    def committed(self) -> np.ndarray:
+        return journal_committed(self._b, self.meta)
+
+    def pending_chunks(self) -> list[int]:
+        return [int(c) for c in np.flatnonzero(~self.committed())]
+
+    def write_chunk(self, chunk: int, rows: Rows) -> str:
+        """Write one whole chunk, then commit it. Returns its checksum."""
+        start, stop = self.meta.chunk_bounds(chunk)
+        if rows.start != start or rows.stop != stop:
+            raise ValueError(
+                f"chunk {chunk} spans rows [{start}, {stop}), got [{rows.start}, {rows.stop})"
+            )
+        rows = self._cast(rows)
+        for name in schema.CHECKSUM_ORDER:
+            arr = rows.array(name)
+            if arr is not None:
+                self._b.write(name, start, arr)
+                faults.point("chunk_array")
+        digest = chunk_checksum(rows)
+        self._b.flush()
+        faults.point("chunk_data_written")
+        entry = np.frombuffer(bytes.fromhex(digest), np.uint8)[None]
+        self._b.write(schema.COMMIT_JOURNAL, chunk, entry)
+        self._b.flush()
+        faults.point("chunk_committed")
+        return digest
+
+    def finalize(self) -> StoreMeta:
+        """Copy the journal into ``checksums``, drop it, and set ``complete`` last."""
+        journal = self._b.read(schema.COMMIT_JOURNAL, 0, self.meta.num_chunks)
+        missing = np.flatnonzero(~journal.any(axis=1))
+        if len(missing):
+            raise IncompleteStoreError(
+                f"cannot finalise: chunks {missing[:20].tolist()} are not committed"
+            )
+        checksums = tuple(bytes(row).hex() for row in journal)
+        self._b.update_attrs({schema.ATTR_CHECKSUMS: list(checksums)})
+        faults.point("finalize_checksums")
+        self._b.delete(schema.COMMIT_JOURNAL)
+        self._b.flush()
+        faults.point("finalize_journal_deleted")
+        self._b.update_attrs({schema.ATTR_COMPLETE: True})
+        self.meta = replace(self.meta, checksums=checksums, complete=True)
+        return self.meta
+
+    def _cast(self, rows: Rows) -> Rows:
+        dtype = np.dtype(self.meta.dtype)
+        members = None
+        if rows.member_logits is not None and self.meta.num_members > 1:
+            members = rows.member_logits.astype(dtype, copy=False)
+        return replace(
+            rows,
+            logits=rows.logits.astype(dtype, copy=False),
+            member_logits=members,
+            sample_index=rows.sample_index.astype(np.int64, copy=False),
+            labels=rows.labels.astype(np.int64, copy=False),
+        )
+
+    def _drop_corrupt_commits(self) -> None:
+        reader = StoreReader(self._b, self.meta, allow_incomplete=True)
+        zero = np.zeros((1, schema.DIGEST_BYTES), np.uint8)
+        for chunk in map(int, np.flatnonzero(self.committed())):
+            expected = bytes(self._b.read(schema.COMMIT_JOURNAL, chunk, chunk + 1)[0]).hex()
+            try:
+                ok = chunk_checksum(reader.read_chunk(chunk)) == expected
+            except Exception:  # undecodable chunk bytes: rewrite it
+                ok = False
+            if not ok:
+                self._b.write(schema.COMMIT_JOURNAL, chunk, zero)
+        self._b.flush()
+
+
+def _restore_journal(backend: Backend, meta: StoreMeta) -> None:
+    """A writer killed inside ``finalize`` after deleting the journal left every chunk committed
+    and the digests in ``checksums``: rebuild the journal from them (``attach`` then re-verifies
+    every chunk against it)."""
+    if meta.checksums is None:
+        raise StoreFormatError(
+            f"{backend.path!r} has neither a commit journal nor checksums; regenerate it (overwrite)"
+        )
+    journal_spec = schema.array_layout(meta, journal=True)[-1]
+    backend.create(journal_spec, False)
+    for chunk, digest in enumerate(meta.checksums):
+        backend.write(
+            schema.COMMIT_JOURNAL, chunk, np.frombuffer(bytes.fromhex(digest), np.uint8)[None]
+        )
+    backend.flush()
+
+
+def check_same_run(existing: StoreMeta, wanted: StoreMeta) -> None:
+    """Raise MismatchError naming every run field in which two stores' metadata differ."""
+    diffs = [
+        f"{f}: store has {getattr(existing, f)!r}, this run has {getattr(wanted, f)!r}"
+        for f in RUN_FIELDS
+        if getattr(existing, f) != getattr(wanted, f)
+    ]
+    if diffs:
+        raise MismatchError(
+            "the existing store was written by a different run ("
+            + "; ".join(diffs)
+            + "); regenerate it with --overwrite (overwrite=True) or choose another output path"
+        )

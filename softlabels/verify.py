@@ -1,0 +1,168 @@
+"""`softlabels verify`: format, completeness, checksums, index, labels and finiteness; optionally
+the transfer set (fingerprint, size, split, labels) and a re-run of the teachers on sample rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from softlabels.ensemble import combined_logits
+from softlabels.errors import MismatchError, SoftLabelsError, TeacherError
+from softlabels.join import check_transfer
+from softlabels.models import forward
+from softlabels.store import StoreReader, open_store
+from softlabels.teachers import as_teacher
+from softlabels.transfer import as_transfer
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(ok for _, ok, _ in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append((name, ok, detail))
+
+    def render(self) -> str:
+        lines = [f"verify {self.path}"]
+        lines += [
+            f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}" for name, ok, detail in self.checks
+        ]
+        lines.append("OK" if self.ok else "FAILED")
+        return "\n".join(lines)
+
+
+def verify_store(
+    path: str,
+    *,
+    transfer: object = None,
+    teachers: Sequence[nn.Module | str] = (),
+    sample: int = 64,
+    seed: int = 0,
+    atol: float | None = None,
+) -> VerifyReport:
+    """Check a store's format, completeness, checksums, index, labels and finiteness;
+    optionally that ``transfer`` (SPEC, TransferSet or Dataset) is the one it was made from, and
+    that re-running ``teachers`` on ``sample`` random rows reproduces its logits."""
+    report = VerifyReport(str(path))
+    try:
+        store = open_store(path, allow_incomplete=True)
+    except SoftLabelsError as exc:
+        report.add("format", False, str(exc))
+        return report
+    with store:
+        meta = store.meta
+        report.add(
+            "format", True, f"{meta.format} v{meta.format_version}, arrays {store.array_shapes()}"
+        )
+        if not meta.complete:
+            done = int(store.committed_chunks().sum())
+            report.add(
+                "complete",
+                False,
+                f"incomplete: its writer stopped after committing {done} of {meta.num_chunks} "
+                f"chunks; finish it with `softlabels generate ... --resume`",
+            )
+            return report
+        report.add("complete", True, "complete flag set")
+        bad_sums, bad_rows = store.scan_chunks()
+        _check(report, "checksums", lambda: _checksum_detail(store, bad_sums))
+        _check(report, "sample_index", lambda: (store.sample_index(), "a permutation of 0..N-1")[1])
+        _check(report, "labels", lambda: (store.labels(), f"all in -1..{meta.num_classes - 1}")[1])
+        _check(report, "finite", lambda: _finite_detail(bad_rows))
+        if transfer is not None:
+            _check(report, "transfer", lambda: _transfer_detail(store, transfer))
+        if teachers:
+            _check(
+                report,
+                "teachers",
+                lambda: _rerun_detail(store, transfer, teachers, sample, seed, atol),
+            )
+    return report
+
+
+def _check(report: VerifyReport, name: str, fn: Callable[[], str]) -> None:
+    try:
+        report.add(name, True, fn())
+    except (SoftLabelsError, ValueError, OSError) as exc:
+        report.add(name, False, str(exc))
+
+
+def _checksum_detail(store: StoreReader, bad: list[int]) -> str:
+    if bad:
+        raise MismatchError(f"chunks {bad[:20]} do not match their recorded SHA-256")
+    return f"all {store.meta.num_chunks} chunks match"
+
+
+def _finite_detail(bad_rows: list[int]) -> str:
+    if bad_rows:
+        raise MismatchError(f"non-finite logits at rows {bad_rows}")
+    return "all logits finite"
+
+
+def _transfer_detail(store: StoreReader, transfer: object) -> str:
+    data = as_transfer(transfer, store.meta.transfer.split)
+    check_transfer(data, num_classes=store.meta.num_classes, store=store)
+    return f"fingerprint, size, split and labels match {data.name!r}"
+
+
+def rerun_tolerance(dtype: str) -> float:
+    """Relative tolerance of stored against re-run logits: float32 keeps the teacher's float32
+    output up to summation order; float16 rounds to 11 significant bits (2^-11 ~ 4.9e-4)."""
+    return 1e-4 if dtype == "float32" else 2e-3
+
+
+def _rerun_detail(
+    store: StoreReader,
+    transfer: object,
+    teachers: Sequence[nn.Module | str],
+    sample: int,
+    seed: int,
+    atol: float | None,
+) -> str:
+    meta = store.meta
+    if transfer is None:
+        raise SoftLabelsError("re-running teachers needs the transfer set too (--transfer)")
+    if len(teachers) != meta.num_members:
+        raise MismatchError(f"store has {meta.num_members} teachers, {len(teachers)} given")
+    loaded = [as_teacher(t) for t in teachers]
+    for i, (t, info) in enumerate(zip(loaded, meta.teachers, strict=True)):
+        if t.info.sha256 != info.sha256:
+            raise MismatchError(
+                f"teacher {i} ({t.info.spec or t.info.name!r}) has different weights from the "
+                f"store's {info.name!r}"
+            )
+    data = as_transfer(transfer, meta.transfer.split)
+    rng = np.random.default_rng(seed)
+    positions = np.sort(
+        rng.choice(meta.num_samples, size=min(sample, meta.num_samples), replace=False)
+    )
+    x = torch.from_numpy(data.gather(positions))
+    with torch.inference_mode():
+        fresh = torch.stack(
+            [forward(t.module, x, name=t.info.name, error=TeacherError).float() for t in loaded],
+            dim=1,
+        )  # (S, M, C)
+    expected = combined_logits(
+        fresh.double(), torch.tensor(meta.weights, dtype=torch.float64), meta.combine
+    ).numpy()
+    stored = store.rows_at(positions).logits.astype(np.float64)
+    tol = atol if atol is not None else rerun_tolerance(meta.dtype)
+    err = float(np.max(np.abs(stored - expected) / np.maximum(1.0, np.abs(expected))))
+    if err > tol:
+        raise MismatchError(
+            f"re-run logits differ from the store by up to {err:.3g} (tolerance {tol:g} for "
+            f"{meta.dtype} logits)"
+        )
+    return (
+        f"re-ran {len(loaded)} teacher(s) on {len(positions)} random rows: max rel. error "
+        f"{err:.2g} <= {tol:g} (tolerance for {meta.dtype} logits)"
+    )

@@ -1,0 +1,135 @@
+"""Write the committed test vectors tests/vectors/tiny.zarr and tests/vectors/tiny.h5.
+
+    .venv/bin/python tests/vectors/make_vectors.py
+
+Every value here is literal, so the two stores are the same on every machine; FORMAT.md
+("Test vectors") lists their exact bytes and checksums, and tests/test_vectors.py pins them.
+Rerun this only when the format changes, and then update FORMAT.md and the test's literals by
+hand (the script prints the values to copy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from softlabels.schema import StoreMeta, TeacherInfo, TransferInfo
+from softlabels.store import Rows, StoreWriter, chunk_checksum
+from softlabels.teachers import weights_sha256
+from softlabels.transfer import TransferSet
+
+HERE = Path(__file__).resolve().parent
+
+# ---- the transfer set: X5 = arange(20) / 4 as (5, 1, 2, 2) float32 ------------------------
+X5 = (np.arange(20, dtype=np.float32) / 4).reshape(5, 1, 2, 2)
+
+# ---- the teacher: nn.Linear(4, 3) with literal weights; member b is the same in float64 -----
+LINEAR_WEIGHT = [
+    [0.5, -1.0, 0.25, 2.0],
+    [-0.5, 1.5, 0.0, -2.0],
+    [1.0, 0.125, -0.75, 0.5],
+]
+LINEAR_BIAS = [0.1, -0.2, 0.3]  # not exact in binary: pins float32 rounding too
+
+# ---- the store rows: N=5, M=2, C=3, geometric combine with weights (0.5, 0.5) ----------------
+MEMBER_LOGITS = [  # (N, M, C)
+    [[1.0, -1.0, 0.5], [2.0, 0.0, -0.5]],
+    [[0.25, 3.0, -2.0], [0.75, 1.0, -1.0]],
+    [[-1.5, 0.0, 4.0], [-0.5, 1.0, 2.0]],
+    [[0.0, 0.0, 0.0], [1.0, -2.0, 0.5]],
+    [[2.5, -0.25, 1.0], [1.5, 0.25, -3.0]],
+]
+LOGITS = [  # (N, C): 0.5 * member a + 0.5 * member b, exact in float32
+    [1.5, -0.5, 0.0],
+    [0.5, 2.0, -1.5],
+    [-1.0, 0.5, 3.0],
+    [0.5, -1.0, 0.25],
+    [2.0, 0.0, -1.0],
+]
+SAMPLE_INDEX = [3, 0, 4, 1, 2]
+LABELS = [2, 0, 1, -1, 1]
+CHUNK_ROWS = 2
+
+
+def linear(dtype: torch.dtype = torch.float32) -> nn.Module:
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(LINEAR_WEIGHT))
+        layer.bias.copy_(torch.tensor(LINEAR_BIAS))
+    return layer.to(dtype)
+
+
+def transfer_set(inputs: np.ndarray) -> TransferSet:
+    return TransferSet(
+        name="vectors", split="test", inputs=inputs, labels=None, class_names=("a", "b", "c")
+    )
+
+
+def meta() -> StoreMeta:
+    return StoreMeta(
+        num_samples=5,
+        num_classes=3,
+        class_names=("a", "b", "c"),
+        combine="geometric",
+        weights=(0.5, 0.5),
+        teachers=(
+            TeacherInfo(
+                name="linear-f32",
+                spec="vectors:linear_f32",
+                architecture=None,
+                sha256=weights_sha256(linear(torch.float32)),
+            ),
+            TeacherInfo(
+                name="linear-f64",
+                spec="vectors:linear_f64",
+                architecture=None,
+                sha256=weights_sha256(linear(torch.float64)),
+            ),
+        ),
+        transfer=TransferInfo(
+            name="vectors", split="test", num_samples=5, fingerprint=transfer_set(X5).fingerprint()
+        ),
+        dtype="float32",
+        chunk_rows=CHUNK_ROWS,
+        created_at="2026-01-01T00:00:00+00:00",
+        producer="softlabels test vectors",
+    )
+
+
+def chunk_rows(chunk: int, dtype: str = "float32", members: bool = True) -> Rows:
+    start, stop = chunk * CHUNK_ROWS, min((chunk + 1) * CHUNK_ROWS, len(LOGITS))
+    return Rows(
+        start=start,
+        logits=np.array(LOGITS[start:stop], dtype=dtype),
+        member_logits=np.array(MEMBER_LOGITS[start:stop], dtype=dtype) if members else None,
+        sample_index=np.array(SAMPLE_INDEX[start:stop], dtype=np.int64),
+        labels=np.array(LABELS[start:stop], dtype=np.int64),
+    )
+
+
+def write(path: Path) -> StoreMeta:
+    m = meta()
+    with StoreWriter.create(path, m, compress=False, overwrite=True) as writer:
+        for chunk in range(m.num_chunks):
+            writer.write_chunk(chunk, chunk_rows(chunk))
+        return writer.finalize()
+
+
+def main() -> None:
+    for name in ("tiny.zarr", "tiny.h5"):
+        final = write(HERE / name)
+        print(f"{name}: checksums {list(final.checksums or ())}")
+    for chunk in range(3):
+        print(f"chunk {chunk} float16: {chunk_checksum(chunk_rows(chunk, 'float16'))}")
+        print(f"chunk {chunk} single:  {chunk_checksum(chunk_rows(chunk, members=False))}")
+    print("fingerprint X5[:2]:", transfer_set(X5[:2]).fingerprint())
+    print("fingerprint X5:    ", transfer_set(X5).fingerprint())
+    print("weights float32:   ", weights_sha256(linear(torch.float32)))
+    print("weights float64:   ", weights_sha256(linear(torch.float64)))
+
+
+if __name__ == "__main__":
+    main()
