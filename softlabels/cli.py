@@ -9,7 +9,7 @@ import sys
 import click
 
 from softlabels import schema
-from softlabels.clihelp import FriendlyGroup, parse_floats
+from softlabels.clihelp import FriendlyGroup, device_options, parse_floats
 from softlabels.generate import DEFAULT_CHUNK_ROWS, generate
 from softlabels.summary import format_inspect, inspect_store
 from softlabels.teachers import load_teacher
@@ -91,6 +91,15 @@ def main() -> None:
     "--resume", is_flag=True, help="Finish an interrupted store from its last committed chunk."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="DataLoader worker processes reading the transfer set (0: the main process). The "
+    "logits are bitwise the same at any count.",
+)
+@device_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_cmd(
     teachers: tuple[str, ...],
@@ -105,6 +114,9 @@ def generate_cmd(
     compress: bool,
     resume: bool,
     overwrite: bool,
+    workers: int,
+    device: str,
+    precision: str,
     quiet: bool,
 ) -> None:
     """Run the teacher(s) over a transfer set once and write their logits to a store.
@@ -132,6 +144,9 @@ def generate_cmd(
         resume=resume,
         overwrite=overwrite,
         progress=not quiet,
+        device=device,
+        precision=precision,
+        workers=workers,
     )
     with store:
         meta = store.meta
@@ -163,13 +178,29 @@ def inspect_cmd(store: str, as_json: bool) -> None:
     "--sample", type=click.IntRange(min=1), default=64, show_default=True, help="Rows to re-run."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing the rows.")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where --teacher re-runs: auto | cpu | cuda | cuda:N | mps. They run at the store's "
+    "recorded precision.",
+)
 def verify_cmd(
-    store: str, transfer: str | None, teachers: tuple[str, ...], sample: int, seed: int
+    store: str,
+    transfer: str | None,
+    teachers: tuple[str, ...],
+    sample: int,
+    seed: int,
+    device: str,
 ) -> None:
-    """Check completeness, per-chunk checksums, sample_index and (optionally) provenance.
+    """Check completeness, per-chunk checksums, sample_index, labels and (optionally)
+    provenance: the transfer set's fingerprint, size, split and labels, and a re-run of the
+    teachers on random rows, within a tolerance suited to the store's dtype and precision.
 
     Exits 1 if any check fails."""
-    report = verify_store(store, transfer=transfer, teachers=teachers, sample=sample, seed=seed)
+    report = verify_store(
+        store, transfer=transfer, teachers=teachers, sample=sample, seed=seed, device=device
+    )
     click.echo(report.render())
     if not report.ok:
         sys.exit(1)

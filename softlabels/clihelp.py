@@ -69,3 +69,21 @@ def parse_seeds(
     if not seeds or len(set(seeds)) != len(seeds):
         raise click.BadParameter(f"expected distinct seeds, got {value!r}")
     return seeds
+
+
+def device_options(fn: Any) -> Any:
+    """--device and --precision, for every command that runs a model."""
+    fn = click.option(
+        "--precision",
+        type=click.Choice(["fp32", "bf16", "fp16"]),
+        default="fp32",
+        show_default=True,
+        help="Precision of the models' forward pass (autocast); logits are kept in float32.",
+    )(fn)
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="auto (CUDA when available) | cpu | cuda | cuda:N | mps. An absent device is an "
+        "error, never a silent fallback.",
+    )(fn)

@@ -1,6 +1,7 @@
 """Multi-process support through PyTorch's own runtime: launch with ``torchrun``, which sets
-RANK and WORLD_SIZE; the gloo backend works on CPUs (set SOFTLABELS_DIST_BACKEND=nccl on GPUs).
-Outside torchrun everything here is a no-op with world size 1.
+RANK, LOCAL_RANK and WORLD_SIZE. The backend is NCCL when the processes use CUDA and gloo
+otherwise (SOFTLABELS_DIST_BACKEND overrides); each rank takes its own local GPU,
+cuda:LOCAL_RANK. Outside torchrun everything here is a no-op with world size 1.
 
 The one sharding rule, for stage one (which chunks a rank computes) and stage two (which chunks,
 or without a store which transfer positions, a rank trains on): item c belongs to rank
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 from softlabels.errors import SoftLabelsError
@@ -73,13 +75,24 @@ class Dist:
         return result  # type: ignore[return-value]
 
 
-def init_from_env() -> Dist:
+def init_from_env(device: torch.device | None = None) -> Dist:
+    """The process group torchrun describes (NCCL for CUDA, else gloo), or a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group(backend=os.environ.get("SOFTLABELS_DIST_BACKEND", "gloo"))
+        default = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=os.environ.get("SOFTLABELS_DIST_BACKEND", default))
     return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def local_device(device: torch.device, d: Dist) -> torch.device:
+    """Under torchrun, each rank's own GPU: cuda:LOCAL_RANK (an explicit cuda:N is kept)."""
+    if device.type == "cuda" and d.world > 1 and device.index in (None, 0):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def shutdown(d: Dist) -> None:

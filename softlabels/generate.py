@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import queue
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,20 +20,14 @@ from torch import nn
 from tqdm import tqdm
 
 from softlabels import __version__, schema
-from softlabels.distributed import Dist, init_from_env, shutdown
-from softlabels.ensemble import combined_logits, normalise_weights
-from softlabels.errors import (
-    MismatchError,
-    NonFiniteLogitsError,
-    SoftLabelsError,
-    StoreExistsError,
-    TeacherError,
-)
+from softlabels.device import check_precision, resolve_device, runtime_record
+from softlabels.distributed import Dist, init_from_env, local_device, shutdown
+from softlabels.ensemble import normalise_weights
+from softlabels.errors import MismatchError, SoftLabelsError, StoreExistsError, TeacherError
 from softlabels.join import check_transfer
-from softlabels.models import forward
+from softlabels.pipeline import BackgroundWriter, Runtime, compute_chunks, forward_teachers
 from softlabels.schema import StoreMeta, TransferInfo
 from softlabels.store import (
-    Rows,
     StoreReader,
     StoreWriter,
     backends,
@@ -48,7 +40,6 @@ from softlabels.teachers import Teacher, as_teacher
 from softlabels.transfer import TransferSet, as_transfer
 
 DEFAULT_CHUNK_ROWS = 4096
-_WRITE_QUEUE_CHUNKS = 2  # chunks computed ahead of the writer: bounds memory
 
 
 @dataclass(frozen=True)
@@ -65,6 +56,9 @@ class GenerateOptions:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    device: str = "auto"
+    precision: str = "fp32"
+    workers: int = 0
 
     def validate(self, num_teachers: int) -> None:
         if num_teachers < 1:
@@ -83,6 +77,8 @@ class GenerateOptions:
             )
         if num_teachers > 1 and self.combine == schema.COMBINE_SINGLE:
             raise SoftLabelsError("combine 'single' needs exactly one teacher")
+        if self.workers < 0:
+            raise SoftLabelsError(f"workers must be >= 0, got {self.workers}")
 
 
 def generate(
@@ -100,6 +96,9 @@ def generate(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    device: str = "auto",
+    precision: str = "fp32",
+    workers: int = 0,
 ) -> StoreReader:
     """Run the teacher(s) over a transfer set once and write their logits to a store at ``out``
     (PATH.zarr, PATH.h5, or a Zarr fsspec URL). Returns the finished store, opened: close it, or
@@ -117,6 +116,10 @@ def generate(
     resume: finish an interrupted store; create it if absent; do nothing if it is complete and
         was made from the same teachers and inputs (refuse one made from others).
     overwrite: replace an existing store.
+    device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or "mps"; an absent device is
+        an error. Teachers given as modules are moved there. precision: the teachers' forward
+        pass, "fp32", "bf16" or "fp16" (autocast); logits are stored from float32 copies.
+    workers: DataLoader worker processes reading the transfer set (0: the main process).
 
     Under ``torchrun`` each rank computes the chunks c with c % world == rank and writes them
     into the one Zarr store; rank 0 creates (or checks) the store first and finalises it last.
@@ -136,23 +139,28 @@ def generate(
     opts.validate(len(teachers))
     store_kind(out)
     out = str(out)
-    d = init_from_env()
+    device = resolve_device(opts.device)
+    d = init_from_env(device)
     try:
         if d.world > 1 and store_kind(out) != "zarr":
             raise SoftLabelsError(
                 "distributed generation writes Zarr: write PATH.zarr, then `softlabels convert "
                 "PATH.zarr PATH.h5` for an HDF5 copy"
             )
+        runtime = Runtime(local_device(device, d), opts.precision, opts.workers)
+        check_precision(opts.precision, runtime.device)
         loaded = [as_teacher(t) for t in teachers]
+        for t in loaded:
+            t.module.to(runtime.device)
         data = as_transfer(transfer, split)
-        meta = build_meta(opts, loaded, data, probe_num_classes(loaded, data))
+        meta = build_meta(opts, loaded, data, probe_num_classes(loaded, data, runtime), runtime)
         writer = d.collective(lambda: _open_writer(out, meta, opts) if d.is_main else None)
         if d.broadcast(writer is not None):  # else a complete, matching store is already there
             if not d.is_main:
                 writer = StoreWriter.attach(out, meta, verify=False)
             assert writer is not None
             with writer:
-                d.collective(lambda: _write_pending(opts, writer, loaded, data, d))
+                d.collective(lambda: _write_pending(opts, writer, loaded, data, d, runtime))
                 d.collective(lambda: writer.finalize() if d.is_main else None)
     finally:
         shutdown(d)
@@ -176,7 +184,12 @@ def _open_writer(out: str, meta: StoreMeta, opts: GenerateOptions) -> StoreWrite
 
 
 def _write_pending(
-    opts: GenerateOptions, writer: StoreWriter, teachers: list[Teacher], data: TransferSet, d: Dist
+    opts: GenerateOptions,
+    writer: StoreWriter,
+    teachers: list[Teacher],
+    data: TransferSet,
+    d: Dist,
+    runtime: Runtime,
 ) -> None:
     meta = writer.meta
     pending = d.take(np.array(writer.pending_chunks(), dtype=np.int64)).tolist()
@@ -184,9 +197,10 @@ def _write_pending(
     desc = "teacher logits" if d.world == 1 else f"teacher logits (rank {d.rank}/{d.world})"
     bar = tqdm(total=rows_left, unit="samples", desc=desc, disable=not opts.progress)
     try:
-        with bar, _BackgroundWriter(writer) as background:
-            for chunk in pending:
-                rows = compute_chunk(teachers, data, meta, chunk, opts.batch_size)
+        with bar, BackgroundWriter(writer) as background:
+            for chunk, rows in compute_chunks(
+                teachers, data, meta, pending, opts.batch_size, runtime
+            ):
                 background.put(chunk, rows)
                 bar.update(len(rows))
     except TeacherError:
@@ -198,11 +212,11 @@ def _write_pending(
         raise
 
 
-def probe_num_classes(teachers: list[Teacher], transfer: TransferSet) -> int:
+def probe_num_classes(teachers: list[Teacher], transfer: TransferSet, runtime: Runtime) -> int:
     """Run every teacher on two inputs; check each returns (batch, C) with one C for all, and
     that the transfer set's classes and labels fit C."""
-    x = torch.from_numpy(transfer.take(0, min(2, len(transfer))))
-    sizes = [_forward(t, x).shape[1] for t in teachers]
+    x = torch.from_numpy(transfer.take(0, min(2, len(transfer)))).to(runtime.device)
+    sizes = [forward_teachers([t], x, runtime).shape[2] for t in teachers]
     if len(set(sizes)) > 1:
         detail = ", ".join(f"{t.info.name}: {c}" for t, c in zip(teachers, sizes, strict=True))
         raise MismatchError(f"ensemble members disagree on the number of classes ({detail})")
@@ -214,7 +228,11 @@ def probe_num_classes(teachers: list[Teacher], transfer: TransferSet) -> int:
 
 
 def build_meta(
-    opts: GenerateOptions, teachers: list[Teacher], transfer: TransferSet, num_classes: int
+    opts: GenerateOptions,
+    teachers: list[Teacher],
+    transfer: TransferSet,
+    num_classes: int,
+    runtime: Runtime,
 ) -> StoreMeta:
     combine = opts.combine or (
         schema.COMBINE_SINGLE if len(teachers) == 1 else schema.COMBINE_ARITHMETIC
@@ -237,86 +255,5 @@ def build_meta(
         chunk_rows=min(opts.chunk_rows, len(transfer)),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         producer=f"softlabels {__version__}",
+        runtime=runtime_record(runtime.device, runtime.precision),
     )
-
-
-def compute_chunk(
-    teachers: list[Teacher], transfer: TransferSet, meta: StoreMeta, chunk: int, batch_size: int
-) -> Rows:
-    """All store rows of one chunk: member logits batch by batch, combined in float64."""
-    start, stop = meta.chunk_bounds(chunk)
-    weights = torch.tensor(meta.weights, dtype=torch.float64)
-    members = np.empty((stop - start, len(teachers), meta.num_classes), dtype=np.float32)
-    for b0 in range(start, stop, batch_size):
-        b1 = min(b0 + batch_size, stop)
-        x = torch.from_numpy(transfer.take(b0, b1))
-        for m, t in enumerate(teachers):
-            out = _forward(t, x)
-            if out.shape != (b1 - b0, meta.num_classes):
-                raise TeacherError(
-                    f"teacher {t.info.name!r} returned shape {tuple(out.shape)} for a batch of "
-                    f"{b1 - b0}; expected ({b1 - b0}, {meta.num_classes})"
-                )
-            bad = ~torch.isfinite(out).all(dim=1)
-            if bad.any():
-                rows = (torch.nonzero(bad).flatten() + b0).tolist()
-                raise NonFiniteLogitsError(
-                    f"teacher {t.info.name!r} produced NaN or Inf logits at transfer rows {rows[:20]}"
-                    + (f" and {len(rows) - 20} more" if len(rows) > 20 else "")
-                )
-            members[b0 - start : b1 - start, m] = out.numpy()
-    member_t = torch.from_numpy(members)
-    logits = combined_logits(member_t.double(), weights, meta.combine).float().numpy()
-    return Rows(
-        logits=logits,
-        member_logits=members if len(teachers) > 1 else None,
-        sample_index=np.arange(start, stop, dtype=np.int64),
-        labels=transfer.label_array(start, stop),  # not the whole array per chunk
-        start=start,
-    )
-
-
-def _forward(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
-    name = teacher.info.spec or teacher.info.name
-    with torch.inference_mode():
-        return forward(teacher.module, x, name=name, error=TeacherError).float()
-
-
-class _BackgroundWriter:
-    """Writes chunks on a thread while the main thread runs the teachers. Compression and file
-    I/O release the GIL, so writing overlaps compute. The bounded queue caps memory."""
-
-    def __init__(self, writer: StoreWriter) -> None:
-        self._writer = writer
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=_WRITE_QUEUE_CHUNKS)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-
-    def __enter__(self) -> _BackgroundWriter:
-        self._thread.start()
-        return self
-
-    def put(self, chunk: int, rows: Rows) -> None:
-        self._raise_if_failed()
-        self._queue.put((chunk, rows))
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if exc_type is None:
-            self._raise_if_failed()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._writer.write_chunk(*item)
-                except BaseException as exc:  # re-raised on the main thread
-                    self._error = exc
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise SoftLabelsError(
-                f"writing the store failed: {self._error}. Chunks committed so far are kept and the "
-                f"store is marked incomplete; fix the cause (e.g. free disk space) and rerun with --resume"
-            ) from self._error

@@ -55,6 +55,8 @@ ATTR_CHECKSUMS = "checksums"
 ATTR_CREATED_AT = "created_at"
 ATTR_PRODUCER = "producer"
 ATTR_COMPLETE = "complete"
+# Optional: how the logits were computed ({"device", "precision", "torch"[, "device_name"]}).
+ATTR_RUNTIME = "runtime"
 
 # In HDF5 every root attribute value is stored as a JSON-encoded UTF-8 string.
 REQUIRED_ATTRS = (
@@ -122,6 +124,7 @@ class StoreMeta:
     producer: str
     checksums: tuple[str, ...] | None = None  # one hex SHA-256 per row chunk, once complete
     complete: bool = False
+    runtime: dict[str, str] | None = None  # device type, precision, torch version
     format: str = field(default=FORMAT_NAME)
     format_version: int = field(default=FORMAT_VERSION)
 
@@ -143,6 +146,8 @@ class StoreMeta:
         attrs[ATTR_WEIGHTS] = list(self.weights)
         attrs[ATTR_TEACHERS] = [asdict(t) for t in self.teachers]
         attrs[ATTR_CHECKSUMS] = None if self.checksums is None else list(self.checksums)
+        if self.runtime is None:
+            del attrs[ATTR_RUNTIME]  # optional: absent rather than null
         return attrs
 
     @classmethod
@@ -179,6 +184,7 @@ class StoreMeta:
                 if attrs[ATTR_CHECKSUMS] is None
                 else tuple(str(c) for c in _list(attrs, ATTR_CHECKSUMS)),
                 complete=attrs[ATTR_COMPLETE] is True,
+                runtime=_runtime(attrs.get(ATTR_RUNTIME)),
             )
         except (TypeError, ValueError, KeyError) as exc:
             raise StoreFormatError(f"store root attributes are malformed: {exc}") from exc
@@ -298,6 +304,14 @@ def _teacher(entry: Any) -> TeacherInfo:
         architecture=arch,
         sha256=str(entry["sha256"]),
     )
+
+
+def _runtime(entry: Any) -> dict[str, str] | None:
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+        raise ValueError(f"runtime must be an object of strings or null, got {entry!r}")
+    return {str(k): v for k, v in entry.items()}
 
 
 def _transfer(entry: Any) -> TransferInfo:

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from softlabels.device import resolve_device
 from softlabels.ensemble import combined_logits
-from softlabels.errors import MismatchError, SoftLabelsError, TeacherError
+from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.join import check_transfer
-from softlabels.models import forward
+from softlabels.pipeline import Runtime, forward_teachers
 from softlabels.store import StoreReader, open_store
 from softlabels.teachers import as_teacher
 from softlabels.transfer import as_transfer
@@ -48,6 +49,7 @@ def verify_store(
     sample: int = 64,
     seed: int = 0,
     atol: float | None = None,
+    device: str = "auto",
 ) -> VerifyReport:
     """Check a store's format, completeness, checksums, index, labels and finiteness;
     optionally that ``transfer`` (SPEC, TransferSet or Dataset) is the one it was made from, and
@@ -84,7 +86,7 @@ def verify_store(
             _check(
                 report,
                 "teachers",
-                lambda: _rerun_detail(store, transfer, teachers, sample, seed, atol),
+                lambda: _rerun_detail(store, transfer, teachers, sample, seed, atol, device),
             )
     return report
 
@@ -114,10 +116,16 @@ def _transfer_detail(store: StoreReader, transfer: object) -> str:
     return f"fingerprint, size, split and labels match {data.name!r}"
 
 
-def rerun_tolerance(dtype: str) -> float:
-    """Relative tolerance of stored against re-run logits: float32 keeps the teacher's float32
-    output up to summation order; float16 rounds to 11 significant bits (2^-11 ~ 4.9e-4)."""
-    return 1e-4 if dtype == "float32" else 2e-3
+# Relative tolerance of stored against re-run logits. float32 storage of a float32 forward pass
+# differs only in summation order; float16 storage rounds to 11 significant bits (4.9e-4); a
+# bf16 forward pass keeps 8 bits (3.9e-3) and an fp16 one 11, before any storage rounding.
+_DTYPE_TOLERANCE = {"float32": 1e-4, "float16": 2e-3}
+_PRECISION_TOLERANCE = {"fp32": 0.0, "fp16": 5e-3, "bf16": 3e-2}
+
+
+def rerun_tolerance(dtype: str, precision: str = "fp32") -> float:
+    """The tolerance for a store of ``dtype`` whose teachers ran at ``precision``."""
+    return _DTYPE_TOLERANCE[dtype] + _PRECISION_TOLERANCE.get(precision, 3e-2)
 
 
 def _rerun_detail(
@@ -127,8 +135,11 @@ def _rerun_detail(
     sample: int,
     seed: int,
     atol: float | None,
+    device: str,
 ) -> str:
     meta = store.meta
+    precision = (meta.runtime or {}).get("precision", "fp32")
+    runtime = Runtime(resolve_device(device), precision)
     if transfer is None:
         raise SoftLabelsError("re-running teachers needs the transfer set too (--transfer)")
     if len(teachers) != meta.num_members:
@@ -145,24 +156,23 @@ def _rerun_detail(
     positions = np.sort(
         rng.choice(meta.num_samples, size=min(sample, meta.num_samples), replace=False)
     )
-    x = torch.from_numpy(data.gather(positions))
-    with torch.inference_mode():
-        fresh = torch.stack(
-            [forward(t.module, x, name=t.info.name, error=TeacherError).float() for t in loaded],
-            dim=1,
-        )  # (S, M, C)
+    x = torch.from_numpy(data.gather(positions)).to(runtime.device)
+    for t in loaded:
+        t.module.to(runtime.device)
+    fresh = forward_teachers(loaded, x, runtime).cpu()  # (S, M, C)
     expected = combined_logits(
         fresh.double(), torch.tensor(meta.weights, dtype=torch.float64), meta.combine
     ).numpy()
     stored = store.rows_at(positions).logits.astype(np.float64)
-    tol = atol if atol is not None else rerun_tolerance(meta.dtype)
+    tol = atol if atol is not None else rerun_tolerance(meta.dtype, precision)
     err = float(np.max(np.abs(stored - expected) / np.maximum(1.0, np.abs(expected))))
     if err > tol:
         raise MismatchError(
             f"re-run logits differ from the store by up to {err:.3g} (tolerance {tol:g} for "
-            f"{meta.dtype} logits)"
+            f"{meta.dtype} logits computed at {precision})"
         )
     return (
-        f"re-ran {len(loaded)} teacher(s) on {len(positions)} random rows: max rel. error "
-        f"{err:.2g} <= {tol:g} (tolerance for {meta.dtype} logits)"
+        f"re-ran {len(loaded)} teacher(s) at {precision} on {runtime.device.type}, "
+        f"{len(positions)} random rows: max rel. error {err:.2g} <= {tol:g} (tolerance for "
+        f"{meta.dtype} logits computed at {precision})"
     )

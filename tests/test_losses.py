@@ -147,3 +147,131 @@ def test_kd_properties(s, data, t):
         g, torch.zeros(len(s), dtype=torch.long), teacher_lp(v_t, t), t, 0.5, 0.5
     ).backward()
     assert torch.isfinite(g.grad).all()
+
+
+# --------------------------------------------------------------------------------------------
+# --loss dispatch through the training path: train() must train with the loss it was asked for.
+
+
+def fixed_student() -> torch.nn.Module:
+    """A student that does not depend on the global seed: its logits are known to the test."""
+    layer = torch.nn.Linear(64, 10)
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(10, 64, generator=g) * 0.2)
+        layer.bias.copy_(torch.randn(10, generator=g))
+    return torch.nn.Sequential(torch.nn.Flatten(), layer)
+
+
+def _expected_first_loss(store_path, loss: str, t: float, alpha: float, beta: float) -> float:
+    """The loss of ``fixed_student`` over the whole digits training split, computed here from the
+    store's raw arrays (read with zarr, not the reader) and the formulas written out in float64."""
+    import zarr
+
+    from softlabels.transfer import as_transfer
+
+    data = as_transfer("digits", "train")
+    g = zarr.open_group(str(store_path), mode="r")
+    index = np.asarray(g["sample_index"][:])
+    members = np.empty_like(np.asarray(g["member_logits"][:], dtype=np.float64))
+    members[index] = np.asarray(g["member_logits"][:], dtype=np.float64)  # transfer order
+    weights = np.asarray(g.attrs["weights"], dtype=np.float64)
+    with torch.no_grad():
+        z = fixed_student()(torch.from_numpy(data.take(0, len(data)))).double().numpy()
+    y = data.label_array()
+
+    def log_softmax(a: np.ndarray) -> np.ndarray:
+        a = a - a.max(-1, keepdims=True)
+        return a - np.log(np.exp(a).sum(-1, keepdims=True))
+
+    def teacher_log_p(temp: float) -> np.ndarray:  # arithmetic ensemble replayed at temp
+        p = (weights[None, :, None] * np.exp(log_softmax(members / temp))).sum(1)
+        return np.log(p)
+
+    log_q = log_softmax(z / t)
+    log_p = teacher_log_p(t)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1).mean() * t**2
+    ce_soft = -(np.exp(log_p) * log_q).sum(-1).mean() * t**2
+    hard = -log_softmax(z)[np.arange(len(y)), y].mean()
+    if loss == "hinton":
+        return alpha * hard + beta * kl
+    if loss == "soft_only":
+        return kl
+    if loss == "soft_ce":
+        return ce_soft
+    assert loss == "logits"
+    v = teacher_log_p(1.0)
+    diff = (z - z.mean(-1, keepdims=True)) - (v - v.mean(-1, keepdims=True))
+    return (diff**2).sum(-1).mean() / (2 * z.shape[-1])
+
+
+LOSS_CASES = [
+    # (loss, alpha, beta): beta=None means 1 - alpha
+    ("hinton", 0.3, None),
+    ("hinton", 0.3, 0.5),
+    ("soft_only", 0.3, None),
+    ("soft_ce", 0.3, None),
+    ("logits", 0.3, None),
+]
+
+
+def test_loss_cases_cover_every_loss_and_differ(digits_store):
+    from trainer.config import LOSSES
+
+    assert {name for name, _, _ in LOSS_CASES} == set(LOSSES)
+    values = [
+        _expected_first_loss(digits_store, n, 4.0, a, 1 - a if b is None else b)
+        for n, a, b in LOSS_CASES
+    ]
+    for i in range(len(values)):
+        for j in range(i):
+            assert abs(values[i] - values[j]) > 1e-3 * abs(values[i]), (LOSS_CASES[i], values)
+
+
+@pytest.mark.parametrize("loss,alpha,beta", LOSS_CASES)
+def test_train_uses_the_loss_it_is_given(digits_store, tmp_path, loss, alpha, beta):
+    """One epoch of one batch (every row): its train_loss is the chosen loss of the untrained
+    student, so a --loss that dispatched to the wrong function (or ignored alpha, beta or T)
+    gives another number."""
+    from trainer.train import TrainConfig, train
+
+    run = train(
+        TrainConfig(
+            out=str(tmp_path / "run"),
+            store=str(digits_store),
+            eval_split=None,
+            model="tests.test_losses:fixed_student",
+            loss=loss,
+            temperature=4.0,
+            alpha=alpha,
+            beta=beta,
+            epochs=1,
+            batch_size=4096,
+            progress=False,
+        )
+    )
+    want = _expected_first_loss(digits_store, loss, 4.0, alpha, 1 - alpha if beta is None else beta)
+    assert run.final["train_loss"] == pytest.approx(want, rel=2e-5)
+
+
+def test_train_loss_streams_the_same_targets(digits_store, tmp_path):
+    """The streamed source (a memory budget below the store's size) feeds the same targets."""
+    from trainer.train import TrainConfig, train
+
+    run = train(
+        TrainConfig(
+            out=str(tmp_path / "run"),
+            store=str(digits_store),
+            eval_split=None,
+            model="tests.test_losses:fixed_student",
+            loss="soft_ce",
+            temperature=2.0,
+            epochs=1,
+            batch_size=4096,
+            memory_budget_mb=0.01,
+            progress=False,
+        )
+    )
+    assert run.final["train_loss"] == pytest.approx(
+        _expected_first_loss(digits_store, "soft_ce", 2.0, 0.1, 0.9), rel=2e-5
+    )

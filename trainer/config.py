@@ -48,6 +48,8 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "fp32"  # the student's forward pass: fp32 or bf16 (autocast)
 
     @property
     def kd_weight(self) -> float:
@@ -71,6 +73,8 @@ class TrainConfig:
             raise SoftLabelsError(f"memory_budget_mb must be > 0, got {self.memory_budget_mb}")
         if self.resume and self.overwrite:
             raise SoftLabelsError("resume and overwrite contradict each other; pick one")
+        if self.precision not in ("fp32", "bf16"):
+            raise SoftLabelsError(f"student precision must be fp32 or bf16, got {self.precision!r}")
         if self.num_classes is not None and self.num_classes < 2:
             raise SoftLabelsError(f"num_classes must be at least 2, got {self.num_classes}")
 

@@ -49,13 +49,13 @@ def classification_metrics(
 
 @torch.no_grad()
 def predict_log_probs(model: nn.Module, data: TransferSet, batch_size: int = 1024) -> torch.Tensor:
+    """(N, C) log-probabilities at T = 1, on the CPU (the model runs on its own device)."""
     model.eval()
-    out = [
-        F.log_softmax(
-            model(torch.from_numpy(data.take(s, min(s + batch_size, len(data))))).float(), dim=1
-        )
-        for s in range(0, len(data), batch_size)
-    ]
+    device = next(model.parameters(), torch.empty(0)).device
+    out = []
+    for s in range(0, len(data), batch_size):
+        x = torch.from_numpy(data.take(s, min(s + batch_size, len(data)))).to(device)
+        out.append(F.log_softmax(model(x).float(), dim=1).cpu())
     return torch.cat(out)
 
 

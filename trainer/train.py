@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from softlabels import faults
 from softlabels.checkpoint import load_checkpoint, save_checkpoint
-from softlabels.distributed import Dist, init_from_env, shutdown
+from softlabels.device import autocast, resolve_device
+from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.errors import SoftLabelsError
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, as_transfer
@@ -37,6 +38,7 @@ from trainer.data import TargetSource, join, make_target_source, steps_per_epoch
 from trainer.evaluate import evaluate
 from trainer.report import format_table, plot_curves, write_metrics
 
+CPU = torch.device("cpu")
 __all__ = ["LOSSES", "RunResult", "TrainConfig", "format_table", "resolve_num_classes", "train"]
 
 # --------------------------------------------------------------------------------------------
@@ -44,7 +46,8 @@ __all__ = ["LOSSES", "RunResult", "TrainConfig", "format_table", "resolve_num_cl
 
 
 def _comparable(config: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "progress")}
+    skip = ("resume", "overwrite", "progress", "device")  # a run may resume on another device
+    return {k: v for k, v in asdict(config).items() if k not in skip}
 
 
 def _prepare_out(config: TrainConfig) -> Path:
@@ -89,9 +92,11 @@ def train(
     try:
         store = _joined(store, config.store, data, opened)
         eval_store = _joined(eval_store, config.eval_store, eval_data, opened)
-        d = init_from_env()
+        device = resolve_device(config.device)
+        d = init_from_env(device)
+        device = local_device(device, d)
         try:
-            return _run(config, data, eval_data, store, eval_store, d)
+            return _run(config, data, eval_data, store, eval_store, d, device)
         finally:
             shutdown(d)
     finally:
@@ -123,6 +128,7 @@ def _run(
     store: StoreReader | None,
     eval_store: StoreReader | None,
     d: Dist,
+    device: torch.device,
 ) -> RunResult:
     if store is None and config.loss != "hinton":
         raise SoftLabelsError(f"loss {config.loss!r} needs a soft-label store (--store)")
@@ -148,6 +154,7 @@ def _run(
     torch.manual_seed(config.seed)
     model, arch = build_student(config, data.input_shape, num_classes)
     check_student(model, config.model, data, num_classes)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = build_loss(config, store is not None)
     rank_batch = config.batch_size // d.world
@@ -155,10 +162,10 @@ def _run(
     temperature = loss_fn.target_temperature
     source = make_target_source(store, temperature, len(data), rank_batch, config.seed, budget, d)
     steps = steps_per_epoch(store, len(data), rank_batch, d) if d.world > 1 else None
-    labels_all = torch.from_numpy(data.label_array())
+    labels_all = torch.from_numpy(data.label_array()).to(device)
     teacher_eval = None
     if eval_store is not None and eval_data is not None and d.is_main:
-        teacher_eval = eval_store.soft_targets(np.arange(len(eval_data)), 1.0)
+        teacher_eval = eval_store.soft_targets(np.arange(len(eval_data)), 1.0)  # on the CPU
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -172,12 +179,24 @@ def _run(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
-    net = DistributedDataParallel(model) if d.world > 1 else model  # averages gradients
+    net = model
+    if d.world > 1:  # averages gradients
+        ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids)
 
     for epoch in range(start_epoch, config.epochs):
         # ---- train one epoch
         train_loss, epoch_seconds = train_epoch(
-            config, net, optimizer, loss_fn, source, data, labels_all, epoch, max_steps=steps
+            config,
+            net,
+            optimizer,
+            loss_fn,
+            source,
+            data,
+            labels_all,
+            epoch,
+            max_steps=steps,
+            device=device,
         )
         # ---- evaluate at T = 1 and checkpoint (rank 0)
         record: dict[str, Any] = {
@@ -233,9 +252,12 @@ def train_epoch(
     labels: torch.Tensor,
     epoch: int,
     max_steps: int | None = None,
+    device: torch.device = CPU,
 ) -> tuple[float, float]:
-    """One pass over ``source``'s batches (at most ``max_steps``). Returns (mean training loss,
-    seconds)."""
+    """One pass over ``source``'s batches (at most ``max_steps``) on ``device``. Inputs and
+    targets move there with the batch (pinned, non-blocking on CUDA); the student's forward pass
+    runs under autocast at ``config.precision``. Returns (mean training loss, seconds)."""
+    cuda = device.type == "cuda"
     model.train()
     seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
     desc = f"epoch {epoch + 1}/{config.epochs}"
@@ -244,8 +266,13 @@ def train_epoch(
         if max_steps is not None and step >= max_steps:
             break
         x = torch.from_numpy(data.gather(positions))  # (B, *input_shape)
-        y = labels[positions]  # (B,)
-        loss = loss_fn(model(x), target, y)
+        if cuda:
+            x = x.pin_memory().to(device, non_blocking=True)
+            target = None if target is None else target.pin_memory().to(device, non_blocking=True)
+        y = labels[torch.from_numpy(positions).to(labels.device)]  # (B,)
+        with autocast(device, config.precision):
+            logits = model(x)
+        loss = loss_fn(logits.float(), target, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -266,8 +266,8 @@ def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False) 
         if not meta.complete and not allow_incomplete:
             raise IncompleteStoreError(
                 f"store {str(path)!r} is not complete (its writer did not finish); finish it with "
-                f"`softlabels generate ... --resume`, or open it with allow_incomplete=True to read "
-                f"the chunks committed so far"
+                f"`softlabels generate ... --resume` (resume=True); `softlabels inspect` and "
+                f"`softlabels verify` show how far it got"
             )
     except Exception:
         backend.close()

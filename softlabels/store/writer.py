@@ -39,6 +39,7 @@ RUN_FIELDS = (
     "transfer",
     "dtype",
     "chunk_rows",
+    "runtime",
 )
 
 
