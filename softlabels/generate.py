@@ -135,6 +135,9 @@ def generate(
         resume=resume,
         overwrite=overwrite,
         progress=progress,
+        device=device,
+        precision=precision,
+        workers=workers,
     )
     opts.validate(len(teachers))
     store_kind(out)
