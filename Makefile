@@ -28,6 +28,7 @@ help:
 	@echo "make reliability  fault-injection campaign and hostile-store checks (RELIABILITY.md)"
 	@echo "make bench      speed and accuracy on Fashion-MNIST (writes BENCHMARKS.md, bench/results.json)"
 	@echo "Variables: FORMAT=zarr|h5 TEMPERATURE=4 (or 1,2,4,8,20) ALPHA=0.1 EPOCHS=30 SEED=0"
+	@echo "           DEVICE=cpu|cuda (make bench: stage one at bf16 and the students on that device)"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
@@ -77,6 +78,7 @@ distill: $(STORE) $(TEST_STORE)
 
 # ---- benchmarks (Fashion-MNIST; see BENCHMARKS.md) ---------------------------------------
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+DEVICE ?= cpu
 bench: $(STAMP)
 	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$(FASHION_MNIST_DIR)" = /usr/share/datasets/fashion-mnist ]; then \
@@ -88,7 +90,7 @@ bench: $(STAMP)
 	    exit 1; \
 	  fi; \
 	fi
-	$(BIN)/python -m bench.run --data $(FASHION_MNIST_DIR)
+	$(BIN)/python -m bench.run --data $(FASHION_MNIST_DIR) --device $(DEVICE)
 
 # ---- reliability (see RELIABILITY.md) --------------------------------------------------------
 reliability: $(STAMP)

@@ -42,6 +42,9 @@ class BenchConfig:
     synthetic_classes: int = 1000
     synthetic_budget_mb: float = 512.0
     quick: bool = False
+    device: str = "cpu"  # make bench DEVICE=cuda
+    precision: str = "fp32"  # teachers' forward pass in stage one (bf16 on a GPU)
+    workers: int = 0  # DataLoader workers in stage one
 
     @property
     def transfer(self) -> str:
@@ -97,6 +100,7 @@ def train_teachers(c: BenchConfig) -> list[dict[str, Any]]:
                     save=str(path),
                     overwrite=True,
                     progress=False,
+                    device=c.device,
                 )
             )
         history = [
@@ -129,6 +133,9 @@ def make_store(
         batch_size=256,
         overwrite=True,
         progress=False,
+        device=c.device,
+        precision=c.precision,
+        workers=c.workers,
     )
     store.close()
     return path, time.perf_counter() - t0

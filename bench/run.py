@@ -52,6 +52,7 @@ def student_config(c: BenchConfig, out: str, **kw: Any) -> TrainConfig:
         alpha=c.alpha,
         overwrite=True,
         progress=False,
+        device=c.device,
     )
     return replace(base, **kw)
 
@@ -264,8 +265,23 @@ def main() -> None:
     p.add_argument("--out", default="bench", help="Where results.json and the plots go.")
     p.add_argument("--report", default="BENCHMARKS.md")
     p.add_argument("--quick", action="store_true", help="Tiny sizes, for the smoke test.")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (make bench DEVICE=cuda).")
+    p.add_argument(
+        "--precision", default=None, help="Stage one's precision (default: bf16 on CUDA)."
+    )
+    p.add_argument("--workers", type=int, default=0, help="Stage one's DataLoader workers.")
     a = p.parse_args()
-    c = BenchConfig(data=a.data, work=a.work, out=a.out, report=a.report, quick=a.quick)
+    precision = a.precision or ("bf16" if a.device.startswith("cuda") else "fp32")
+    c = BenchConfig(
+        data=a.data,
+        work=a.work,
+        out=a.out,
+        report=a.report,
+        quick=a.quick,
+        device=a.device,
+        precision=precision,
+        workers=a.workers,
+    )
     if a.quick:
         c = replace(c, **QUICK)
     results = run(c)

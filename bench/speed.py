@@ -19,6 +19,7 @@ import torch
 
 from bench.common import ROOT, BenchConfig, log, make_store, teacher_paths
 from softlabels.checkpoint import load_model
+from softlabels.device import autocast, resolve_device
 from softlabels.store import StoreWriter, open_store
 from softlabels.transfer import TransferSet, load_transfer
 from trainer import losses
@@ -32,15 +33,19 @@ from trainer.data import (
 from trainer.train import TrainConfig, train_epoch
 
 
-def bare_inference_seconds(teacher_path: Path, transfer: str, batch_size: int = 256) -> float:
+def bare_inference_seconds(c: BenchConfig, teacher_path: Path, batch_size: int = 256) -> float:
     """The work any teacher inference must do: load the checkpoint and the inputs, then run the
-    forward pass batch by batch. `generate` does this plus fingerprinting, combining and writing."""
+    forward pass batch by batch at the same device, precision and batch size, with the logits
+    brought back to the host. `generate` does this plus fingerprinting, combining and writing."""
     t0 = time.perf_counter()
+    device = resolve_device(c.device)
     model, _ = load_model(teacher_path)
-    data = load_transfer(transfer, "train")
-    with torch.inference_mode():
+    model.to(device)
+    data = load_transfer(c.transfer, "train")
+    with torch.inference_mode(), autocast(device, c.precision):
         for s in range(0, len(data), batch_size):
-            model(torch.from_numpy(data.take(s, min(s + batch_size, len(data)))))
+            x = torch.from_numpy(data.take(s, min(s + batch_size, len(data))))
+            model(x.to(device, non_blocking=True)).float().cpu()
     return time.perf_counter() - t0
 
 
@@ -53,7 +58,7 @@ def stage1_ratio(c: BenchConfig) -> dict[str, Any]:
     }
     for _ in range(c.stage1_repeats):
         for name, fn in (
-            ("bare", lambda: bare_inference_seconds(teacher, c.transfer)),
+            ("bare", lambda: bare_inference_seconds(c, teacher)),
             ("generate", lambda: make_store(c, "stage1-probe.zarr", [teacher])[1]),
         ):
             cpu0 = time.process_time()
@@ -68,6 +73,10 @@ def stage1_ratio(c: BenchConfig) -> dict[str, Any]:
         "stage1_over_inference": med["generate"]["wall"] / med["bare"]["wall"],
         "stage1_over_inference_min": min(runs["generate"]["wall"]) / min(runs["bare"]["wall"]),
         "stage1_over_inference_cpu": med["generate"]["cpu"] / med["bare"]["cpu"],
+        "teacher_rows_per_second": len(load_transfer(c.transfer, "train"))
+        / med["generate"]["wall"],
+        "device": c.device,
+        "precision": c.precision,
     }
 
 
@@ -88,8 +97,10 @@ def speed_ratios(
         alpha=c.alpha,
         progress=False,
     )
-    labels = torch.from_numpy(data.label_array())
+    dev = resolve_device(c.device)
+    labels = torch.from_numpy(data.label_array()).to(dev)
     teacher_model, _ = load_model(teacher)
+    teacher_model.to(dev)
     kd = losses.HintonKD(c.alpha, temperature=c.temperature)
     hard = losses.HardCE()
     with join(str(store_path), data) as store:
@@ -97,26 +108,30 @@ def speed_ratios(
         budget = store_nbytes_in_memory(store) // 4  # a quarter of the store: it must stream
         buffers = buffer_chunks_for(store, budget)
         stream = StreamingTargets(store, c.temperature, c.batch_size, 0, buffers)
-        ideal = store.soft_targets(np.arange(len(data)), c.temperature)  # (N, C), by position
+        # the ideal: targets at T already a tensor on the device, indexed by position
+        ideal = store.soft_targets(np.arange(len(data)), c.temperature).to(dev)
+
+        def loop(loss_fn, source):
+            return lambda m, o, e: train_epoch(
+                base, m, o, loss_fn, source, data, labels, e, device=dev
+            )[1]
+
         feeds = {
-            "ideal": lambda m, o, e: _epoch(base, m, o, data, labels, e, lambda pos, x: ideal[pos]),
-            "store_in_memory": lambda m, o, e: train_epoch(base, m, o, kd, memory, data, labels, e)[
-                1
-            ],
-            "store_streamed": lambda m, o, e: train_epoch(base, m, o, kd, stream, data, labels, e)[
-                1
-            ],
-            "hard_labels": lambda m, o, e: train_epoch(base, m, o, hard, memory, data, labels, e)[
-                1
-            ],
+            "ideal": lambda m, o, e: _epoch(
+                base, m, o, data, labels, e, lambda p, x: ideal[p], dev
+            ),
+            "store_in_memory": loop(kd, memory),
+            "store_streamed": loop(kd, stream),
+            "hard_labels": loop(hard, memory),
             "online": lambda m, o, e: _epoch(
-                base, m, o, data, labels, e, _online(teacher_model, c)
+                base, m, o, data, labels, e, _online(teacher_model, c), dev
             ),
         }
         models = {}
         for name in feeds:
             torch.manual_seed(0)
             model = torch.nn.Sequential(torch.nn.Flatten(), *_mlp_layers(784, c.speed_hidden, 10))
+            model.to(dev)
             models[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
         times: dict[str, list[float]] = {name: [] for name in feeds}
         for epoch in range(c.speed_epochs):
@@ -137,6 +152,7 @@ def speed_ratios(
             "stream_over_ideal": med["store_streamed"] / med["ideal"],
             "online_over_offline": med["online"] / med["store_in_memory"],
             "kd_over_hard": med["store_in_memory"] / med["hard_labels"],
+            "device": str(dev),
         }
 
 
@@ -148,17 +164,18 @@ def _mlp_layers(width: int, hidden: tuple[int, ...], classes: int) -> list[torch
     return [*layers, torch.nn.Linear(width, classes)]
 
 
-def _epoch(config, model, optimizer, data, labels, epoch: int, targets_of) -> float:
+def _epoch(config, model, optimizer, data, labels, epoch: int, targets_of, dev) -> float:
     """One KD epoch in the store path's batch order, written out by hand; ``targets_of(pos, x)``
-    gives a batch's soft targets."""
+    gives a batch's soft targets on the device."""
     kd = losses.HintonKD(config.alpha, temperature=config.temperature)
     order = np.random.default_rng([0, epoch]).permutation(len(data))
     model.train()
     t0 = time.perf_counter()
     for s in range(0, len(order), config.batch_size):
         pos = order[s : s + config.batch_size]
-        x, y = torch.from_numpy(data.gather(pos)), labels[pos]
-        loss = kd(model(x), targets_of(pos, x), y)
+        x = torch.from_numpy(data.gather(pos)).to(dev, non_blocking=True)
+        y = labels[torch.from_numpy(pos).to(dev)]
+        loss = kd(model(x), targets_of(torch.from_numpy(pos).to(dev), x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -14,7 +14,8 @@ POINT, once per pass however many SPECs name it; SPECs on the same pass act in t
 right after its third commit until the test, having seen ``reached``, creates ``go``. PATH must
 not contain a comma. SOFTLABELS_FAULT_RANK=R limits every SPEC to the torchrun rank R.
 
-Points: ``chunk_array`` (after each array of a chunk is written, i.e. mid-chunk),
+Points: ``create_staged`` (a new store fully created under its staging name, not yet moved
+to its path), ``chunk_array`` (after each array of a chunk is written, i.e. mid-chunk),
 ``chunk_data_written`` (all arrays written, journal entry not yet), ``chunk_committed``,
 ``finalize_checksums`` (checksums attribute written), ``finalize_journal_deleted`` (journal gone,
 ``complete`` not yet set), ``epoch_end`` (trainer: after an epoch's checkpoint).

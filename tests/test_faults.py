@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from softlabels import faults
-from softlabels.errors import IncompleteStoreError, SoftLabelsError
+from softlabels.errors import IncompleteStoreError, SoftLabelsError, StoreNotFoundError
 from softlabels.store import open_store
 from tests.conftest import make_store
 from tests.faults_campaign import ENV, ROOT, campaign, generate_cmd
@@ -73,9 +73,14 @@ def _check_live_store(path: Path, committed: int, partial: int | None) -> None:
 
 def test_reader_during_generation_sees_only_committed_chunks(tmp_path):
     """The writer pauses at fault points (signal, then wait for the go-ahead) while a reader looks:
-    mid-chunk 2 (its 10th array write, 2 of chunk 2's 4 arrays on disk) and after chunk 5's commit."""
+    with the new store staged but not yet published (no store at the path), mid-chunk 2 (its 10th
+    array write, 2 of chunk 2's 4 arrays on disk) and right after chunk 5's commit."""
     path = tmp_path / "live.zarr"
-    pauses = [("chunk_array:10", 2, 2), ("chunk_committed:6", 6, None)]
+    pauses = [
+        ("create_staged:1", None, None),
+        ("chunk_array:10", 2, 2),
+        ("chunk_committed:6", 6, None),
+    ]
     spec = ",".join(
         f"{p}:signal={tmp_path / f'at-{i}'},{p}:wait={tmp_path / f'go-{i}'}"
         for i, (p, _, _) in enumerate(pauses)
@@ -84,7 +89,11 @@ def test_reader_during_generation_sees_only_committed_chunks(tmp_path):
     try:
         for i, (_, committed, partial) in enumerate(pauses):
             wait_for_signal(tmp_path / f"at-{i}", proc)
-            _check_live_store(path, committed, partial)
+            if committed is None:
+                with pytest.raises(StoreNotFoundError):
+                    open_store(path, allow_incomplete=True)
+            else:
+                _check_live_store(path, committed, partial)
             (tmp_path / f"go-{i}").touch()
         assert proc.wait(timeout=300) == 0
     finally:
