@@ -8,26 +8,29 @@ VENV        := .venv
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 FORMAT      ?= zarr
-TEMPERATURE ?= 4
+TEMPERATURE ?= 2
 ALPHA       ?= 0.1
 EPOCHS      ?= 30
-TEACHER_EPOCHS ?= 40
-SEED        ?= 0
+TEACHER_EPOCHS ?= 400
+SEEDS       ?= 0-4
+LABELLED    ?= 0.1
 DIGITS      := data/digits
-STORE       := $(DIGITS)/softlabels.$(FORMAT)
-TEST_STORE  := $(DIGITS)/softlabels-test.$(FORMAT)
-TEACHERS    := $(DIGITS)/teacher1.pt $(DIGITS)/teacher2.pt $(DIGITS)/teacher3.pt
+LABELLED_NPZ := $(DIGITS)/labelled-$(LABELLED).npz
+TRANSFER_NPZ := $(DIGITS)/transfer-$(LABELLED).npz
+STORE       := $(DIGITS)/softlabels-$(LABELLED).$(FORMAT)
+TEST_STORE  := $(DIGITS)/softlabels-$(LABELLED)-test.$(FORMAT)
+TEACHERS    := $(DIGITS)/teacher1-$(LABELLED).pt $(DIGITS)/teacher2-$(LABELLED).pt $(DIGITS)/teacher3-$(LABELLED).pt
 QUIET       ?= --quiet
 
 .PHONY: help venv test lint softlabels distill bench reliability clean
 help:
-	@echo "make distill    teachers -> soft-label store -> hard-label and distilled students (digits)"
+	@echo "make distill    digits, 10% labelled: teachers -> store -> hard-label vs distilled students, 5 seeds"
 	@echo "make softlabels train 3 digits teachers if missing, write $(STORE) (FORMAT=h5 for HDF5)"
 	@echo "make test       run the test suite"
 	@echo "make lint       ruff"
 	@echo "make reliability  fault-injection campaign and hostile-store checks (RELIABILITY.md)"
 	@echo "make bench      speed and accuracy on Fashion-MNIST (writes BENCHMARKS.md, bench/results.json)"
-	@echo "Variables: FORMAT=zarr|h5 TEMPERATURE=4 (or 1,2,4,8,20) ALPHA=0.1 EPOCHS=30 SEED=0"
+	@echo "Variables: FORMAT=zarr|h5 TEMPERATURE=2 (or 1,2,4,8,20) ALPHA=0.1 EPOCHS=30 SEEDS=0-4 LABELLED=0.1"
 	@echo "           DEVICE=cpu|cuda (make bench: stage one at bf16 and the students on that device)"
 
 venv: $(STAMP)
@@ -44,35 +47,42 @@ lint: $(STAMP)
 	$(BIN)/ruff check softlabels trainer tests bench
 	$(BIN)/ruff format --check softlabels trainer tests bench
 
+# ---- the demo's data --------------------------------------------------------------------
+# Digits with the labels of only LABELLED of the training split known (trainer/demo_data.py):
+# the teachers train on that labelled subset; the store covers the whole training split.
+$(LABELLED_NPZ) $(TRANSFER_NPZ) &: | $(STAMP)
+	$(BIN)/python -m trainer.demo_data --fraction $(LABELLED) --out $(DIGITS)
+
 # ---- stage one -------------------------------------------------------------------------
-# Three teachers on the digits training split, with the plain supervised loop in trainer/.
-$(DIGITS)/teacher1.pt: | $(STAMP)
-	$(BIN)/distill train --model cnn --channels 32,64 --fc 128 --dropout 0.3 --lr 2e-3 --epochs $(TEACHER_EPOCHS) --seed 1 \
-	  --out $(DIGITS)/runs/teacher1 --save $@ --overwrite $(QUIET)
-$(DIGITS)/teacher2.pt: | $(STAMP)
-	$(BIN)/distill train --model cnn --channels 16,32,64 --fc 64 --dropout 0.3 --lr 2e-3 --epochs $(TEACHER_EPOCHS) --seed 2 \
-	  --out $(DIGITS)/runs/teacher2 --save $@ --overwrite $(QUIET)
-$(DIGITS)/teacher3.pt: | $(STAMP)
-	$(BIN)/distill train --model mlp --hidden 512,512 --dropout 0.3 --lr 1e-3 --epochs $(TEACHER_EPOCHS) --seed 3 \
-	  --out $(DIGITS)/runs/teacher3 --save $@ --overwrite $(QUIET)
+# Three teachers on the labelled subset, with the plain supervised loop in trainer/.
+$(DIGITS)/teacher1-$(LABELLED).pt: | $(LABELLED_NPZ)
+	$(BIN)/distill train --transfer $(LABELLED_NPZ) --model cnn --channels 32,64 --fc 128 --dropout 0.3 \
+	  --lr 2e-3 --epochs $(TEACHER_EPOCHS) --seed 1 --out $(DIGITS)/runs/teacher1-$(LABELLED) --save $@ --overwrite $(QUIET)
+$(DIGITS)/teacher2-$(LABELLED).pt: | $(LABELLED_NPZ)
+	$(BIN)/distill train --transfer $(LABELLED_NPZ) --model cnn --channels 16,32,64 --fc 64 --dropout 0.3 \
+	  --lr 2e-3 --epochs $(TEACHER_EPOCHS) --seed 2 --out $(DIGITS)/runs/teacher2-$(LABELLED) --save $@ --overwrite $(QUIET)
+$(DIGITS)/teacher3-$(LABELLED).pt: | $(LABELLED_NPZ)
+	$(BIN)/distill train --transfer $(LABELLED_NPZ) --model mlp --hidden 512,512 --dropout 0.3 \
+	  --lr 1e-3 --epochs $(TEACHER_EPOCHS) --seed 3 --out $(DIGITS)/runs/teacher3-$(LABELLED) --save $@ --overwrite $(QUIET)
 
 # The store is rebuilt only when it is missing: with it present, no teacher is needed.
-$(STORE): | $(STAMP)
+$(STORE): | $(TRANSFER_NPZ)
 	$(MAKE) $(TEACHERS)
 	$(BIN)/softlabels generate $(foreach t,$(TEACHERS),--teacher $(t)) --combine arithmetic \
-	  --transfer digits --split train --chunk-rows 512 --out $@ --overwrite $(QUIET)
-$(TEST_STORE): | $(STAMP)
+	  --transfer $(TRANSFER_NPZ) --split train --chunk-rows 512 --out $@ --resume $(QUIET)
+$(TEST_STORE): | $(TRANSFER_NPZ)
 	$(MAKE) $(TEACHERS)
 	$(BIN)/softlabels generate $(foreach t,$(TEACHERS),--teacher $(t)) --combine arithmetic \
-	  --transfer digits --split test --chunk-rows 512 --out $@ --overwrite $(QUIET)
+	  --transfer $(TRANSFER_NPZ) --split test --chunk-rows 512 --out $@ --resume $(QUIET)
 
 softlabels: $(STORE) $(TEST_STORE)
 	$(BIN)/softlabels inspect $(STORE)
 
 # ---- stage two -------------------------------------------------------------------------
+# Hard-label and distilled students: same MLP, epochs, batches and optimizer, over SEEDS.
 distill: $(STORE) $(TEST_STORE)
-	$(BIN)/distill compare --transfer digits --store $(STORE) --eval-store $(TEST_STORE) \
-	  --model mlp --hidden 32 --epochs $(EPOCHS) --lr 3e-3 --seed $(SEED) \
+	$(BIN)/distill compare --transfer $(TRANSFER_NPZ) --store $(STORE) --eval-store $(TEST_STORE) \
+	  --model mlp --hidden 32 --epochs $(EPOCHS) --lr 3e-3 --seeds $(SEEDS) \
 	  --temperature $(TEMPERATURE) --alpha $(ALPHA) \
 	  --out $(DIGITS)/students --results $(DIGITS)/results.json --overwrite $(QUIET)
 

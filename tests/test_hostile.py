@@ -1,17 +1,155 @@
 """The stores in tests/stores/build.py: `softlabels verify` flags each one, and the trainer and
-the CLI refuse each one with a clear error, never a traceback."""
+the CLI refuse each one with a clear error, never a traceback.
+
+``EXPECTED`` pins, per store: the exact error class the trainer raises, the key part of its
+message (a regex; the CLI prints the same message after "Error: "), the checks `softlabels
+verify` fails with the key part of each detail, and whether `softlabels inspect` can open it."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from click.testing import CliRunner
 
 from softlabels.cli import main as softlabels
-from softlabels.errors import SoftLabelsError
+from softlabels.errors import (
+    ChecksumError,
+    IncompleteStoreError,
+    SoftLabelsError,
+    StoreFormatError,
+)
 from softlabels.verify import verify_store
 from tests.stores.build import CASES, build_all
 from trainer.cli import main as distill
 from trainer.train import TrainConfig, train
+
+SAME = "same as the trainer's message"  # verify's "format" detail is the open error itself
+
+# name: (class, trainer message, {failed verify check: detail}, inspect opens it)
+EXPECTED: dict[str, tuple[type[SoftLabelsError], str, dict[str, str], bool]] = {
+    "attrs_not_json.h5": (
+        StoreFormatError,
+        r"^HDF5 attribute 'teachers' is not valid JSON: Expecting property name",
+        {"format": SAME},
+        False,
+    ),
+    "attrs_wrong_types.zarr": (
+        StoreFormatError,
+        r"^store root attributes are malformed: num_classes must be an integer >= 2, got '3'$",
+        {"format": SAME},
+        False,
+    ),
+    "complete_without_checksums.zarr": (
+        StoreFormatError,
+        r"^invalid store metadata: store is marked complete but carries no checksums$",
+        {"format": SAME},
+        False,
+    ),
+    "duplicate_index.zarr": (
+        StoreFormatError,
+        r"^sample_index repeats transfer positions \[3\]$",
+        {"sample_index": SAME, "transfer": SAME},
+        True,
+    ),
+    "flipped_byte.zarr": (
+        ChecksumError,
+        r"^chunk 1 of '[^']*/flipped_byte\.zarr' does not match its checksum: the store is "
+        r"corrupt; run `softlabels verify` and regenerate it$",
+        {"checksums": r"^chunks \[1\] do not match their recorded SHA-256"},
+        True,
+    ),
+    "flipped_byte_compressed.zarr": (
+        ChecksumError,
+        r"^chunk 0 of '[^']*/flipped_byte_compressed\.zarr' does not match its checksum: the "
+        r"store is corrupt; run `softlabels verify` and regenerate it$",
+        {"checksums": r"^chunks \[0\] do not match their recorded SHA-256"},
+        True,
+    ),
+    "future_version.zarr": (
+        StoreFormatError,
+        r"^store format version 2 is not supported by this reader \(it reads version 1\); "
+        r"upgrade softlabels or regenerate the store$",
+        {"format": SAME},
+        False,
+    ),
+    "huge_attrs.zarr": (
+        StoreFormatError,
+        r"^'[^']*/huge_attrs\.zarr': zarr\.json is [\d,]+ bytes, over the 67,108,864-byte "
+        r"limit for store metadata; refusing to parse it$",
+        {"format": SAME},
+        False,
+    ),
+    "incomplete.zarr": (
+        IncompleteStoreError,
+        r"^store '[^']*/incomplete\.zarr' is not complete \(its writer did not finish\); finish "
+        r"it with `softlabels generate \.\.\. --resume`",
+        {"complete": r"^incomplete: its writer stopped after committing 3 of 3 chunks"},
+        True,
+    ),
+    "link_outside_array.zarr": (
+        StoreFormatError,
+        r"^'[^']*/link_outside_array\.zarr' contains a link 'labels' pointing outside the store "
+        r"\([^)]*/outside-array\); refusing to read it$",
+        {"format": SAME},
+        False,
+    ),
+    "link_outside_chunk.zarr": (
+        StoreFormatError,
+        r"^'[^']*/link_outside_chunk\.zarr' contains a link 'logits/c/0/0' pointing outside the "
+        r"store \([^)]*/outside-secret\.bin\); refusing to read it$",
+        {"format": SAME},
+        False,
+    ),
+    "missing_array.zarr": (
+        StoreFormatError,
+        r"^store is missing the array 'labels'$",
+        {"format": SAME},
+        False,
+    ),
+    "nan_logits.zarr": (
+        StoreFormatError,
+        r"^'[^']*/nan_logits\.zarr' holds NaN or Inf logits at rows \[3\]$",
+        {"finite": r"^non-finite logits at rows \[3\]"},
+        True,
+    ),
+    "out_of_range_index.h5": (
+        StoreFormatError,
+        r"^sample_index is out of range \[0, 20\) at rows \[7\]$",
+        {"sample_index": SAME, "transfer": SAME},
+        True,
+    ),
+    "shape_mismatch.h5": (
+        StoreFormatError,
+        r"^array 'sample_index' has shape \(17,\), expected \(20,\)$",
+        {"format": SAME},
+        False,
+    ),
+    "truncated.h5": (
+        StoreFormatError,
+        r"^'[^']*/truncated\.h5' is not a readable HDF5 file \(.*truncated file.*\); if it was "
+        r"being written when the writer died, HDF5 cannot recover it: regenerate it \(overwrite\)$",
+        {"format": SAME},
+        False,
+    ),
+    "wrong_format.zarr": (
+        StoreFormatError,
+        r"^not a soft-label store: attribute 'format' is 'safetensors', expected 'softlabels'$",
+        {"format": SAME},
+        False,
+    ),
+    "zarr_json_garbage.zarr": (
+        StoreFormatError,
+        r"^'[^']*/zarr_json_garbage\.zarr' is not a readable Zarr v3 group: Expecting property "
+        r"name enclosed in double quotes",
+        {"format": SAME},
+        False,
+    ),
+}
+
+
+def test_every_case_is_pinned():
+    assert set(EXPECTED) == set(CASES)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +182,11 @@ def test_verify_flags_it(stores, name):
     out, paths = stores
     report = verify_store(str(paths[name]), transfer=str(out / "transfer.npz"))
     assert not report.ok, report.render()
+    _, message, checks, _ = EXPECTED[name]
+    failed = {check: detail for check, ok, detail in report.checks if not ok}
+    assert set(failed) == set(checks), report.render()
+    for check, pattern in checks.items():
+        assert re.search(message if pattern is SAME else pattern, failed[check]), report.render()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -59,9 +202,11 @@ def test_trainer_refuses_it(stores, tmp_path, name):
         batch_size=8,
         progress=False,
     )
+    cls, message, _, _ = EXPECTED[name]
     with pytest.raises(SoftLabelsError) as info:
         train(config)
-    assert len(str(info.value)) > 20
+    assert type(info.value) is cls, repr(info.value)
+    assert re.search(message, str(info.value)), str(info.value)
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
@@ -90,7 +235,14 @@ def test_cli_errors_are_clean(stores, tmp_path, name):
             str(tmp_path / "cli"),
         ],
     )
+    _, message, _, opens = EXPECTED[name]
     assert res.exit_code == 1 and res.output.startswith("Error: "), res.output
     assert "Traceback" not in res.output
+    assert re.search(message, res.output.removeprefix("Error: ").rstrip("\n")), res.output
     res = runner.invoke(softlabels, ["inspect", str(paths[name])])
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    if opens:  # inspect describes the store; it does not verify the data
+        assert res.exit_code == 0 and str(paths[name]) in res.output, res.output
+    else:
+        assert res.exit_code == 1, res.output
+        assert re.search(message, res.output.removeprefix("Error: ").rstrip("\n")), res.output

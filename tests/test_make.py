@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from softlabels.store import open_store
@@ -24,11 +25,13 @@ def make(*args: str) -> str:
 @pytest.mark.slow
 def test_make_softlabels_then_distill_without_teachers(tmp_path):
     digits = tmp_path / "digits"
-    common = (f"DIGITS={digits}", "TEACHER_EPOCHS=3", "EPOCHS=2")
+    common = (f"DIGITS={digits}", "TEACHER_EPOCHS=3", "EPOCHS=2", "SEEDS=0-1")
     make("distill", *common)
-    with open_store(digits / "softlabels.zarr") as s:
+    with open_store(digits / "softlabels-0.1.zarr") as s:
         assert s.meta.complete and s.meta.combine == "arithmetic" and s.meta.num_members == 3
-        assert sorted(t.name for t in s.meta.teachers) == ["teacher1", "teacher2", "teacher3"]
+        names = sorted(t.name for t in s.meta.teachers)
+        assert names == ["teacher1-0.1", "teacher2-0.1", "teacher3-0.1"]
+        assert (s.labels() >= 0).sum() == 144  # 10% of the training labels are known
     first = json.loads((digits / "results.json").read_text())
     for teacher in digits.glob("teacher*.pt"):
         teacher.unlink()
@@ -39,10 +42,16 @@ def test_make_softlabels_then_distill_without_teachers(tmp_path):
     results = json.loads((digits / "results.json").read_text())
     assert len(results["teacher_accuracy"]) == 3 and 0 <= results["ensemble_accuracy"] <= 1
     assert results["teacher_accuracy"] == first["teacher_accuracy"]
-    assert {"accuracy", "nll", "ece", "epoch_seconds"} <= set(results["student_hard"])
+    hard = results["student_hard"]
+    assert {"accuracy", "nll", "ece", "epoch_seconds", "accuracy_mean", "accuracy_std"} <= set(hard)
+    assert results["seeds"] == [0, 1] and len(hard["accuracy_per_seed"]) == 2
+    assert hard["accuracy_std"] == pytest.approx(
+        abs(float(np.diff(hard["accuracy_per_seed"])[0])) / 2**0.5
+    )
     assert [d["temperature"] for d in results["student_distilled"]] == [2.0, 8.0]
+    assert all("accuracy_mean" in d and "accuracy_std" in d for d in results["student_distilled"])
     assert results["temperature"] == [2.0, 8.0] and results["alpha"] == 0.1
-    assert results["store"].endswith("softlabels.zarr")
+    assert results["store"].endswith("softlabels-0.1.zarr")
     assert "student, KD T=8" in out and "ensemble (arithmetic)" in out
 
 
@@ -50,6 +59,6 @@ def test_make_softlabels_then_distill_without_teachers(tmp_path):
 def test_make_softlabels_h5(tmp_path):
     digits = tmp_path / "digits"
     out = make("softlabels", "FORMAT=h5", f"DIGITS={digits}", "TEACHER_EPOCHS=2")
-    assert (digits / "softlabels.h5").is_file() and "bytes/sample" in out
-    with open_store(digits / "softlabels.h5") as s:
+    assert (digits / "softlabels-0.1.h5").is_file() and "bytes/sample" in out
+    with open_store(digits / "softlabels-0.1.h5") as s:
         assert s.meta.complete and s.has_members

@@ -3,7 +3,10 @@ outside a store's path."""
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,10 +17,7 @@ import zarr
 
 from softlabels.checkpoint import load_checkpoint, load_model
 from softlabels.errors import CheckpointError, SoftLabelsError
-from softlabels.summary import inspect_store
-from softlabels.verify import verify_store
 from tests.conftest import make_store
-from trainer.train import TrainConfig, train
 
 MARKER = Path("/tmp/softlabels-pwned-marker")
 
@@ -60,21 +60,144 @@ def test_no_pickle_in_stores(tmp_path):
         assert all(f[k].dtype.kind in "fi" for k in f)
 
 
-def test_store_metadata_is_never_imported(tmp_path, digits_test_store):
-    """A store whose teacher spec names a module: inspect, verify and training never import it."""
-    path = make_store(tmp_path / "named.zarr", teachers=("tests.helpers:teacher_a",))
-    g = zarr.open_group(str(path), mode="r+")
-    teachers = g.attrs["teachers"]
-    teachers[0]["spec"] = "tests.evil_on_import:teacher"
-    g.attrs["teachers"] = teachers
-    inspect_store(str(path))
-    assert verify_store(str(path), transfer="digits").ok
-    train(
-        TrainConfig(
-            out=str(tmp_path / "run"), store=str(path), hidden=(8,), epochs=1, progress=False
-        )
+# A module that records its own import: a file on disk (its side effect) and sys.modules.
+MARKER_MODULE = "softlabels_store_named_marker"
+MARKER_SOURCE = """
+from pathlib import Path
+
+import torch
+
+Path({marker!r}).write_text("imported")
+
+
+def teacher():
+    return torch.nn.Linear(64, 10)
+"""
+
+# Runs in a fresh interpreter. Phase "plain": inspect, verify and train on the store, through
+# the API and the CLIs, while a meta-path finder records every attempt to import either module
+# the store names (even one that raises and is caught, which sys.modules would not show); then
+# report. Phase "control": import what the store names, as a careless reader would, and report
+# again with the same three checks, which proves that they can fail.
+CHILD = """
+import json, sys
+from pathlib import Path
+
+NAMED = ({marker_module!r}, "tests.evil_on_import")
+attempts = []
+
+
+class Recorder:
+    def find_spec(self, name, path=None, target=None):
+        if name in NAMED:
+            attempts.append(name)
+        return None
+
+
+sys.meta_path.insert(0, Recorder())
+store, out, marker = sys.argv[1:4]
+
+from click.testing import CliRunner
+
+from softlabels.cli import main as softlabels
+from softlabels.store import open_store
+from softlabels.summary import inspect_store
+from softlabels.transfer import import_callable
+from softlabels.verify import verify_store
+from trainer.cli import main as distill
+from trainer.train import TrainConfig, train
+
+
+def report(phase, **extra):
+    print(json.dumps({{
+        "phase": phase,
+        "attempts": sorted(set(attempts)),
+        "in_modules": sorted(n for n in NAMED if n in sys.modules),
+        "marker": Path(marker).exists(),
+        **extra,
+    }}), flush=True)
+
+
+inspect_store(store)
+verified = verify_store(store, transfer="digits").ok
+train(
+    TrainConfig(
+        out=out + "/api", store=store, eval_split=None, hidden=(8,), epochs=1, batch_size=512,
+        progress=False,
     )
-    assert "tests.evil_on_import" not in sys.modules
+)
+runner = CliRunner()
+codes = [
+    runner.invoke(softlabels, ["inspect", store]).exit_code,
+    runner.invoke(softlabels, ["inspect", "--json", store]).exit_code,
+    runner.invoke(softlabels, ["verify", store, "--transfer", "digits"]).exit_code,
+    runner.invoke(
+        distill,
+        ["train", "--store", store, "--hidden", "8", "--epochs", "1", "--batch-size", "512",
+         "--eval-split", "none", "--quiet", "--out", out + "/cli"],
+    ).exit_code,
+]
+report("plain", verified=verified, codes=codes)
+
+with open_store(store) as s:
+    for t in s.meta.teachers:
+        try:
+            import_callable(t.spec)
+        except Exception:
+            pass
+report("control")
+"""
+
+
+@pytest.fixture(scope="module")
+def named_store_run(tmp_path_factory) -> dict[str, dict]:
+    """The child's two reports, on a two-teacher store whose teacher specs name the marker
+    module and tests.evil_on_import."""
+    tmp = tmp_path_factory.mktemp("named")
+    store = make_store(
+        tmp / "named.zarr", teachers=("tests.helpers:teacher_a", "tests.helpers:teacher_b")
+    )
+    g = zarr.open_group(str(store), mode="r+")
+    teachers = g.attrs["teachers"]
+    teachers[0]["spec"] = f"{MARKER_MODULE}:teacher"
+    teachers[1]["spec"] = "tests.evil_on_import:teacher"
+    g.attrs["teachers"] = teachers
+
+    (tmp / "mods").mkdir()
+    marker = tmp / "imported.txt"
+    (tmp / "mods" / f"{MARKER_MODULE}.py").write_text(MARKER_SOURCE.format(marker=str(marker)))
+    (tmp / "child.py").write_text(CHILD.format(marker_module=MARKER_MODULE))
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(tmp / "mods")])}
+    res = subprocess.run(
+        [sys.executable, str(tmp / "child.py"), str(store), str(tmp / "run"), str(marker)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    reports = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert [r["phase"] for r in reports] == ["plain", "control"], res.stdout
+    assert marker.read_text() == "imported"  # the control's import ran the module
+    return {r["phase"]: r for r in reports}
+
+
+def test_store_metadata_is_never_imported(named_store_run):
+    """A store whose teacher specs name modules: inspect, verify and training (API and CLI)
+    never import them, nor even try to."""
+    got = named_store_run["plain"]
+    assert got["verified"] and got["codes"] == [0, 0, 0, 0], got
+    assert got["attempts"] == [] and got["in_modules"] == [] and not got["marker"], got
+
+
+def test_the_import_checks_can_fail(named_store_run):
+    """Control: importing what the store names, in the same interpreter, trips all three."""
+    got = named_store_run["control"]
+    assert got["attempts"] == [MARKER_MODULE, "tests.evil_on_import"], got
+    assert got["in_modules"] == [MARKER_MODULE], got  # the raising one never lands there
+    assert got["marker"], got
 
 
 def test_overwrite_does_not_follow_links_out(tmp_path):

@@ -58,8 +58,11 @@ def build_loss(config: TrainConfig, has_store: bool) -> nn.Module:
 def check_student(model: nn.Module, name: str, data: TransferSet, num_classes: int) -> None:
     """Run the student on two inputs: it must accept them and return (2, num_classes)."""
     x = torch.from_numpy(data.take(0, min(2, len(data))))
+    was_training = model.training
+    model.eval()  # no dropout draws, no batch-norm updates: the probe leaves no trace
     with torch.no_grad():
         out = forward(model, x, name=name)
+    model.train(was_training)
     if out.shape[1] != num_classes:
         raise ModelError(
             f"student {name!r} returns {out.shape[1]} outputs, but there are {num_classes} classes"
