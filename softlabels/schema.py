@@ -320,6 +320,6 @@ def _transfer(entry: Any) -> TransferInfo:
     return TransferInfo(
         name=str(entry["name"]),
         split=str(entry["split"]),
-        num_samples=int(entry["num_samples"]),
+        num_samples=_int(entry, "num_samples", minimum=1),
         fingerprint=str(entry["fingerprint"]),
     )

@@ -67,11 +67,16 @@ def verify_store(
         )
         if not meta.complete:
             done = int(store.committed_chunks().sum())
+            how_far = (
+                f"every one of its {done} chunks is committed, but its writer stopped before "
+                f"finalising it"
+                if done == meta.num_chunks
+                else f"its writer stopped after committing {done} of {meta.num_chunks} chunks"
+            )
             report.add(
                 "complete",
                 False,
-                f"incomplete: its writer stopped after committing {done} of {meta.num_chunks} "
-                f"chunks; finish it with `softlabels generate ... --resume`",
+                f"incomplete: {how_far}; finish it with `softlabels generate ... --resume`",
             )
             return report
         report.add("complete", True, "complete flag set")

@@ -148,7 +148,12 @@ class ZarrBackend:
                 self.group = zarr.open_group(path, mode=mode, use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
             raise StoreNotFoundError(f"no Zarr store at {path!r}") from exc
-        except (ValueError, TypeError, KeyError, json.JSONDecodeError) as exc:
+        except json.JSONDecodeError as exc:
+            raise StoreFormatError(
+                f"{path!r}: a zarr.json metadata file is not valid JSON ({exc}); the store is "
+                f"damaged: regenerate it or fetch it again"
+            ) from exc
+        except (ValueError, TypeError, KeyError) as exc:
             raise StoreFormatError(f"{path!r} is not a readable Zarr v3 group: {exc}") from exc
         except OSError as exc:
             raise StoreNotFoundError(f"cannot open the Zarr store at {path!r}: {exc}") from exc

@@ -204,7 +204,13 @@ class StoreReader:
                 f"committed before its writer stopped; finish it with `softlabels generate ... "
                 f"--resume`"
             )
-        return self._b.read(name, 0, self.meta.num_samples)
+        try:
+            return self._b.read(name, 0, self.meta.num_samples)
+        except Exception as exc:  # codec or I/O failure inside zarr/h5py: the bytes are bad
+            raise StoreFormatError(
+                f"cannot decode the array {name!r} of {self.path!r} ({type(exc).__name__}: "
+                f"{exc}); the store is corrupt: run `softlabels verify` and regenerate it"
+            ) from exc
 
     def scan_chunks(self) -> tuple[list[int], list[int]]:
         """One pass over every chunk: (chunks failing their checksum or undecodable, the first
