@@ -84,7 +84,9 @@ EXPECTED: dict[str, tuple[type[SoftLabelsError], str, dict[str, str], bool]] = {
         IncompleteStoreError,
         r"^store '[^']*/incomplete\.zarr' is not complete \(its writer did not finish\); finish "
         r"it with `softlabels generate \.\.\. --resume`",
-        {"complete": r"^incomplete: every one of its 3 chunks is committed, but its writer stopped"},
+        {
+            "complete": r"^incomplete: every one of its 3 chunks is committed, but its writer stopped"
+        },
         True,
     ),
     "link_outside_array.zarr": (

@@ -56,7 +56,9 @@ def write(out: Path, fraction: float) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--fraction", type=float, default=0.1, help="Share of training labels known.")
     p.add_argument("--out", default="data/digits", help="Folder for the two .npz files.")
     a = p.parse_args()
