@@ -182,8 +182,14 @@ def inspect_cmd(store: str, as_json: bool) -> None:
     "--device",
     default="auto",
     show_default=True,
-    help="Where --teacher re-runs: auto | cpu | cuda | cuda:N | mps. They run at the store's "
-    "recorded precision.",
+    help="Where --teacher re-runs: auto | cpu | cuda | cuda:N | mps.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default=None,
+    help="Precision of the re-run. Default: the store's recorded precision (then the result is "
+    "bitwise equal on the same device).",
 )
 def verify_cmd(
     store: str,
@@ -192,6 +198,7 @@ def verify_cmd(
     sample: int,
     seed: int,
     device: str,
+    precision: str | None,
 ) -> None:
     """Check completeness, per-chunk checksums, sample_index, labels and (optionally)
     provenance: the transfer set's fingerprint, size, split and labels, and a re-run of the
@@ -199,7 +206,13 @@ def verify_cmd(
 
     Exits 1 if any check fails."""
     report = verify_store(
-        store, transfer=transfer, teachers=teachers, sample=sample, seed=seed, device=device
+        store,
+        transfer=transfer,
+        teachers=teachers,
+        sample=sample,
+        seed=seed,
+        device=device,
+        precision=precision,
     )
     click.echo(report.render())
     if not report.ok:

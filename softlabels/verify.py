@@ -50,6 +50,7 @@ def verify_store(
     seed: int = 0,
     atol: float | None = None,
     device: str = "auto",
+    precision: str | None = None,
 ) -> VerifyReport:
     """Check a store's format, completeness, checksums, index, labels and finiteness;
     optionally that ``transfer`` (SPEC, TransferSet or Dataset) is the one it was made from, and
@@ -91,7 +92,9 @@ def verify_store(
             _check(
                 report,
                 "teachers",
-                lambda: _rerun_detail(store, transfer, teachers, sample, seed, atol, device),
+                lambda: _rerun_detail(
+                    store, transfer, teachers, sample, seed, atol, device, precision
+                ),
             )
     return report
 
@@ -141,10 +144,11 @@ def _rerun_detail(
     seed: int,
     atol: float | None,
     device: str,
+    precision: str | None,
 ) -> str:
     meta = store.meta
-    precision = (meta.runtime or {}).get("precision", "fp32")
-    runtime = Runtime(resolve_device(device), precision)
+    recorded = (meta.runtime or {}).get("precision", "fp32")
+    runtime = Runtime(resolve_device(device), precision or recorded)
     if transfer is None:
         raise SoftLabelsError("re-running teachers needs the transfer set too (--transfer)")
     if len(teachers) != meta.num_members:
@@ -169,15 +173,18 @@ def _rerun_detail(
         fresh.double(), torch.tensor(meta.weights, dtype=torch.float64), meta.combine
     ).numpy()
     stored = store.rows_at(positions).logits.astype(np.float64)
-    tol = atol if atol is not None else rerun_tolerance(meta.dtype, precision)
+    precision = runtime.precision
+    tol = atol
+    if tol is None:  # the looser of the recorded and the re-run precision
+        tol = max(rerun_tolerance(meta.dtype, p) for p in (precision, recorded))
     err = float(np.max(np.abs(stored - expected) / np.maximum(1.0, np.abs(expected))))
     if err > tol:
         raise MismatchError(
             f"re-run logits differ from the store by up to {err:.3g} (tolerance {tol:g} for "
-            f"{meta.dtype} logits computed at {precision})"
+            f"{meta.dtype} logits computed at {recorded}, re-run at {precision})"
         )
     return (
         f"re-ran {len(loaded)} teacher(s) at {precision} on {runtime.device.type}, "
         f"{len(positions)} random rows: max rel. error {err:.2g} <= {tol:g} (tolerance for "
-        f"{meta.dtype} logits computed at {precision})"
+        f"{meta.dtype} logits computed at {recorded})"
     )
