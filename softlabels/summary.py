@@ -62,6 +62,7 @@ def inspect_store(path: str) -> dict[str, Any]:
                 "split": meta.transfer.split,
                 "fingerprint": meta.transfer.fingerprint,
             },
+            "runtime": meta.runtime,
             "created_at": meta.created_at,
             "producer": meta.producer,
             "labelled_rows": labelled,
@@ -102,5 +103,10 @@ def format_inspect(info: dict[str, Any]) -> str:
         lines.append("  top-1 accuracy  n/a (no labels stored)")
     ent = "  ".join(f"{k} {v:.3f}" for k, v in info["mean_entropy_nats"].items() if v is not None)
     lines.append(f"  mean entropy    {ent}  (nats; max {np.log(info['num_classes']):.3f})")
+    rt = info.get("runtime")
+    if rt:
+        lines.append(
+            f"  computed on     {rt.get('device')} at {rt.get('precision')}, torch {rt.get('torch')}"
+        )
     lines.append(f"  created         {info['created_at']} by {info['producer']}")
     return "\n".join(lines)
