@@ -181,6 +181,8 @@ def _open_writer(out: str, meta: StoreMeta, opts: GenerateOptions) -> StoreWrite
     try:
         return StoreWriter.create(out, meta, compress=opts.compress, overwrite=opts.overwrite)
     except StoreExistsError as exc:
+        if opts.overwrite:  # the path holds something that is not a store: no resume hint
+            raise
         raise StoreExistsError(
             f"{exc}, or finish an interrupted run with --resume (resume=True)"
         ) from exc
