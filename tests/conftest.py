@@ -9,6 +9,10 @@ from softlabels.generate import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PYTHONPATH", str(ROOT))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2: one core per worker process
+    import torch
+
+    torch.set_num_threads(1)
 
 ENSEMBLE = ("tests.helpers:teacher_a", "tests.helpers:teacher_b", "tests.helpers:teacher_c")
 
