@@ -116,6 +116,17 @@ def write_report(res: dict[str, Any], out: Path, report: Path) -> None:
         ),
         "",
         "## Speed",
+        *(
+            [
+                "",
+                f"*The speed figures below (stage one vs bare inference, student epochs) were "
+                f"re-measured on {res['speed_date']} with `python -m bench.run --only-speed`, "
+                f"after the store API was reworked; the other sections are from the full run of "
+                f"{res['date']}.*",
+            ]
+            if "speed_date" in res
+            else []
+        ),
         "",
         f"Student {sp['student']}, batch {c['batch_size']}, Hinton loss at T = {c['temperature']:g}, "
         f"α = {c['alpha']}. Medians over {c['speed_epochs']} epochs, the five feeds interleaved epoch by epoch "
