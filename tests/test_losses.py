@@ -275,3 +275,16 @@ def test_train_loss_streams_the_same_targets(digits_store, tmp_path):
     assert run.final["train_loss"] == pytest.approx(
         _expected_first_loss(digits_store, "soft_ce", 2.0, 0.1, 0.9), rel=2e-5
     )
+
+
+def test_fused_kd_gradient_matches_autograd_of_the_plain_formula():
+    """kd_kl's hand-written backward equals autograd through log_softmax and kl_div."""
+    torch.manual_seed(0)
+    z = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    log_p = torch.log_softmax(torch.randn(5, 7, dtype=torch.float64) * 3, -1)
+    for t in (0.5, 1.0, 4.0):
+        assert torch.autograd.gradcheck(losses._KDKL.apply, (z, log_p, t))
+        plain = F.kl_div(F.log_softmax(z / t, -1), log_p, reduction="batchmean", log_target=True)
+        (g_plain,) = torch.autograd.grad(plain * t**2, z)
+        (g_fused,) = torch.autograd.grad(losses._KDKL.apply(z, log_p, t), z)
+        torch.testing.assert_close(g_fused, g_plain)

@@ -156,14 +156,15 @@ def _join(a: Batch, b: Batch) -> Batch:
 def _prefetch(
     store: StoreReader, groups: list[np.ndarray], temperature: float
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Read each group of chunks and compute its targets on a thread, one group ahead."""
-    q: queue.Queue[tuple[np.ndarray, torch.Tensor] | BaseException | None] = queue.Queue(1)
+    """Read and verify each group of chunks on a thread, one group ahead; compute its targets
+    here, once per buffer (torch ops on two threads at once contend for one OpenMP pool: the
+    reading thread stays numpy- and codec-only)."""
+    q: queue.Queue[Rows | BaseException | None] = queue.Queue(1)
 
     def work() -> None:
         try:
             for group in groups:
-                rows = Rows.concat([store.read_verified_chunk(int(c)) for c in group])
-                q.put((rows.sample_index, store.soft_targets(rows, temperature)))
+                q.put(Rows.concat([store.read_verified_chunk(int(c)) for c in group]))
             q.put(None)
         except BaseException as exc:
             q.put(exc)
@@ -173,7 +174,7 @@ def _prefetch(
     while (item := q.get()) is not None:
         if isinstance(item, BaseException):
             raise item
-        yield item
+        yield item.sample_index, store.soft_targets(item, temperature)
     thread.join()
 
 
