@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +139,21 @@ def make_store(
     )
     store.close()
     return path, time.perf_counter() - t0
+
+
+def student_config(c: BenchConfig, out: str, **kw: Any) -> TrainConfig:
+    base = TrainConfig(
+        out=out,
+        transfer=c.transfer,
+        model="mlp",
+        hidden=c.student_hidden,
+        epochs=c.student_epochs,
+        batch_size=c.batch_size,
+        lr=1e-3,
+        temperature=c.temperature,
+        alpha=c.alpha,
+        overwrite=True,
+        progress=False,
+        device=c.device,
+    )
+    return replace(base, **kw)

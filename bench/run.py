@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import QUICK, BenchConfig, log, make_store, teacher_paths, train_teachers
+from bench.common import (
+    QUICK,
+    BenchConfig,
+    log,
+    make_store,
+    student_config,
+    teacher_paths,
+    train_teachers,
+)
 from bench.speed import (
     distributed_stage1,
     speed_ratios,
@@ -33,28 +41,10 @@ from bench.speed import (
 )
 from softlabels.store import open_store
 from softlabels.transfer import TransferSet, load_transfer
-from trainer.train import TrainConfig, train
+from trainer.train import train
 
 # --------------------------------------------------------------------------------------------
 # Accuracy.
-
-
-def student_config(c: BenchConfig, out: str, **kw: Any) -> TrainConfig:
-    base = TrainConfig(
-        out=out,
-        transfer=c.transfer,
-        model="mlp",
-        hidden=c.student_hidden,
-        epochs=c.student_epochs,
-        batch_size=c.batch_size,
-        lr=1e-3,
-        temperature=c.temperature,
-        alpha=c.alpha,
-        overwrite=True,
-        progress=False,
-        device=c.device,
-    )
-    return replace(base, **kw)
 
 
 def final_metrics(run) -> dict[str, float]:

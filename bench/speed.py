@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import ROOT, BenchConfig, log, make_store, teacher_paths
+from bench.common import ROOT, BenchConfig, log, make_store, student_config, teacher_paths
 from softlabels.checkpoint import load_model
 from softlabels.device import autocast, resolve_device
 from softlabels.store import StoreWriter, open_store
@@ -30,7 +30,7 @@ from trainer.data import (
     join,
     store_nbytes_in_memory,
 )
-from trainer.train import TrainConfig, train_epoch
+from trainer.train import train_epoch
 
 
 def bare_inference_seconds(c: BenchConfig, teacher_path: Path, batch_size: int = 256) -> float:
@@ -87,16 +87,7 @@ def speed_ratios(
     targets already a torch tensor, batches sliced by hand), store in memory, store streamed
     under a budget smaller than the store, hard labels only (the same batches, plain CE), and
     online KD (teacher run on every batch)."""
-    base = TrainConfig(
-        out="-",
-        transfer=c.transfer,
-        hidden=c.speed_hidden,
-        epochs=c.speed_epochs,
-        batch_size=c.batch_size,
-        temperature=c.temperature,
-        alpha=c.alpha,
-        progress=False,
-    )
+    base = student_config(c, "-", hidden=c.speed_hidden, epochs=c.speed_epochs)
     dev = resolve_device(c.device)
     labels = torch.from_numpy(data.label_array()).to(dev)
     teacher_model, _ = load_model(teacher)

@@ -9,7 +9,8 @@ import sys
 import click
 
 from softlabels import schema
-from softlabels.clihelp import FriendlyGroup, device_options, parse_floats
+from softlabels.clihelp import FriendlyGroup, device_option, parse_floats, precision_option
+from softlabels.device import PRECISIONS
 from softlabels.generate import DEFAULT_CHUNK_ROWS, generate
 from softlabels.summary import format_inspect, inspect_store
 from softlabels.teachers import load_teacher
@@ -99,7 +100,12 @@ def main() -> None:
     help="DataLoader worker processes reading the transfer set (0: the main process). The "
     "logits are bitwise the same at any count.",
 )
-@device_options
+@device_option()
+@precision_option(
+    tuple(PRECISIONS),
+    default="fp32",
+    help="Precision of the teachers' forward pass (autocast); logits are kept in float32.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_cmd(
     teachers: tuple[str, ...],
@@ -178,15 +184,9 @@ def inspect_cmd(store: str, as_json: bool) -> None:
     "--sample", type=click.IntRange(min=1), default=64, show_default=True, help="Rows to re-run."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing the rows.")
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="Where --teacher re-runs: auto | cpu | cuda | cuda:N | mps.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
+@device_option("Where --teacher re-runs: ")
+@precision_option(
+    tuple(PRECISIONS),
     default=None,
     help="Precision of the re-run. Default: the store's recorded precision (then the result is "
     "bitwise equal on the same device).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -71,19 +72,25 @@ def parse_seeds(
     return seeds
 
 
-def device_options(fn: Any) -> Any:
-    """--device and --precision, for every command that runs a model."""
-    fn = click.option(
-        "--precision",
-        type=click.Choice(["fp32", "bf16", "fp16"]),
-        default="fp32",
-        show_default=True,
-        help="Precision of the models' forward pass (autocast); logits are kept in float32.",
-    )(fn)
+DEVICE_HELP = (
+    "auto (CUDA when available) | cpu | cuda | cuda:N | mps. An absent device is an error, never "
+    "a silent fallback."
+)
+
+
+def device_option(what: str = "") -> Callable[[Any], Any]:
+    """--device, for every command that runs a model; ``what`` says which model, if not obvious."""
+    return click.option("--device", default="auto", show_default=True, help=what + DEVICE_HELP)
+
+
+def precision_option(
+    choices: tuple[str, ...], *, default: str | None, help: str
+) -> Callable[[Any], Any]:
+    """--precision of a model's forward pass (autocast), from ``choices``."""
     return click.option(
-        "--device",
-        default="auto",
-        show_default=True,
-        help="auto (CUDA when available) | cpu | cuda | cuda:N | mps. An absent device is an "
-        "error, never a silent fallback.",
-    )(fn)
+        "--precision",
+        type=click.Choice(choices),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )

@@ -103,6 +103,8 @@ class ChunkSampler(Sampler[int]):
     once per epoch. Call ``set_epoch`` for a new order each epoch (as DistributedSampler)."""
 
     def __init__(self, dataset: SoftTargetDataset, *, buffer_chunks: int = 8, seed: int = 0):
+        if buffer_chunks < 1:
+            raise ValueError(f"buffer_chunks must be at least 1, got {buffer_chunks}")
         self.dataset, self.buffer_chunks, self.seed, self.epoch = dataset, buffer_chunks, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -57,7 +57,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     raise DeviceError(f"unsupported device {spec!r}; use {DEVICES_HELP}")
 
 
-def check_precision(precision: str, device: torch.device) -> torch.dtype:
+def check_precision(precision: str) -> torch.dtype:
     """The autocast dtype of ``precision`` (fp32: none)."""
     if precision not in PRECISIONS:
         raise DeviceError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
@@ -67,7 +67,7 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """Autocast to ``precision`` on ``device`` (a no-op for fp32)."""
-    dtype = check_precision(precision, device)
+    dtype = check_precision(precision)
     if dtype == torch.float32:
         yield
         return

@@ -79,6 +79,7 @@ class GenerateOptions:
             raise SoftLabelsError("combine 'single' needs exactly one teacher")
         if self.workers < 0:
             raise SoftLabelsError(f"workers must be >= 0, got {self.workers}")
+        check_precision(self.precision)
 
 
 def generate(
@@ -151,7 +152,6 @@ def generate(
                 "PATH.zarr PATH.h5` for an HDF5 copy"
             )
         runtime = Runtime(local_device(device, d), opts.precision, opts.workers)
-        check_precision(opts.precision, runtime.device)
         loaded = [as_teacher(t) for t in teachers]
         for t in loaded:
             t.module.to(runtime.device)

@@ -97,7 +97,7 @@ def compute_chunks(
         num_workers=runtime.workers,
         pin_memory=cuda,
     )
-    assembler = _ChunkAssembler(meta, len(teachers), transfer)
+    assembler = _ChunkAssembler(meta, teachers, transfer)
     in_flight: tuple[int, int, torch.Tensor, Any] | None = None  # (b0, b1, host logits, event)
     for (b0, b1), x in zip(bounds, loader, strict=True):
         logits = forward_teachers(teachers, x.to(runtime.device, non_blocking=cuda), runtime)
@@ -114,23 +114,23 @@ def compute_chunks(
         else:
             host, event = logits, None
         if in_flight is not None:
-            yield from assembler.add(*in_flight, teachers)
+            yield from assembler.add(*in_flight)
         in_flight = (b0, b1, host, event)
     if in_flight is not None:
-        yield from assembler.add(*in_flight, teachers)
+        yield from assembler.add(*in_flight)
 
 
 class _ChunkAssembler:
     """Collects batches into whole chunks and combines each chunk's members in float64."""
 
-    def __init__(self, meta: StoreMeta, members: int, transfer: TransferSet) -> None:
-        self.meta, self.members, self.transfer = meta, members, transfer
+    def __init__(self, meta: StoreMeta, teachers: list[Teacher], transfer: TransferSet) -> None:
+        self.meta, self.transfer = meta, transfer
+        self.names = [t.info.name for t in teachers]
+        self.members = len(teachers)
         self.weights = torch.tensor(meta.weights, dtype=torch.float64)
         self.chunk, self.buffer, self.filled = -1, np.empty(0), 0
 
-    def add(
-        self, b0: int, b1: int, host: torch.Tensor, event: Any, teachers: list[Teacher]
-    ) -> Iterator[tuple[int, Rows]]:
+    def add(self, b0: int, b1: int, host: torch.Tensor, event: Any) -> Iterator[tuple[int, Rows]]:
         if event is not None:
             event.synchronize()
         out = host.numpy()
@@ -139,7 +139,7 @@ class _ChunkAssembler:
             m = int(np.flatnonzero(bad.any(axis=0))[0])
             rows = (np.flatnonzero(bad[:, m]) + b0).tolist()
             raise NonFiniteLogitsError(
-                f"teacher {teachers[m].info.name!r} produced NaN or Inf logits at transfer rows "
+                f"teacher {self.names[m]!r} produced NaN or Inf logits at transfer rows "
                 f"{rows[:20]}" + (f" and {len(rows) - 20} more" if len(rows) > 20 else "")
             )
         chunk = b0 // self.meta.chunk_rows

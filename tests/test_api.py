@@ -103,6 +103,8 @@ def test_chunk_sampler_visits_each_position_once_grouped_by_chunk(tmp_path):
     assert all(len(set(chunks[g : g + 20])) <= 2 for g in range(0, 70, 20))
     sampler.set_epoch(1)
     assert list(sampler) != order
+    with pytest.raises(ValueError, match="buffer_chunks must be at least 1"):
+        softlabels.ChunkSampler(ds, buffer_chunks=0)
 
 
 def test_train_accepts_an_opened_store(tmp_path, digits_store, digits_test_store):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import zarr
 from click.testing import CliRunner
 
 from softlabels.cli import main as softlabels_cli
@@ -66,6 +67,7 @@ def test_bf16_on_the_cpu_records_its_runtime_and_verifies(tmp_path):
     with open_store(path) as s, open_store(fp32) as f:
         assert s.meta.runtime == {"device": "cpu", "precision": "bf16", "torch": torch.__version__}
         assert f.meta.runtime["precision"] == "fp32"
+        assert zarr.open_group(str(path), mode="r").attrs["runtime"]["precision"] == "bf16"
         a, b = s.read(0, 100).logits, f.read(0, 100).logits
         assert (a != b).any()  # bf16 really ran
         assert abs(a - b).max() / max(1.0, abs(b).max()) < rerun_tolerance("float32", "bf16")
@@ -78,8 +80,6 @@ def test_bf16_on_the_cpu_records_its_runtime_and_verifies(tmp_path):
 
 
 def test_resume_refuses_another_precision(tmp_path):
-    import zarr
-
     from softlabels.errors import MismatchError
 
     path = make_store(tmp_path / "r.zarr", teachers=ONE, precision="bf16", device="cpu")

@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from softlabels.clihelp import FriendlyGroup, parse_ints, parse_seeds, parse_temperatures
+from softlabels.clihelp import (
+    FriendlyGroup,
+    device_option,
+    parse_ints,
+    parse_seeds,
+    parse_temperatures,
+    precision_option,
+)
 from trainer.compare import CompareConfig, compare
 from trainer.train import LOSSES, TrainConfig, format_table, train_sweep
 
@@ -138,17 +145,10 @@ def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Continue the run in --out from its last epoch checkpoint.",
         ),
         click.option("--overwrite", is_flag=True, help="Replace a non-empty --out."),
-        click.option(
-            "--device",
-            default="auto",
-            show_default=True,
-            help="auto (CUDA when available) | cpu | cuda | cuda:N | mps; an absent device is an error.",
-        ),
-        click.option(
-            "--precision",
-            type=click.Choice(["fp32", "bf16"]),
+        device_option(),
+        precision_option(
+            ("fp32", "bf16"),
             default="fp32",
-            show_default=True,
             help="The student's forward pass (bf16: autocast); the loss is computed in float32.",
         ),
         click.option("--quiet", is_flag=True, help="No progress bars."),

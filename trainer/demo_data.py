@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.1, help="Share of training labels known.")
     p.add_argument("--out", default="data/digits", help="Folder for the two .npz files.")
     a = p.parse_args()
+    if not 0 < a.fraction <= 1:
+        p.error(f"--fraction must be in (0, 1], got {a.fraction}")
     for path in write(Path(a.out), a.fraction):
         print(f"wrote {path}")
 

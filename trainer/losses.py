@@ -196,10 +196,7 @@ class HintonKD(nn.Module):
         check_weight("beta", beta)
         check_temperature(temperature)
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
-
-    @property
-    def target_temperature(self) -> float:
-        return self.temperature
+        self.target_temperature = temperature  # the T its target must be taken at
 
     def forward(
         self,
@@ -223,11 +220,7 @@ class SoftCE(nn.Module):
     def __init__(self, *, temperature: float) -> None:
         super().__init__()
         check_temperature(temperature)
-        self.temperature = temperature
-
-    @property
-    def target_temperature(self) -> float:
-        return self.temperature
+        self.temperature = self.target_temperature = temperature
 
     def forward(
         self,

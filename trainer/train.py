@@ -294,11 +294,8 @@ def train_sweep(
     if len(temperatures) == 1:
         return [train(replace(config, temperature=temperatures[0]), **objects)]
     data = as_transfer(objects.pop("data", None) or config.transfer, config.split)
-    store = objects.pop("store", None)
-    opened = []
-    if store is None and config.store is not None:
-        store = join(config.store, data)
-        opened.append(store)
+    opened: list[StoreReader] = []
+    store = _joined(objects.pop("store", None), config.store, data, opened)
     try:
         return [
             train(

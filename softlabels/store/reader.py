@@ -7,7 +7,7 @@ any temperature, replayed exactly for every combine rule. Stage two asks for not
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ class StoreReader:
         self._has_members = backend.has(schema.MEMBER_LOGITS)
         self._row_of: np.ndarray | None = None  # transfer position -> store row
         self._loaded: Rows | None = None  # every row, verified, in transfer-position order
+        self._checked: dict[str, np.ndarray] = {}  # whole sample_index / labels, once checked
         self._weights = torch.tensor(meta.weights, dtype=torch.float32)
 
     # -- context manager and pickling
@@ -185,16 +186,26 @@ class StoreReader:
         return gathered.take(np.argsort(np.concatenate(where), kind="stable"))
 
     def sample_index(self) -> np.ndarray:
-        """The whole (N,) sample_index, checked to be a permutation of 0..N-1."""
-        index = self._read_committed(schema.SAMPLE_INDEX)
-        check_sample_index(index, self.meta.num_samples)
-        return index
+        """The whole (N,) sample_index, checked to be a permutation of 0..N-1 (read-only)."""
+        return self._whole(
+            schema.SAMPLE_INDEX, lambda a: check_sample_index(a, self.meta.num_samples)
+        )
 
     def labels(self) -> np.ndarray:
-        """The whole (N,) labels array, checked to hold only -1..C-1."""
-        labels = self._read_committed(schema.LABELS)
-        check_labels(labels, self.meta.num_classes)
-        return labels
+        """The whole (N,) labels array, checked to hold only -1..C-1 (read-only)."""
+        return self._whole(schema.LABELS, lambda a: check_labels(a, self.meta.num_classes))
+
+    def _whole(self, name: str, check: Callable[[np.ndarray], None]) -> np.ndarray:
+        """A whole (N,) array, read and checked once for a complete store (joins, datasets and
+        shards all ask for these)."""
+        if name in self._checked:
+            return self._checked[name]
+        array = self._read_committed(name)
+        check(array)
+        array.setflags(write=False)
+        if self.meta.complete:
+            self._checked[name] = array
+        return array
 
     def _read_committed(self, name: str) -> np.ndarray:
         if not self.meta.complete and not self.committed_chunks().all():
