@@ -45,7 +45,7 @@ def write(path: str, rows: int, classes: int) -> dict[str, float]:
             )
             labels = np.full(stop - start, -1, dtype=np.int64)
             writer.write_chunk(
-                chunk, Rows(logits, None, np.arange(start, stop), labels, start=start)
+                chunk, Rows.dense(logits, None, np.arange(start, stop), labels, start=start)
             )
         writer.finalize()
     return {"write_seconds": time.perf_counter() - t0}

@@ -157,7 +157,7 @@ class _ChunkAssembler:
         combined = combined_logits(
             torch.from_numpy(members).double(), self.weights, self.meta.combine
         )
-        return Rows(
+        return Rows.dense(
             logits=combined.float().numpy(),
             member_logits=members if self.members > 1 else None,
             sample_index=np.arange(start, stop, dtype=np.int64),

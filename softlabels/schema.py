@@ -1,4 +1,4 @@
-"""The soft-label store format, version 1: every name in FORMAT.md, in one place.
+"""The soft-label store format, versions 1 and 2: every name in FORMAT.md, in one place.
 
 This module is the machine-readable half of the format contract; FORMAT.md is the
 human-readable half. Both must change together (tests/test_schema.py checks that every
@@ -11,7 +11,14 @@ The store is a group (a Zarr v3 directory store or one HDF5 file) holding:
     sample_index    (N,)       int64            row -> position in the transfer set
     labels          (N,)       int64            hard label, or -1 where unknown
 
-plus the root attributes described by ``StoreMeta``.
+plus the root attributes described by ``StoreMeta``. Dense stores are version 1, byte for byte
+as before; version 2 adds the ``layout`` attribute and the sparse layout (K entries per row):
+
+    id_gaps              (N, K)     int32    ids, gap-coded per segment (top, then sampled)
+    values               (N, M, K)  uint16 codes (fixed point) | float16|float32
+    value_offsets        (N, M)     float32  fixed point only: value = offset - step * code
+    tail                 (N, G, A)  float32  T_a * logsumexp(z / T_a) outside the support
+    inclusion_log_scale  (N,)       float32  sampled stores only: pi = min(1, exp(s + zbar / T_q))
 """
 
 from __future__ import annotations
@@ -24,19 +31,41 @@ from typing import Any
 from softlabels.errors import StoreFormatError
 
 FORMAT_NAME = "softlabels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # dense stores
+SPARSE_FORMAT_VERSION = 2  # sparse stores (the `layout` attribute appears in version 2)
+FORMAT_VERSIONS = (FORMAT_VERSION, SPARSE_FORMAT_VERSION)
+LAYOUT_DENSE = "dense"
+LAYOUT_SPARSE = "sparse"
 
 # Array names.
 LOGITS = "logits"
 MEMBER_LOGITS = "member_logits"
 SAMPLE_INDEX = "sample_index"
 LABELS = "labels"
+# Sparse layout.
+ID_GAPS = "id_gaps"
+VALUES = "values"
+VALUE_OFFSETS = "value_offsets"
+TAIL = "tail"
+INCLUSION_LOG_SCALE = "inclusion_log_scale"
+MAX_CODE = 65535  # largest fixed-point code (uint16)
+MAX_CLASSES = 2**31  # ids are int32
 # Writer-private commit journal: (n_chunks, 32) uint8, one SHA-256 row per chunk, written
 # after that chunk's data. Present only while a store is incomplete.
 COMMIT_JOURNAL = "_chunk_commits"
 
 # Arrays in checksum order: a chunk's checksum hashes these arrays' rows in this order.
-CHECKSUM_ORDER = (LOGITS, MEMBER_LOGITS, SAMPLE_INDEX, LABELS)
+CHECKSUM_ORDER = (
+    LOGITS,
+    MEMBER_LOGITS,
+    ID_GAPS,
+    VALUES,
+    VALUE_OFFSETS,
+    TAIL,
+    INCLUSION_LOG_SCALE,
+    SAMPLE_INDEX,
+    LABELS,
+)
 DIGEST_BYTES = 32  # one SHA-256 per journal row
 
 # Root attribute keys.
@@ -57,6 +86,9 @@ ATTR_PRODUCER = "producer"
 ATTR_COMPLETE = "complete"
 # Optional: how the logits were computed ({"device", "precision", "torch"[, "device_name"]}).
 ATTR_RUNTIME = "runtime"
+# Version 2: "dense" or "sparse"; with "sparse", the object ATTR_SPARSE (``SparseSpec``).
+ATTR_LAYOUT = "layout"
+ATTR_SPARSE = "sparse"
 
 # In HDF5 every root attribute value is stored as a JSON-encoded UTF-8 string.
 REQUIRED_ATTRS = (
@@ -107,6 +139,115 @@ class TransferInfo:
     fingerprint: str  # "sha256:<hex>" over the float32 inputs in order
 
 
+TAIL_KIND = "log-partition"
+PROPOSAL_KIND = "tempered-ranking"
+DEFAULT_TAIL_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+DEFAULT_VALUE_STEP = 1 / 32
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """The ``sparse`` root attribute: how a sparse store chose and encoded each row's support.
+
+    K = top_k + sample entries per row: the ``top_k`` largest ranking logits, then ``sample``
+    ids drawn from the rest with inclusion probabilities from a proposal at temperature
+    ``proposal_temperature`` (seeded by ``seed``). ``tail_temperatures`` are the anchors of the
+    tail summary; ``value_step`` is the fixed-point step of the stored logits (None: stored as
+    floats in the store's ``dtype``)."""
+
+    top_k: int
+    sample: int = 0
+    proposal_temperature: float = 1.0
+    seed: int = 0
+    tail_temperatures: tuple[float, ...] = DEFAULT_TAIL_TEMPERATURES
+    value_step: float | None = DEFAULT_VALUE_STEP
+
+    @property
+    def k(self) -> int:
+        return self.top_k + self.sample
+
+    @property
+    def policy(self) -> str:
+        return "top" if self.sample == 0 else "top+sample"
+
+    def to_attr(self) -> dict[str, Any]:
+        proposal = None
+        if self.sample:
+            proposal = {
+                "kind": PROPOSAL_KIND,
+                "temperature": self.proposal_temperature,
+                "seed": self.seed,
+            }
+        values: dict[str, Any] = {"encoding": "float"}
+        if self.value_step is not None:
+            values = {"encoding": "fixed", "step": self.value_step}
+        return {
+            "policy": self.policy,
+            "k": self.k,
+            "top_k": self.top_k,
+            "sample": self.sample,
+            "proposal": proposal,
+            "tail": {"kind": TAIL_KIND, "temperatures": list(self.tail_temperatures)},
+            "values": values,
+        }
+
+    @classmethod
+    def from_attr(cls, entry: Any) -> SparseSpec:
+        if not isinstance(entry, dict):
+            raise ValueError(f"sparse must be an object, got {entry!r}")
+        tail, values, proposal = entry["tail"], entry["values"], entry["proposal"]
+        if not isinstance(tail, dict) or tail.get("kind") != TAIL_KIND:
+            raise ValueError(f"sparse.tail.kind must be {TAIL_KIND!r}, got {tail!r}")
+        if not isinstance(values, dict) or values.get("encoding") not in ("fixed", "float"):
+            raise ValueError(f"sparse.values.encoding must be 'fixed' or 'float', got {values!r}")
+        sample = _int(entry, "sample", minimum=0)
+        if (proposal is None) != (sample == 0):
+            raise ValueError("sparse.proposal must be an object exactly when sample > 0")
+        if proposal is not None and proposal.get("kind") != PROPOSAL_KIND:
+            raise ValueError(f"sparse.proposal.kind must be {PROPOSAL_KIND!r}, got {proposal!r}")
+        spec = cls(
+            top_k=_int(entry, "top_k", minimum=1),
+            sample=sample,
+            proposal_temperature=1.0 if proposal is None else _number(proposal, "temperature"),
+            seed=0 if proposal is None else _int(proposal, "seed", minimum=0),
+            tail_temperatures=tuple(_number({"t": t}, "t") for t in _list(tail, "temperatures")),
+            value_step=_number(values, "step") if values["encoding"] == "fixed" else None,
+        )
+        if entry.get("k") != spec.k or entry.get("policy") != spec.policy:
+            raise ValueError(f"sparse.k and sparse.policy must be {spec.k} and {spec.policy!r}")
+        return spec
+
+    def problems(self, num_classes: int) -> list[str]:
+        out = []
+        if self.top_k < 1 or self.sample < 0:
+            out.append(f"top_k {self.top_k} must be >= 1 and sample {self.sample} >= 0")
+        if self.k >= num_classes:
+            out.append(
+                f"top_k + sample = {self.k} must be below the {num_classes} classes (keep "
+                f"every class: use a dense store)"
+            )
+        if not self.tail_temperatures or len(set(self.tail_temperatures)) != len(
+            self.tail_temperatures
+        ):
+            out.append(f"tail temperatures {list(self.tail_temperatures)} must be distinct")
+        if any(not (math.isfinite(t) and t > 0) for t in self.tail_temperatures):
+            out.append(f"tail temperatures {list(self.tail_temperatures)} must be > 0")
+        if not (math.isfinite(self.proposal_temperature) and self.proposal_temperature > 0):
+            out.append(f"proposal temperature {self.proposal_temperature} must be > 0")
+        if self.value_step is not None and not (
+            math.isfinite(self.value_step) and 0 < self.value_step <= 1
+        ):
+            out.append(f"value step {self.value_step} must be in (0, 1]")
+        if self.seed < 0 or self.seed >= 2**63:
+            out.append(f"seed {self.seed} must be in [0, 2**63)")
+        return out
+
+
+def tail_groups(combine: str, members: int) -> int:
+    """G: one tail summary per member, plus one of the mean logits for a geometric ensemble."""
+    return members + 1 if combine == COMBINE_GEOMETRIC and members > 1 else members
+
+
 @dataclass(frozen=True)
 class StoreMeta:
     """The root attributes of a store. ``to_attrs``/``from_attrs`` are the JSON mapping."""
@@ -125,8 +266,16 @@ class StoreMeta:
     checksums: tuple[str, ...] | None = None  # one hex SHA-256 per row chunk, once complete
     complete: bool = False
     runtime: dict[str, str] | None = None  # device type, precision, torch version
+    sparse: SparseSpec | None = None  # None: a dense store (format version 1)
     format: str = field(default=FORMAT_NAME)
-    format_version: int = field(default=FORMAT_VERSION)
+
+    @property
+    def layout(self) -> str:
+        return LAYOUT_DENSE if self.sparse is None else LAYOUT_SPARSE
+
+    @property
+    def format_version(self) -> int:
+        return FORMAT_VERSION if self.sparse is None else SPARSE_FORMAT_VERSION
 
     @property
     def num_members(self) -> int:
@@ -148,6 +297,11 @@ class StoreMeta:
         attrs[ATTR_CHECKSUMS] = None if self.checksums is None else list(self.checksums)
         if self.runtime is None:
             del attrs[ATTR_RUNTIME]  # optional: absent rather than null
+        del attrs[ATTR_SPARSE]
+        attrs[ATTR_FORMAT_VERSION] = self.format_version
+        if self.sparse is not None:  # dense stores keep exactly their version-1 attributes
+            attrs[ATTR_LAYOUT] = LAYOUT_SPARSE
+            attrs[ATTR_SPARSE] = self.sparse.to_attr()
         return attrs
 
     @classmethod
@@ -159,10 +313,18 @@ class StoreMeta:
                 f"not a soft-label store: attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}"
             )
         version = attrs.get(ATTR_FORMAT_VERSION)
-        if version != FORMAT_VERSION:
+        if isinstance(version, bool) or version not in FORMAT_VERSIONS:
             raise StoreFormatError(
                 f"store format version {version!r} is not supported by this reader "
-                f"(it reads version {FORMAT_VERSION}); upgrade softlabels or regenerate the store"
+                f"(it reads versions {', '.join(map(str, FORMAT_VERSIONS))}); upgrade softlabels "
+                f"or regenerate the store"
+            )
+        layout = attrs.get(ATTR_LAYOUT, LAYOUT_DENSE if version == FORMAT_VERSION else None)
+        if version == FORMAT_VERSION and ATTR_LAYOUT in attrs:
+            raise StoreFormatError("a version-1 store must not carry a 'layout' attribute")
+        if layout not in (LAYOUT_DENSE, LAYOUT_SPARSE):
+            raise StoreFormatError(
+                f"store layout {layout!r} is not 'dense' or 'sparse' (version 2 stores name it)"
             )
         missing = [k for k in REQUIRED_ATTRS if k not in attrs]
         if missing:
@@ -185,6 +347,9 @@ class StoreMeta:
                 else tuple(str(c) for c in _list(attrs, ATTR_CHECKSUMS)),
                 complete=attrs[ATTR_COMPLETE] is True,
                 runtime=_runtime(attrs.get(ATTR_RUNTIME)),
+                sparse=None
+                if layout == LAYOUT_DENSE
+                else SparseSpec.from_attr(attrs.get(ATTR_SPARSE)),
             )
         except (TypeError, ValueError, KeyError) as exc:
             raise StoreFormatError(f"store root attributes are malformed: {exc}") from exc
@@ -220,6 +385,12 @@ class StoreMeta:
             problems.append(f"{len(self.checksums)} checksums for {self.num_chunks} chunks")
         if self.complete and self.checksums is None:
             problems.append("store is marked complete but carries no checksums")
+        if self.sparse is not None:
+            problems += self.sparse.problems(self.num_classes)
+            if self.sparse.value_step is not None and self.dtype != "float32":
+                problems.append("a fixed-point sparse store must have dtype 'float32'")
+        if self.num_classes > MAX_CLASSES:
+            problems.append(f"num_classes {self.num_classes} is above {MAX_CLASSES}")
         if problems:
             raise StoreFormatError("invalid store metadata: " + "; ".join(problems))
 
@@ -242,9 +413,23 @@ def array_layout(meta: StoreMeta, *, journal: bool = False) -> tuple[ArraySpec, 
     arrays and readers check exactly these shapes and dtypes.
     """
     n, c, m, r = meta.num_samples, meta.num_classes, meta.num_members, meta.chunk_rows
-    specs = [ArraySpec(LOGITS, (n, c), (r, c), meta.dtype, True)]
-    if m > 1:
-        specs.append(ArraySpec(MEMBER_LOGITS, (n, m, c), (r, m, c), meta.dtype, True))
+    sp = meta.sparse
+    if sp is None:
+        specs = [ArraySpec(LOGITS, (n, c), (r, c), meta.dtype, True)]
+        if m > 1:
+            specs.append(ArraySpec(MEMBER_LOGITS, (n, m, c), (r, m, c), meta.dtype, True))
+    else:
+        k, a, g = sp.k, len(sp.tail_temperatures), tail_groups(meta.combine, m)
+        values = meta.dtype if sp.value_step is None else "uint16"
+        specs = [
+            ArraySpec(ID_GAPS, (n, k), (r, k), "int32", True),
+            ArraySpec(VALUES, (n, m, k), (r, m, k), values, True),
+        ]
+        if sp.value_step is not None:
+            specs.append(ArraySpec(VALUE_OFFSETS, (n, m), (r, m), "float32", True))
+        specs.append(ArraySpec(TAIL, (n, g, a), (r, g, a), "float32", True))
+        if sp.sample:
+            specs.append(ArraySpec(INCLUSION_LOG_SCALE, (n,), (r,), "float32", True))
     specs += [
         ArraySpec(SAMPLE_INDEX, (n,), (r,), "int64", True),
         ArraySpec(LABELS, (n,), (r,), "int64", True),
@@ -283,6 +468,13 @@ def _int(attrs: dict[str, Any], key: str, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _number(attrs: dict[str, Any], key: str) -> float:
+    value = attrs[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    return float(value)
 
 
 def _list(attrs: dict[str, Any], key: str) -> list[Any]:

@@ -89,7 +89,7 @@ def combine_stores(
                     combined_logits(torch.from_numpy(members).double(), w, combine).float().numpy()
                 )
                 labels = np.max(np.stack([p.labels for p in parts]), axis=0)
-                rows = Rows(logits, members, parts[0].sample_index, labels, start=start)
+                rows = Rows.dense(logits, members, parts[0].sample_index, labels, start=start)
                 writer.write_chunk(chunk, rows)
             return writer.finalize()
     finally:

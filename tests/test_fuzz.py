@@ -109,7 +109,7 @@ def checksums(arrays: dict[str, np.ndarray]) -> list[str]:
     sums = []
     for k in range(NUM_CHUNKS):
         a, b = k * CHUNK, min((k + 1) * CHUNK, N)
-        rows = Rows(
+        rows = Rows.dense(
             arrays[schema.LOGITS][a:b],
             arrays[schema.MEMBER_LOGITS][a:b],
             arrays[schema.SAMPLE_INDEX][a:b],

@@ -146,8 +146,8 @@ def test_unknown_suffix():
 
 def test_future_version_refused(tmp_path):
     path = make_store(tmp_path / "v.zarr")
-    zarr.open_group(str(path), mode="r+").attrs["format_version"] = 2
-    with pytest.raises(StoreFormatError, match="version 2 is not supported"):
+    zarr.open_group(str(path), mode="r+").attrs["format_version"] = 3
+    with pytest.raises(StoreFormatError, match="version 3 is not supported"):
         open_store(path)
 
 
@@ -217,7 +217,7 @@ def test_format_md_plain_reads(tmp_path, monkeypatch):
 
 
 def test_rows_stop():
-    rows = Rows(np.zeros((3, 2)), None, np.arange(3), np.zeros(3, dtype=np.int64), start=10)
+    rows = Rows.dense(np.zeros((3, 2)), None, np.arange(3), np.zeros(3, dtype=np.int64), start=10)
     assert rows.stop == 13
 
 

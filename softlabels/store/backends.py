@@ -233,6 +233,12 @@ class ZarrBackend:
             return None  # remote stores are not listed
         return sum(p.stat().st_size for p in Path(self.path).rglob("*") if p.is_file())
 
+    def array_nbytes(self, name: str) -> int | None:
+        """Bytes of the array's chunks and metadata on disk (None for a remote store)."""
+        if is_url(self.path):
+            return None
+        return sum(p.stat().st_size for p in (Path(self.path) / name).rglob("*") if p.is_file())
+
 
 class HDF5Backend:
     def __init__(self, path: str, mode: str) -> None:
@@ -304,6 +310,10 @@ class HDF5Backend:
 
     def nbytes_on_disk(self) -> int:
         return os.path.getsize(self.path)
+
+    def array_nbytes(self, name: str) -> int:
+        """Bytes of the array's stored (compressed) chunks."""
+        return int(self.file[name].id.get_storage_size())
 
 
 def check_contained(path: str) -> None:

@@ -21,6 +21,8 @@ from softlabels.errors import (
 )
 from softlabels.schema import StoreMeta
 from softlabels.store.backends import HDF5Backend, ZarrBackend, open_backend, store_kind
+from softlabels.sparse import replay as sparse_replay
+from softlabels.sparse.replay import SparseTargets
 from softlabels.store.rows import Rows, chunk_checksum, nonfinite_rows
 
 Backend = ZarrBackend | HDF5Backend
@@ -41,6 +43,7 @@ class StoreReader:
         self._loaded: Rows | None = None  # every row, verified, in transfer-position order
         self._checked: dict[str, np.ndarray] = {}  # whole sample_index / labels, once checked
         self._weights = torch.tensor(meta.weights, dtype=torch.float32)
+        self.sparse_problems: list[str] = []  # found by scan_chunks in a sparse store
 
     # -- context manager and pickling
     def __enter__(self) -> StoreReader:
@@ -64,9 +67,20 @@ class StoreReader:
     def has_members(self) -> bool:
         return self._has_members
 
+    @property
+    def is_sparse(self) -> bool:
+        return self.meta.sparse is not None
+
+    def array_names(self) -> list[str]:
+        """The data arrays of this store's layout, in checksum order."""
+        return [spec.name for spec in schema.array_layout(self.meta)]
+
     def array_shapes(self) -> dict[str, tuple[int, ...]]:
-        names = [n for n in schema.CHECKSUM_ORDER if self._b.has(n)]
-        return {n: self._b.shape(n) for n in names}
+        return {n: self._b.shape(n) for n in self.array_names()}
+
+    def array_nbytes(self) -> dict[str, int | None]:
+        """Stored (compressed) bytes of each data array, where the backend can tell."""
+        return {n: self._b.array_nbytes(n) for n in self.array_names()}
 
     def nbytes_on_disk(self) -> int | None:
         return self._b.nbytes_on_disk()
@@ -81,9 +95,19 @@ class StoreReader:
 
     # -- the seam
     def soft_targets(
-        self, rows: Rows | np.ndarray, temperature: float, *, member: int | None = None
-    ) -> torch.Tensor:
-        """The teacher's log soft targets at ``temperature``: (R, C) float32 log-probabilities.
+        self,
+        rows: Rows | np.ndarray,
+        temperature: float,
+        *,
+        member: int | None = None,
+        estimator: str | None = None,
+    ) -> torch.Tensor | SparseTargets:
+        """The teacher's log soft targets at ``temperature``.
+
+        Dense store: (R, C) float32 log-probabilities. Sparse store: ``SparseTargets`` (ids,
+        log-probabilities on them, log-mass of every other id), never C columns per row;
+        ``estimator`` picks how sampled ids stand in for the tail (``softlabels.sparse.replay``;
+        None: the store's default).
 
         ``rows`` is a block read from this store (``read``, ``read_chunk``, ``load``), or an int
         array of R transfer-set positions, read here and returned in that order. ``member=None``
@@ -93,9 +117,14 @@ class StoreReader:
         """
         if not isinstance(rows, Rows):
             rows = self.rows_at(np.asarray(rows, dtype=np.int64))
+        if member is not None and not 0 <= member < self.meta.num_members:
+            raise IndexError(f"member {member} of a {self.meta.num_members}-teacher store")
+        if self.is_sparse:
+            decoded = sparse_replay.decode(rows.arrays, self.meta)
+            return sparse_replay.replay(
+                decoded, self.meta, temperature, member=member, estimator=estimator
+            )
         if member is not None:
-            if not 0 <= member < self.meta.num_members:
-                raise IndexError(f"member {member} of a {self.meta.num_members}-teacher store")
             z = rows.logits if rows.member_logits is None else rows.member_logits[:, member]
             return torch.log_softmax(torch.from_numpy(z).float() / temperature, dim=-1)
         members = None
@@ -117,7 +146,7 @@ class StoreReader:
                 raise IncompleteStoreError(
                     f"rows [{start}, {stop}) touch uncommitted chunks {pending}"
                 )
-        names = [n for n in schema.CHECKSUM_ORDER if n != schema.MEMBER_LOGITS or self.has_members]
+        names = self.array_names()
         try:
             arrays = dict(zip(names, self._b.read_many(names, start, stop), strict=True))
         except Exception as exc:  # codec or I/O failure inside zarr/h5py: the bytes are bad
@@ -125,13 +154,7 @@ class StoreReader:
                 f"cannot decode rows [{start}, {stop}) of {self.path!r} ({type(exc).__name__}: "
                 f"{exc}); the store is corrupt: run `softlabels verify` and regenerate it"
             ) from exc
-        return Rows(
-            logits=arrays[schema.LOGITS],
-            member_logits=arrays.get(schema.MEMBER_LOGITS),
-            sample_index=arrays[schema.SAMPLE_INDEX],
-            labels=arrays[schema.LABELS],
-            start=start,
-        )
+        return Rows(arrays, start)
 
     def read_chunk(self, chunk: int) -> Rows:
         return self.read(*self.meta.chunk_bounds(chunk))
@@ -153,6 +176,9 @@ class StoreReader:
         if bad:
             raise StoreFormatError(f"{self.path!r} holds NaN or Inf logits at rows {bad[:10]}")
         check_labels(rows.labels, self.meta.num_classes, offset=rows.start)
+        if self.is_sparse:
+            decoded = sparse_replay.decode(rows.arrays, self.meta)
+            sparse_replay.check(decoded, self.meta, rows.start, self.path)
         return rows
 
     def iter_chunks(self) -> Iterator[Rows]:
@@ -239,6 +265,10 @@ class StoreReader:
             if chunk_checksum(rows) != self.meta.checksums[chunk]:
                 bad_sums.append(chunk)
             bad_rows += nonfinite_rows(rows)[: 10 - len(bad_rows)]
+            if self.is_sparse:
+                self.sparse_problems += sparse_replay.problems(
+                    sparse_replay.decode(rows.arrays, self.meta), self.meta, rows.start
+                )
         return bad_sums, bad_rows
 
     def verify_checksums(self) -> list[int]:

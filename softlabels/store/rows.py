@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,15 +12,33 @@ from softlabels import schema
 
 @dataclass(frozen=True)
 class Rows:
-    """Store rows as numpy arrays, as stored. A chunk read or written is the contiguous block
+    """Store rows as numpy arrays, as stored, by their schema names (``schema.array_layout``).
+
+    A dense block holds ``logits``, ``member_logits`` (several teachers only), ``sample_index``
+    and ``labels``; a sparse block holds ``id_gaps``, ``values``, ``tail`` and the rest of the
+    sparse layout instead of the logits. A chunk read or written is the contiguous block
     [start, start + R); rows gathered from several places (a training batch, a shuffled buffer)
     keep ``start = -1``: ``sample_index`` is what identifies them."""
 
-    logits: np.ndarray  # (R, C) combined teacher logits at T = 1
-    member_logits: np.ndarray | None  # (R, M, C), or None for a single teacher
-    sample_index: np.ndarray  # (R,) int64 transfer-set positions
-    labels: np.ndarray  # (R,) int64, -1 where unknown
+    arrays: dict[str, np.ndarray] = field(repr=False)
     start: int = -1  # first store row of a contiguous block, -1 for gathered rows
+
+    @classmethod
+    def dense(
+        cls,
+        logits: np.ndarray,
+        member_logits: np.ndarray | None,
+        sample_index: np.ndarray,
+        labels: np.ndarray,
+        start: int = -1,
+    ) -> Rows:
+        """Dense rows: combined logits (R, C), member logits (R, M, C) or None for a single
+        teacher, transfer positions (R,) and labels (R,), -1 where unknown."""
+        arrays = {schema.LOGITS: logits}
+        if member_logits is not None:
+            arrays[schema.MEMBER_LOGITS] = member_logits
+        arrays.update({schema.SAMPLE_INDEX: sample_index, schema.LABELS: labels})
+        return cls(arrays, start)
 
     def __len__(self) -> int:
         return len(self.sample_index)
@@ -29,32 +47,49 @@ class Rows:
     def stop(self) -> int:
         return self.start + len(self)
 
+    @property
+    def is_sparse(self) -> bool:
+        return schema.ID_GAPS in self.arrays
+
+    @property
+    def logits(self) -> np.ndarray:
+        """(R, C) combined logits of a dense block."""
+        if schema.LOGITS not in self.arrays:
+            raise TypeError("these rows are sparse: they hold no dense logits")
+        return self.arrays[schema.LOGITS]
+
+    @property
+    def member_logits(self) -> np.ndarray | None:
+        return self.arrays.get(schema.MEMBER_LOGITS)
+
+    @property
+    def sample_index(self) -> np.ndarray:
+        return self.arrays[schema.SAMPLE_INDEX]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.arrays[schema.LABELS]
+
     def array(self, name: str) -> np.ndarray | None:
-        """The array called ``name`` in the schema (None: member_logits of a single teacher)."""
-        return {
-            schema.LOGITS: self.logits,
-            schema.MEMBER_LOGITS: self.member_logits,
-            schema.SAMPLE_INDEX: self.sample_index,
-            schema.LABELS: self.labels,
-        }[name]
+        """The array called ``name`` in the schema, or None where this block has none."""
+        return self.arrays.get(name)
+
+    def all_member_logits(self) -> np.ndarray:
+        """(R, M, C) member logits of a dense block (a single teacher's are its logits)."""
+        members = self.member_logits
+        return self.logits[:, None, :] if members is None else members
 
     def take(self, idx: np.ndarray) -> Rows:
         """The rows at ``idx`` (a gathered block)."""
-        members = None if self.member_logits is None else self.member_logits[idx]
-        return Rows(self.logits[idx], members, self.sample_index[idx], self.labels[idx])
+        return Rows({name: a[idx] for name, a in self.arrays.items()})
+
+    def replace(self, **arrays: np.ndarray) -> Rows:
+        return Rows({**self.arrays, **arrays}, self.start)
 
     @staticmethod
     def concat(parts: list[Rows]) -> Rows:
         """Rows of several blocks, in order, as one gathered block."""
-        members = None
-        if parts[0].member_logits is not None:
-            members = np.concatenate([p.member_logits for p in parts])  # type: ignore[misc]
-        return Rows(
-            np.concatenate([p.logits for p in parts]),
-            members,
-            np.concatenate([p.sample_index for p in parts]),
-            np.concatenate([p.labels for p in parts]),
-        )
+        return Rows({name: np.concatenate([p.arrays[name] for p in parts]) for name in parts[0].arrays})
 
 
 def chunk_checksum(rows: Rows) -> str:
@@ -68,8 +103,9 @@ def chunk_checksum(rows: Rows) -> str:
 
 
 def nonfinite_rows(rows: Rows) -> list[int]:
-    """Store rows of a contiguous block whose logits or member logits hold NaN or Inf."""
-    finite = np.isfinite(rows.logits).all(1)
-    if rows.member_logits is not None:
-        finite &= np.isfinite(rows.member_logits).all((1, 2))
+    """Store rows of a contiguous block where a floating-point array holds NaN or Inf."""
+    finite = np.ones(len(rows), dtype=bool)
+    for arr in rows.arrays.values():
+        if arr.dtype.kind == "f":
+            finite &= np.isfinite(arr.reshape(len(rows), -1)).all(axis=1)
     return (np.flatnonzero(~finite) + rows.start).tolist()

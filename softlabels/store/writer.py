@@ -24,6 +24,7 @@ from softlabels.errors import (
     StoreNotFoundError,
 )
 from softlabels.schema import StoreMeta
+from softlabels.sparse.select import sparsify
 from softlabels.store import backends
 from softlabels.store.reader import Backend, StoreReader, journal_committed, read_meta
 from softlabels.store.rows import Rows, chunk_checksum
@@ -40,6 +41,7 @@ RUN_FIELDS = (
     "dtype",
     "chunk_rows",
     "runtime",
+    "sparse",
 )
 
 
@@ -144,11 +146,9 @@ class StoreWriter:
                 f"chunk {chunk} spans rows [{start}, {stop}), got [{rows.start}, {rows.stop})"
             )
         rows = self._cast(rows)
-        for name in schema.CHECKSUM_ORDER:
-            arr = rows.array(name)
-            if arr is not None:
-                self._b.write(name, start, arr)
-                faults.point("chunk_array")
+        for name, arr in rows.arrays.items():
+            self._b.write(name, start, arr)
+            faults.point("chunk_array")
         digest = chunk_checksum(rows)
         self._b.flush()
         faults.point("chunk_data_written")
@@ -177,17 +177,28 @@ class StoreWriter:
         return self.meta
 
     def _cast(self, rows: Rows) -> Rows:
-        dtype = np.dtype(self.meta.dtype)
-        members = None
-        if rows.member_logits is not None and self.meta.num_members > 1:
-            members = rows.member_logits.astype(dtype, copy=False)
-        return replace(
-            rows,
-            logits=rows.logits.astype(dtype, copy=False),
-            member_logits=members,
-            sample_index=rows.sample_index.astype(np.int64, copy=False),
-            labels=rows.labels.astype(np.int64, copy=False),
-        )
+        """Exactly the layout's arrays, in their dtypes. A sparse store given dense rows keeps
+        their sparse form (``softlabels.sparse.select``), computed the same way every time."""
+        sp = self.meta.sparse
+        if sp is not None and not rows.is_sparse:
+            arrays = sparsify(
+                rows.all_member_logits().astype(np.float32, copy=False),
+                rows.sample_index,
+                weights=self.meta.weights,
+                combine=self.meta.combine,
+                spec=sp,
+                dtype=self.meta.dtype,
+            )
+            rows = rows.replace(**arrays)
+        if rows.is_sparse and sp is None:
+            raise ValueError("sparse rows cannot be written to a dense store")
+        arrays = {}
+        for spec in schema.array_layout(self.meta):
+            arr = rows.array(spec.name)
+            if arr is None:
+                raise ValueError(f"the rows have no {spec.name!r} array, which this store needs")
+            arrays[spec.name] = arr.astype(spec.dtype, copy=False)
+        return Rows(arrays, rows.start)
 
     def _drop_corrupt_commits(self) -> None:
         reader = StoreReader(self._b, self.meta, allow_incomplete=True)

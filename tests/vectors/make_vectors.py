@@ -101,7 +101,7 @@ def meta() -> StoreMeta:
 
 def chunk_rows(chunk: int, dtype: str = "float32", members: bool = True) -> Rows:
     start, stop = chunk * CHUNK_ROWS, min((chunk + 1) * CHUNK_ROWS, len(LOGITS))
-    return Rows(
+    return Rows.dense(
         start=start,
         logits=np.array(LOGITS[start:stop], dtype=dtype),
         member_logits=np.array(MEMBER_LOGITS[start:stop], dtype=dtype) if members else None,
