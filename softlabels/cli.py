@@ -9,9 +9,16 @@ import sys
 import click
 
 from softlabels import schema
-from softlabels.clihelp import FriendlyGroup, device_option, parse_floats, precision_option
+from softlabels.clihelp import (
+    FriendlyGroup,
+    device_option,
+    parse_floats,
+    precision_option,
+    sparse_options,
+)
 from softlabels.device import PRECISIONS
 from softlabels.generate import DEFAULT_CHUNK_ROWS, generate
+from softlabels.schema import SparseSpec
 from softlabels.summary import format_inspect, inspect_store
 from softlabels.teachers import load_teacher
 from softlabels.tools import combine_stores, convert_store
@@ -106,6 +113,7 @@ def main() -> None:
     default="fp32",
     help="Precision of the teachers' forward pass (autocast); logits are kept in float32.",
 )
+@sparse_options()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_cmd(
     teachers: tuple[str, ...],
@@ -123,9 +131,14 @@ def generate_cmd(
     workers: int,
     device: str,
     precision: str,
+    sparse: SparseSpec | None,
     quiet: bool,
 ) -> None:
     """Run the teacher(s) over a transfer set once and write their logits to a store.
+
+    With --top-k K the store is sparse: per row the K largest logits (plus --sample S sampled
+    ids), every member's logits there, and a summary of the rest that replays the tail's mass at
+    any temperature; `softlabels audit` measures what that costs against a dense store.
 
     With --resume the same command line is safe to repeat (a requeued job): it creates the
     store if there is none, finishes a partial one, and does nothing if the store is already
@@ -153,12 +166,14 @@ def generate_cmd(
         device=device,
         precision=precision,
         workers=workers,
+        sparse=sparse,
     )
     with store:
         meta = store.meta
+    layout = "" if meta.sparse is None else f", sparse K={meta.sparse.k} ({meta.sparse.policy})"
     click.echo(
         f"wrote {out}: {meta.num_samples} rows x {meta.num_classes} classes, "
-        f"{meta.num_members} teacher(s), combine={meta.combine}, dtype={meta.dtype}"
+        f"{meta.num_members} teacher(s), combine={meta.combine}, dtype={meta.dtype}{layout}"
     )
 
 
@@ -226,10 +241,21 @@ def verify_cmd(
 @click.option(
     "--compress/--no-compress", default=True, show_default=True, help="Compress DST's chunks."
 )
-def convert_cmd(src: str, dst: str, overwrite: bool, compress: bool) -> None:
-    """Copy a store between Zarr (.zarr) and HDF5 (.h5), losslessly (checksums are compared)."""
-    meta = convert_store(src, dst, overwrite=overwrite, compress=compress)
-    click.echo(f"converted {src} -> {dst} ({meta.num_chunks} chunks, checksums identical)")
+@sparse_options()
+def convert_cmd(
+    src: str, dst: str, overwrite: bool, compress: bool, sparse: SparseSpec | None
+) -> None:
+    """Copy a store between Zarr (.zarr) and HDF5 (.h5), losslessly (checksums are compared).
+
+    With --top-k K, sparsify a dense SRC instead: DST keeps each row's K largest logits and a
+    tail summary, exactly as `generate --top-k K` would have written them."""
+    meta = convert_store(
+        src, dst, overwrite=overwrite, compress=compress, sparse=sparse, progress=True
+    )
+    if sparse is None:
+        click.echo(f"converted {src} -> {dst} ({meta.num_chunks} chunks, checksums identical)")
+    else:
+        click.echo(f"sparsified {src} -> {dst} (K={sparse.k}, {sparse.policy})")
 
 
 @main.command("combine")
@@ -248,14 +274,24 @@ def convert_cmd(src: str, dst: str, overwrite: bool, compress: bool) -> None:
 )
 @click.option("--out", required=True, help="Output store: PATH.zarr or PATH.h5.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@sparse_options()
 def combine_cmd(
-    stores: tuple[str, ...], rule: str, weights: tuple[float, ...] | None, out: str, overwrite: bool
+    stores: tuple[str, ...],
+    rule: str,
+    weights: tuple[float, ...] | None,
+    out: str,
+    overwrite: bool,
+    sparse: SparseSpec | None,
 ) -> None:
     """Build one ensemble store from stores made separately on the same transfer set.
 
     The members of every input are pooled; a member's weight is its store's weight times its
-    weight within that store."""
-    meta = combine_stores(stores, out, combine=rule, weights=weights, overwrite=overwrite)
+    weight within that store. Dense inputs may be written sparse with --top-k. Sparse inputs
+    pool only when exact: arithmetic rule, top-k stores with the same options and the same ids
+    in every row."""
+    meta = combine_stores(
+        stores, out, combine=rule, weights=weights, overwrite=overwrite, sparse=sparse
+    )
     click.echo(f"wrote {out}: {meta.num_members} members, combine={meta.combine}")
 
 

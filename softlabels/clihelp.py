@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -94,3 +95,81 @@ def precision_option(
         show_default=default is not None,
         help=help,
     )
+
+
+def sparse_options(required: bool = False) -> Callable[[Any], Any]:
+    """--top-k and the options of a sparse store, passed to the command as one ``sparse``
+    argument: a ``SparseSpec``, or None for a dense store (no --top-k)."""
+    from softlabels.schema import DEFAULT_VALUE_STEP, SparseSpec
+
+    opts = [
+        click.option(
+            "--top-k",
+            type=click.IntRange(min=1),
+            required=required,
+            help="Write a sparse store (format version 2): keep each row's K largest logits, "
+            "their ids, and a summary of the rest (see FORMAT.md). Default: dense.",
+        ),
+        click.option(
+            "--sample",
+            "sample_ids",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="With --top-k: also keep S ids drawn from the rest without replacement, with "
+            "inclusion probabilities min(1, c * p_j^(1/T_q)) (systematic sampling).",
+        ),
+        click.option(
+            "--proposal-temperature",
+            type=click.FloatRange(min=0, min_open=True),
+            default=1.0,
+            show_default=True,
+            help="T_q of the sampling proposal: above 1 reaches further into the tail.",
+        ),
+        click.option(
+            "--sample-seed",
+            type=click.IntRange(min=0, max=2**63 - 1),
+            default=0,
+            show_default=True,
+            help="Seed of the sampled ids (with the row's transfer position: reproducible).",
+        ),
+        click.option(
+            "--value-step",
+            type=click.FloatRange(min=0, max=1),
+            default=DEFAULT_VALUE_STEP,
+            show_default=True,
+            help="Fixed-point step of the stored logits (error <= step/2 per logit); 0 stores "
+            "them as floats in --dtype.",
+        ),
+        click.option(
+            "--tail-temperatures",
+            callback=parse_temperatures,
+            default="1,2,4,8",
+            show_default=True,
+            help="Anchor temperatures of the tail summary (replay at others interpolates).",
+        ),
+    ]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            top_k, sample = kw.pop("top_k"), kw.pop("sample_ids")
+            step = kw.pop("value_step")
+            spec = SparseSpec(
+                top_k=top_k or 1,
+                sample=sample,
+                proposal_temperature=kw.pop("proposal_temperature"),
+                seed=kw.pop("sample_seed"),
+                tail_temperatures=kw.pop("tail_temperatures"),
+                value_step=step or None,
+            )
+            if top_k is None and sample:
+                raise click.UsageError("--sample needs --top-k (it adds ids to a sparse store)")
+            kw["sparse"] = spec if top_k is not None else None
+            return f(*args, **kw)
+
+        for opt in reversed(opts):
+            wrapper = opt(wrapper)
+        return wrapper
+
+    return decorate

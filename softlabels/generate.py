@@ -26,7 +26,7 @@ from softlabels.ensemble import normalise_weights
 from softlabels.errors import MismatchError, SoftLabelsError, StoreExistsError, TeacherError
 from softlabels.join import check_transfer
 from softlabels.pipeline import BackgroundWriter, Runtime, compute_chunks, forward_teachers
-from softlabels.schema import StoreMeta, TransferInfo
+from softlabels.schema import SparseSpec, StoreMeta, TransferInfo
 from softlabels.store import (
     StoreReader,
     StoreWriter,
@@ -59,6 +59,7 @@ class GenerateOptions:
     device: str = "auto"
     precision: str = "fp32"
     workers: int = 0
+    sparse: SparseSpec | None = None
 
     def validate(self, num_teachers: int) -> None:
         if num_teachers < 1:
@@ -80,6 +81,21 @@ class GenerateOptions:
         if self.workers < 0:
             raise SoftLabelsError(f"workers must be >= 0, got {self.workers}")
         check_precision(self.precision)
+        check_sparse(self.sparse, self.dtype, None)
+
+
+def check_sparse(sparse: SparseSpec | None, dtype: str, num_classes: int | None) -> None:
+    """Refuse sparse options that cannot make a store (num_classes None: not known yet)."""
+    if sparse is None:
+        return
+    problems = sparse.problems(num_classes if num_classes is not None else 2**31)
+    if sparse.value_step is not None and dtype != "float32":
+        problems.append(
+            "fixed-point values (value_step) replace the float dtype: keep dtype float32, or "
+            "store floats with value_step None (--value-step 0)"
+        )
+    if problems:
+        raise SoftLabelsError("sparse store options: " + "; ".join(problems))
 
 
 def generate(
@@ -100,6 +116,7 @@ def generate(
     device: str = "auto",
     precision: str = "fp32",
     workers: int = 0,
+    sparse: SparseSpec | None = None,
 ) -> StoreReader:
     """Run the teacher(s) over a transfer set once and write their logits to a store at ``out``
     (PATH.zarr, PATH.h5, or a Zarr fsspec URL). Returns the finished store, opened: close it, or
@@ -121,6 +138,8 @@ def generate(
         an error. Teachers given as modules are moved there. precision: the teachers' forward
         pass, "fp32", "bf16" or "fp16" (autocast); logits are stored from float32 copies.
     workers: DataLoader worker processes reading the transfer set (0: the main process).
+    sparse: a ``SparseSpec`` (top_k, sample, ...) to write a sparse store (format version 2):
+        each row keeps K ids, the members' logits there and a tail summary. None: dense.
 
     Under ``torchrun`` each rank computes the chunks c with c % world == rank and writes them
     into the one Zarr store; rank 0 creates (or checks) the store first and finalises it last.
@@ -139,6 +158,7 @@ def generate(
         device=device,
         precision=precision,
         workers=workers,
+        sparse=sparse,
     )
     opts.validate(len(teachers))
     store_kind(out)
@@ -243,6 +263,7 @@ def build_meta(
         schema.COMBINE_SINGLE if len(teachers) == 1 else schema.COMBINE_ARITHMETIC
     )
     names = transfer.class_names or tuple(str(i) for i in range(num_classes))
+    check_sparse(opts.sparse, opts.dtype, num_classes)
     return StoreMeta(
         num_samples=len(transfer),
         num_classes=num_classes,
@@ -261,4 +282,5 @@ def build_meta(
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         producer=f"softlabels {__version__}",
         runtime=runtime_record(runtime.device, runtime.precision),
+        sparse=opts.sparse,
     )

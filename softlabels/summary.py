@@ -6,8 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
-from softlabels.store import open_store
+from softlabels import schema
+from softlabels.sparse import SparseTargets
+from softlabels.store import Rows, StoreReader, open_store
 from softlabels.store.reader import check_labels
 
 ENTROPY_TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)
@@ -28,12 +31,12 @@ def inspect_store(path: str) -> dict[str, Any]:
             check_labels(rows.labels, meta.num_classes, offset=rows.start)
             has = rows.labels >= 0
             labelled += int(has.sum())
-            correct[0] += int((rows.logits.argmax(1) == rows.labels)[has].sum())
-            if rows.member_logits is not None:
-                correct[1:] += (rows.member_logits.argmax(2) == rows.labels[:, None])[has].sum(0)
+            top1, member_top1 = _top1(store, rows)
+            correct[0] += int((top1 == rows.labels)[has].sum())
+            if member_top1 is not None:
+                correct[1:] += (member_top1 == rows.labels[:, None])[has].sum(0)
             for i, t in enumerate(ENTROPY_TEMPERATURES):
-                logp = store.soft_targets(rows, t)
-                entropy[i] += float(-(logp.exp() * logp).nan_to_num().sum())
+                entropy[i] += _entropy(store.soft_targets(rows, t))
             rows_seen += len(rows)
         accuracy = (correct / labelled).tolist() if labelled else None
         return {
@@ -52,6 +55,12 @@ def inspect_store(path: str) -> dict[str, Any]:
             "class_names": list(meta.class_names),
             "size_on_disk_bytes": size,
             "bytes_per_sample": None if size is None else size / meta.num_samples,
+            "array_bytes": store.array_nbytes(),
+            "layout": meta.layout,
+            "sparse": None if meta.sparse is None else meta.sparse.to_attr(),
+            "bytes_per_entry": None
+            if size is None or meta.sparse is None
+            else size / (meta.num_samples * meta.sparse.k),
             "combine": meta.combine,
             "weights": list(meta.weights),
             "teachers": [
@@ -75,6 +84,33 @@ def inspect_store(path: str) -> dict[str, Any]:
         }
 
 
+def _top1(store: StoreReader, rows: Rows) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each row's top-1 class, and each member's (None for a single teacher). In a sparse
+    store the members' top-1 is taken over the row's stored ids."""
+    if not store.is_sparse:
+        members = None if rows.member_logits is None else rows.member_logits.argmax(2)
+        return rows.logits.argmax(1), members
+    t = store.soft_targets(rows, 1.0, estimator="bucket")
+    ids = t.ids.numpy()
+    top1 = np.take_along_axis(ids, t.log_probs.argmax(1, keepdim=True).numpy(), 1)[:, 0]
+    if store.meta.num_members == 1:
+        return top1, None
+    best = rows.arrays[schema.VALUES].argmax(2) if store.meta.sparse.value_step is None else (
+        rows.arrays[schema.VALUES].argmin(2)  # fixed point: the smallest code is the largest
+    )
+    return top1, np.take_along_axis(ids[:, None, :], best[:, :, None], 2)[:, :, 0]
+
+
+def _entropy(targets: torch.Tensor | SparseTargets) -> float:
+    """Summed entropy of the rows' soft targets (sparse: over the ids plus the tail bucket,
+    a lower bound on the full entropy)."""
+    if isinstance(targets, SparseTargets):
+        logp = torch.cat([targets.log_probs, targets.log_tail[:, None]], dim=1)
+    else:
+        logp = targets
+    return float(-(logp.exp() * logp).nan_to_num().sum())
+
+
 def format_inspect(info: dict[str, Any]) -> str:
     lines = [
         f"{info['path']}  ({info['backend']}, {info['format']} v{info['format_version']})",
@@ -89,6 +125,25 @@ def format_inspect(info: dict[str, Any]) -> str:
         else "  size on disk    unknown (remote store; sizes are not listed)",
         f"  combine         {info['combine']}  weights {[f'{w:.4g}' for w in info['weights']]}",
     ]
+    sp = info["sparse"]
+    if sp is not None:
+        values = sp["values"]
+        enc = f"fixed step {values['step']:g}" if values["encoding"] == "fixed" else info["dtype"]
+        lines.append(
+            f"  sparse          K={sp['k']} ({sp['policy']}: top {sp['top_k']}, sampled "
+            f"{sp['sample']}), values {enc}, tail anchors T={sp['tail']['temperatures']}"
+        )
+        if info["bytes_per_entry"] is not None:
+            lines.append(
+                f"  bytes/entry     {info['bytes_per_entry']:.3f}  ({info['bytes_per_sample']:.1f} "
+                f"bytes/row, ids and tail summary included)"
+            )
+        per_array = ", ".join(
+            f"{k} {v / info['num_samples']:.2f}"
+            for k, v in info["array_bytes"].items()
+            if v is not None
+        )
+        lines.append(f"  bytes/row by array  {per_array}")
     for i, t in enumerate(info["teachers"]):
         acc = info["member_accuracy"][i] if info["member_accuracy"] else None
         acc_text = f"  top-1 {acc:.2%}" if acc is not None else ""
@@ -102,7 +157,8 @@ def format_inspect(info: dict[str, Any]) -> str:
     else:
         lines.append("  top-1 accuracy  n/a (no labels stored)")
     ent = "  ".join(f"{k} {v:.3f}" for k, v in info["mean_entropy_nats"].items() if v is not None)
-    lines.append(f"  mean entropy    {ent}  (nats; max {np.log(info['num_classes']):.3f})")
+    bound = ", ids + tail bucket: a lower bound" if sp is not None else ""
+    lines.append(f"  mean entropy    {ent}  (nats; max {np.log(info['num_classes']):.3f}{bound})")
     rt = info.get("runtime")
     if rt:
         lines.append(

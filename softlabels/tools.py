@@ -4,34 +4,61 @@ members of stores made separately into one ensemble store). Both go chunk by chu
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from softlabels import __version__, schema
 from softlabels.ensemble import combined_logits, normalise_weights
 from softlabels.errors import MismatchError, SoftLabelsError, StoreExistsError
-from softlabels.schema import StoreMeta
+from softlabels.generate import check_sparse
+from softlabels.schema import SparseSpec, StoreMeta
 from softlabels.store import Rows, StoreReader, StoreWriter, backends, open_store, store_kind
 
 
 def convert_store(
-    src: str, dst: str, *, overwrite: bool = False, compress: bool = True
+    src: str,
+    dst: str,
+    *,
+    overwrite: bool = False,
+    compress: bool = True,
+    sparse: SparseSpec | None = None,
+    progress: bool = False,
 ) -> StoreMeta:
     """Copy a complete store between Zarr and HDF5 (or to the same kind), losslessly: the
-    destination's checksums must equal the source's."""
+    destination's checksums must equal the source's.
+
+    With ``sparse``, sparsify a dense store instead: from a float32 store the result is what
+    ``generate(..., sparse=sparse)`` writes from the same teachers."""
     store_kind(dst)
     if str(src) == str(dst) or (
         not backends.is_url(src) and os.path.abspath(src) == os.path.abspath(dst)
     ):
         raise SoftLabelsError("convert: source and destination are the same path")
     with open_store(src) as source:
-        writer = StoreWriter.create(dst, source.meta, compress=compress, overwrite=overwrite)
+        meta = source.meta
+        if sparse is not None:
+            if source.is_sparse:
+                raise SoftLabelsError(
+                    f"{src!r} is already sparse; sparsify from the dense store it came from"
+                )
+            dtype = "float32" if sparse.value_step is not None else meta.dtype
+            check_sparse(sparse, dtype, meta.num_classes)
+            meta = replace(meta, sparse=sparse, dtype=dtype, producer=f"softlabels {__version__}")
+        writer = StoreWriter.create(dst, meta, compress=compress, overwrite=overwrite)
         with writer:
-            for chunk, rows in enumerate(source.iter_chunks()):
-                writer.write_chunk(chunk, rows)
+            chunks = source.iter_chunks() if sparse is None else _verified_chunks(source)
+            bar = tqdm(total=meta.num_samples, unit="rows", desc="convert", disable=not progress)
+            with bar:
+                for chunk, rows in enumerate(chunks):
+                    writer.write_chunk(chunk, rows)
+                    bar.update(len(rows))
             meta = writer.finalize()
+        if sparse is not None:
+            return meta
         if meta.checksums != source.meta.checksums:
             raise MismatchError(
                 f"conversion of {src!r} was not lossless: checksums differ; {dst!r} is unreliable"
@@ -47,12 +74,14 @@ def combine_stores(
     weights: tuple[float, ...] | None = None,
     overwrite: bool = False,
     compress: bool = True,
+    sparse: SparseSpec | None = None,
 ) -> StoreMeta:
     """Pool the members of stores made separately on one transfer set into one ensemble store.
 
     Each input contributes its members (its ``member_logits``, or its ``logits`` for a single
     teacher). ``weights`` are per input store; a member's weight is its store's weight times its
-    weight inside that store.
+    weight inside that store. ``sparse`` writes dense inputs as a sparse store. Sparse inputs
+    pool only where that is exact: see ``_check_sparse_combinable``.
     """
     if len(paths) < 2:
         raise SoftLabelsError("combine needs at least two stores")
@@ -65,6 +94,8 @@ def combine_stores(
     stores = [open_store(p) for p in paths]
     try:
         _check_combinable(stores)
+        if any(st.is_sparse for st in stores):
+            _check_sparse_combinable(stores, combine, sparse)
         store_weights = normalise_weights(weights, len(stores))
         member_weights = tuple(
             sw * w for s, sw in zip(stores, store_weights, strict=True) for w in s.meta.weights
@@ -79,11 +110,18 @@ def combine_stores(
             dtype="float16" if any(s.meta.dtype == "float16" for s in stores) else "float32",
             producer=f"softlabels {__version__}",
         )
+        if sparse is not None:
+            dtype = "float32" if sparse.value_step is not None else meta.dtype
+            check_sparse(sparse, dtype, meta.num_classes)
+            meta = replace(meta, sparse=sparse, dtype=dtype)
         w = torch.tensor(meta.weights, dtype=torch.float64)
         with StoreWriter.create(out, meta, compress=compress, overwrite=overwrite) as writer:
             for chunk in range(meta.num_chunks):
                 start, stop = meta.chunk_bounds(chunk)
                 parts = [s.read(start, stop) for s in stores]
+                if meta.sparse is not None and parts[0].is_sparse:
+                    writer.write_chunk(chunk, _pool_sparse(parts, start))
+                    continue
                 members = np.concatenate([_members(p) for p in parts], axis=1).astype(np.float32)
                 logits = (
                     combined_logits(torch.from_numpy(members).double(), w, combine).float().numpy()
@@ -99,6 +137,54 @@ def combine_stores(
 
 def _members(rows: Rows) -> np.ndarray:
     return rows.member_logits if rows.member_logits is not None else rows.logits[:, None, :]
+
+
+def _verified_chunks(source: StoreReader) -> Iterator[Rows]:
+    for chunk in range(source.meta.num_chunks):
+        yield source.read_verified_chunk(chunk)
+
+
+def _pool_sparse(parts: list[Rows], start: int) -> Rows:
+    """Sparse rows with the same ids in every part: their members side by side."""
+    pooled = {schema.ID_GAPS: parts[0].arrays[schema.ID_GAPS]}
+    for name, axis in ((schema.VALUES, 1), (schema.VALUE_OFFSETS, 1), (schema.TAIL, 1)):
+        if name in parts[0].arrays:
+            pooled[name] = np.concatenate([p.arrays[name] for p in parts], axis=axis)
+    pooled[schema.SAMPLE_INDEX] = parts[0].sample_index
+    pooled[schema.LABELS] = np.max(np.stack([p.labels for p in parts]), axis=0)
+    return Rows(pooled, start)
+
+
+def _check_sparse_combinable(
+    stores: list[StoreReader], combine: str, sparse: SparseSpec | None
+) -> None:
+    """Pooling sparse stores is exact only when every row has the same ids in every input and
+    nothing depends on the ensemble's weights: an arithmetic ensemble of top-k stores made with
+    the same options. Anything else is refused, with what to do instead."""
+    specs = {st.meta.sparse for st in stores}
+    why = None
+    if None in specs:
+        why = "some inputs are dense and some sparse"
+    elif len(specs) > 1:
+        why = "the inputs were sparsified with different options"
+    elif combine != schema.COMBINE_ARITHMETIC:
+        why = "a geometric ensemble needs the tail of its mean logits, which no input holds"
+    elif next(iter(specs)).sample:  # type: ignore[union-attr]
+        why = "sampled ids and their probabilities depend on each input's own ranking"
+    elif sparse is not None and sparse not in specs:
+        why = "--top-k options differ from the inputs' own"
+    else:
+        for chunk in range(stores[0].meta.num_chunks):
+            start, stop = stores[0].meta.chunk_bounds(chunk)
+            ids = [st.read(start, stop).arrays[schema.ID_GAPS] for st in stores]
+            if any(not np.array_equal(ids[0], other) for other in ids[1:]):
+                why = f"the inputs keep different ids (first in rows [{start}, {stop}))"
+                break
+    if why:
+        raise MismatchError(
+            f"cannot pool these sparse stores exactly: {why}. Combine the dense stores and "
+            f"sparsify the result (--top-k), or generate the ensemble in one run"
+        )
 
 
 def _check_combinable(stores: list[StoreReader]) -> None:

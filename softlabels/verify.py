@@ -15,6 +15,7 @@ from softlabels.ensemble import combined_logits
 from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.join import check_transfer
 from softlabels.pipeline import Runtime, forward_teachers
+from softlabels.sparse import replay as sparse_replay
 from softlabels.store import StoreReader, open_store
 from softlabels.teachers import as_teacher
 from softlabels.transfer import as_transfer
@@ -86,6 +87,8 @@ def verify_store(
         _check(report, "sample_index", lambda: (store.sample_index(), "a permutation of 0..N-1")[1])
         _check(report, "labels", lambda: (store.labels(), f"all in -1..{meta.num_classes - 1}")[1])
         _check(report, "finite", lambda: _finite_detail(bad_rows))
+        if store.is_sparse:
+            _check(report, "sparse", lambda: _sparse_detail(store))
         if transfer is not None:
             _check(report, "transfer", lambda: _transfer_detail(store, transfer))
         if teachers:
@@ -116,6 +119,12 @@ def _finite_detail(bad_rows: list[int]) -> str:
     if bad_rows:
         raise MismatchError(f"non-finite logits at rows {bad_rows}")
     return "all logits finite"
+
+
+def _sparse_detail(store: StoreReader) -> str:
+    if store.sparse_problems:
+        raise MismatchError("; ".join(store.sparse_problems[:5]))
+    return "ids in range and ascending, inclusion probabilities in (0, 1], tails consistent"
 
 
 def _transfer_detail(store: StoreReader, transfer: object) -> str:
@@ -169,14 +178,13 @@ def _rerun_detail(
     for t in loaded:
         t.module.to(runtime.device)
     fresh = forward_teachers(loaded, x, runtime).cpu()  # (S, M, C)
-    expected = combined_logits(
-        fresh.double(), torch.tensor(meta.weights, dtype=torch.float64), meta.combine
-    ).numpy()
-    stored = store.rows_at(positions).logits.astype(np.float64)
+    stored, expected = _compared(store, positions, fresh)
     precision = runtime.precision
     tol = atol
     if tol is None:  # the looser of the recorded and the re-run precision
         tol = max(rerun_tolerance(meta.dtype, p) for p in (precision, recorded))
+        if meta.sparse is not None and meta.sparse.value_step is not None:
+            tol += meta.sparse.value_step / 2  # fixed point rounds each logit by up to step/2
     err = float(np.max(np.abs(stored - expected) / np.maximum(1.0, np.abs(expected))))
     if err > tol:
         raise MismatchError(
@@ -188,3 +196,19 @@ def _rerun_detail(
         f"{len(positions)} random rows: max rel. error {err:.2g} <= {tol:g} (tolerance for "
         f"{meta.dtype} logits computed at {recorded})"
     )
+
+
+def _compared(
+    store: StoreReader, positions: np.ndarray, fresh: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """(stored, re-run) logits to compare: the combined logits of a dense store; every
+    member's logits at the stored ids of a sparse one."""
+    meta = store.meta
+    rows = store.rows_at(positions)
+    if meta.sparse is None:
+        weights = torch.tensor(meta.weights, dtype=torch.float64)
+        expected = combined_logits(fresh.double(), weights, meta.combine).numpy()
+        return rows.logits.astype(np.float64), expected
+    decoded = sparse_replay.decode(rows.arrays, meta)
+    at_ids = np.take_along_axis(fresh.double().numpy(), decoded.ids[:, None, :], axis=2)
+    return decoded.values, at_ids
