@@ -22,7 +22,7 @@ from softlabels.checkpoint import load_model
 from softlabels.device import autocast, resolve_device
 from softlabels.store import StoreWriter, open_store
 from softlabels.transfer import TransferSet, load_transfer
-from trainer import losses
+from trainer import modules
 from trainer.data import (
     InMemoryTargets,
     StreamingTargets,
@@ -92,8 +92,8 @@ def speed_ratios(
     labels = torch.from_numpy(data.label_array()).to(dev)
     teacher_model, _ = load_model(teacher)
     teacher_model.to(dev)
-    kd = losses.HintonKD(c.alpha, temperature=c.temperature)
-    hard = losses.HardCE()
+    kd = modules.HintonKD(c.alpha, temperature=c.temperature)
+    hard = modules.HardCE()
     with join(str(store_path), data) as store:
         memory = InMemoryTargets(store, c.temperature, c.batch_size, seed=0)
         budget = store_nbytes_in_memory(store) // 4  # a quarter of the store: it must stream
@@ -158,7 +158,7 @@ def _mlp_layers(width: int, hidden: tuple[int, ...], classes: int) -> list[torch
 def _epoch(config, model, optimizer, data, labels, epoch: int, targets_of, dev) -> float:
     """One KD epoch in the store path's batch order, written out by hand; ``targets_of(pos, x)``
     gives a batch's soft targets on the device."""
-    kd = losses.HintonKD(config.alpha, temperature=config.temperature)
+    kd = modules.HintonKD(config.alpha, temperature=config.temperature)
     order = np.random.default_rng([0, epoch]).permutation(len(data))
     model.train()
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
     ds = SoftTargetDataset("teachers.zarr", my_dataset, temperature=4.0)
     loader = DataLoader(ds, batch_size=128, shuffle=True, num_workers=2)
-    for x, y, target in loader:  # target: (B, C) teacher log-probabilities at T = 4
+    for x, y, target in loader:  # (B, C) teacher log-probabilities at T = 4, or SparseTargets
         loss = HintonKD(0.1, temperature=4.0)(student(x), target, y)
 
 Items are joined through the store's ``sample_index``, never by row order. Each DataLoader
@@ -24,14 +24,16 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from softlabels.join import check_transfer
+from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader, open_store
 from softlabels.transfer import as_transfer
 
 
 class SoftTargetDataset(Dataset):
     """Item i is ``(x_i, y_i, target_i)`` for transfer-set position i: the float32 input, the
-    int label (-1 where unknown) and the teacher's log soft targets at ``temperature``, shape
-    (C,) for a dense store.
+    int label (-1 where unknown) and the teacher's log soft targets at ``temperature``: shape
+    (C,) for a dense store; for a sparse store ``SparseTargets`` of K ids, their log-probs and
+    the tail's log-mass, which the default collate batches (and the losses take as they come).
 
     store: a path, an fsspec URL, or an open ``StoreReader`` (not closed by the dataset).
     transfer: the transfer set the store was made from: a map-style Dataset of ``(x, y)`` or
@@ -58,21 +60,22 @@ class SoftTargetDataset(Dataset):
         self.labels = self.transfer.label_array()
         self._reader: StoreReader | None = reader
         self._pid = os.getpid()
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[int, torch.Tensor | SparseTargets] = OrderedDict()
 
     def __len__(self) -> int:
         return self.meta.num_samples
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor | SparseTargets]:
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} is outside the dataset's {len(self)} samples")
         row = int(self.row_of[i])
         chunk = row // self.meta.chunk_rows
-        target = self._chunk_targets(chunk)[row - chunk * self.meta.chunk_rows]
+        targets, r = self._chunk_targets(chunk), row - chunk * self.meta.chunk_rows
+        target = targets.take(r) if isinstance(targets, SparseTargets) else targets[r]
         x = torch.from_numpy(self.transfer.take(i, i + 1)[0])
         return x, int(self.labels[i]), target
 
-    def _chunk_targets(self, chunk: int) -> torch.Tensor:
+    def _chunk_targets(self, chunk: int) -> torch.Tensor | SparseTargets:
         if chunk in self._cache:
             self._cache.move_to_end(chunk)
             return self._cache[chunk]

@@ -95,8 +95,12 @@ def _top1(store: StoreReader, rows: Rows) -> tuple[np.ndarray, np.ndarray | None
     top1 = np.take_along_axis(ids, t.log_probs.argmax(1, keepdim=True).numpy(), 1)[:, 0]
     if store.meta.num_members == 1:
         return top1, None
-    best = rows.arrays[schema.VALUES].argmax(2) if store.meta.sparse.value_step is None else (
-        rows.arrays[schema.VALUES].argmin(2)  # fixed point: the smallest code is the largest
+    best = (
+        rows.arrays[schema.VALUES].argmax(2)
+        if store.meta.sparse.value_step is None
+        else (
+            rows.arrays[schema.VALUES].argmin(2)  # fixed point: the smallest code is the largest
+        )
     )
     return top1, np.take_along_axis(ids[:, None, :], best[:, :, None], 2)[:, :, 0]
 

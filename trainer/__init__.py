@@ -7,7 +7,7 @@ exported here (``HintonKD``, ``SoftCE``, ``LogitMatching``). The built-in recipe
 asked of it is ``StoreReader.soft_targets``: the teacher's log soft targets at T.
 """
 
-from trainer.losses import HintonKD, LogitMatching, SoftCE
+from trainer.modules import HintonKD, LogitMatching, SoftCE
 from trainer.train import TrainConfig, train
 
 __all__ = ["HintonKD", "LogitMatching", "SoftCE", "TrainConfig", "train"]

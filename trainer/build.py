@@ -12,7 +12,7 @@ from softlabels.join import check_transfer
 from softlabels.models import ARCHITECTURES, build_model, forward
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, import_callable
-from trainer import losses
+from trainer import modules
 from trainer.config import LOSSES, TrainConfig
 
 
@@ -52,7 +52,7 @@ def build_student(
 
 def build_loss(config: TrainConfig, has_store: bool) -> nn.Module:
     """The loss module: ``LOSSES[config.loss]`` with a store, plain cross-entropy without."""
-    return LOSSES[config.loss](config) if has_store else losses.HardCE()
+    return LOSSES[config.loss](config) if has_store else modules.HardCE()
 
 
 def check_student(model: nn.Module, name: str, data: TransferSet, num_classes: int) -> None:

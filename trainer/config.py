@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 
 from softlabels.errors import SoftLabelsError
-from trainer import losses
+from trainer import losses, modules
 
 # --loss NAME -> the loss module, built from the config (no if-chain on strings).
 LOSSES: dict[str, Any] = {
-    "hinton": lambda c: losses.HintonKD(c.alpha, c.beta, temperature=c.temperature),
-    "soft_ce": lambda c: losses.SoftCE(temperature=c.temperature),
-    "logits": lambda c: losses.LogitMatching(),
-    "soft_only": lambda c: losses.HintonKD(0.0, 1.0, temperature=c.temperature),
+    "hinton": lambda c: modules.HintonKD(c.alpha, c.beta, temperature=c.temperature),
+    "soft_ce": lambda c: modules.SoftCE(temperature=c.temperature),
+    "logits": lambda c: modules.LogitMatching(),
+    "soft_only": lambda c: modules.HintonKD(0.0, 1.0, temperature=c.temperature),
 }
 
 

@@ -1,7 +1,8 @@
 """Batch sources that feed the trainer: transfer positions and the teacher's soft targets at T.
 
-A source yields ``(positions, targets)``: (B,) int64 transfer-set positions and (B, C) float32
-log soft targets at the run's temperature, or None when training on hard labels. The trainer
+A source yields ``(positions, targets)``: (B,) int64 transfer-set positions and the soft
+targets at the run's temperature ((B, C) float32 log-probabilities, or ``SparseTargets`` of K
+ids per row from a sparse store), or None when training on hard labels. The trainer
 fetches inputs and labels by the same positions, so an input can never be paired with another
 sample's target. Every target comes from ``StoreReader.soft_targets``, the seam to stage one.
 
@@ -25,10 +26,12 @@ import torch
 
 from softlabels.distributed import Dist
 from softlabels.join import check_transfer
+from softlabels.sparse import SparseTargets
 from softlabels.store import Rows, StoreReader, open_store
 from softlabels.transfer import TransferSet
 
-Batch = tuple[np.ndarray, torch.Tensor | None]
+Targets = torch.Tensor | SparseTargets  # (B, C) log p_T from a dense store, or sparse targets
+Batch = tuple[np.ndarray, Targets | None]
 SINGLE = Dist()  # one process: every chunk and position
 
 
@@ -47,14 +50,30 @@ def join(store: StoreReader | str, transfer: TransferSet) -> StoreReader:
 
 
 def store_nbytes_in_memory(store: StoreReader) -> int:
-    """float32 bytes of logits (+ member_logits) and targets once loaded."""
+    """Bytes of the loaded rows and their targets: float32 logits (+ member_logits) and targets
+    for a dense store; for a sparse one, K entries per row (ids, values, targets) plus tails."""
     m = store.meta
+    if m.sparse is not None:
+        per_entry = 8 + 4 + 8 * m.num_members + 8  # ids, target, values as stored and decoded
+        tails = 8 * (m.num_members + 1) * len(m.sparse.tail_temperatures)
+        return m.num_samples * (m.sparse.k * per_entry + tails + 32)
     return m.num_samples * m.num_classes * 4 * (2 + (m.num_members if m.num_members > 1 else 0))
 
 
-def _batches(positions: np.ndarray, targets: torch.Tensor | None, b: int) -> Iterator[Batch]:
+def take(targets: Targets, idx: torch.Tensor | slice) -> Targets:
+    """The rows ``idx`` of dense or sparse targets."""
+    return targets.take(idx) if isinstance(targets, SparseTargets) else targets[idx]
+
+
+def cat(parts: list[Targets]) -> Targets:
+    if isinstance(parts[0], SparseTargets):
+        return SparseTargets.cat(parts)  # type: ignore[arg-type]
+    return torch.cat(parts)  # type: ignore[arg-type]
+
+
+def _batches(positions: np.ndarray, targets: Targets | None, b: int) -> Iterator[Batch]:
     for s in range(0, len(positions), b):
-        yield positions[s : s + b], None if targets is None else targets[s : s + b]
+        yield positions[s : s + b], None if targets is None else take(targets, slice(s, s + b))
 
 
 def shard_positions(store: StoreReader, shard: Dist) -> np.ndarray:
@@ -97,7 +116,7 @@ class InMemoryTargets:
         order = torch.from_numpy(
             np.random.default_rng([self.seed, epoch]).permutation(len(self.positions))
         )
-        return _batches(self.positions[order.numpy()], self.targets[order], self.batch_size)
+        return _batches(self.positions[order.numpy()], take(self.targets, order), self.batch_size)
 
 
 class StreamingTargets:
@@ -134,28 +153,28 @@ class StreamingTargets:
             if carry:  # top the leftover up to a full batch from this buffer
                 start = min(b - len(carry[0][0]), len(perm))
                 head = perm[:start]
-                carry = [_join(carry[0], (positions[head.numpy()], targets[head]))]
+                carry = [_join(carry[0], (positions[head.numpy()], take(targets, head)))]
                 if len(carry[0][0]) == b:
                     yield carry.pop()
             stop = start + (len(perm) - start) // b * b
             for s in range(start, stop, b):  # index per batch: no shuffled copy of the buffer
                 idx = perm[s : s + b]
-                yield positions[idx.numpy()], targets[idx]
+                yield positions[idx.numpy()], take(targets, idx)
             if stop < len(perm):
                 tail = perm[stop:]
-                rest = (positions[tail.numpy()], targets[tail])
+                rest = (positions[tail.numpy()], take(targets, tail))
                 carry = [_join(carry[0], rest) if carry else rest]
         yield from carry
 
 
 def _join(a: Batch, b: Batch) -> Batch:
     assert a[1] is not None and b[1] is not None
-    return np.concatenate([a[0], b[0]]), torch.cat([a[1], b[1]])
+    return np.concatenate([a[0], b[0]]), cat([a[1], b[1]])
 
 
 def _prefetch(
     store: StoreReader, groups: list[np.ndarray], temperature: float
-) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+) -> Iterator[tuple[np.ndarray, Targets]]:
     """Read and verify each group of chunks on a thread, one group ahead; compute its targets
     here, once per buffer (torch ops on two threads at once contend for one OpenMP pool: the
     reading thread stays numpy- and codec-only)."""

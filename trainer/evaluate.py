@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet
+from trainer.losses import IGNORE_LABEL
+from trainer.sparse_losses import sparse_kl, top1
 
 ECE_BINS = 15
 
@@ -60,12 +63,16 @@ def predict_log_probs(model: nn.Module, data: TransferSet, batch_size: int = 102
 
 
 def evaluate(
-    model: nn.Module, data: TransferSet, teacher: torch.Tensor | None = None
+    model: nn.Module, data: TransferSet, teacher: torch.Tensor | SparseTargets | None = None
 ) -> dict[str, float | None]:
-    """Metrics of ``model`` on ``data``; ``teacher`` is (N, C) teacher log-probs at T = 1."""
+    """Metrics of ``model`` on ``data``; ``teacher`` is the teacher's targets at T = 1 ((N, C)
+    log-probabilities, or sparse targets)."""
     log_probs = predict_log_probs(model, data)
     metrics = classification_metrics(log_probs, torch.from_numpy(data.label_array()))
-    if teacher is not None:
+    if isinstance(teacher, SparseTargets):  # KL over the stored ids plus the tail bucket
+        metrics["teacher_agreement"] = float((log_probs.argmax(1) == top1(teacher)).float().mean())
+        metrics["kl_to_teacher"] = float(sparse_kl(log_probs, teacher))
+    elif teacher is not None:
         metrics["teacher_agreement"] = float(
             (log_probs.argmax(1) == teacher.argmax(1)).float().mean()
         )
@@ -81,9 +88,27 @@ def teacher_metrics(store: StoreReader, labels: torch.Tensor) -> dict[str, objec
     positions = np.arange(store.meta.num_samples)
     return {
         "members": [
-            classification_metrics(store.soft_targets(positions, 1.0, member=m), labels)
+            _metrics(store.soft_targets(positions, 1.0, member=m), labels)
             for m in range(store.meta.num_members)
         ],
-        "ensemble": classification_metrics(store.soft_targets(positions, 1.0), labels),
+        "ensemble": _metrics(store.soft_targets(positions, 1.0), labels),
         "combine": store.meta.combine,
     }
+
+
+def _metrics(
+    targets: torch.Tensor | SparseTargets, labels: torch.Tensor
+) -> dict[str, float | None]:
+    """Dense targets: accuracy, NLL and ECE. Sparse targets: accuracy (top-1 of the stored ids)
+    and NLL where every labelled row's label is stored (the tail is not split by class)."""
+    if not isinstance(targets, SparseTargets):
+        return classification_metrics(targets, labels)
+    known = labels != IGNORE_LABEL
+    if not known.any():
+        return {"accuracy": None, "nll": None, "ece": None}
+    hit = targets.ids[known] == labels[known][:, None]
+    nll = None
+    if hit.any(1).all():
+        nll = float(-targets.log_probs[known][hit].mean())
+    accuracy = float((top1(targets)[known] == labels[known]).float().mean())
+    return {"accuracy": accuracy, "nll": nll, "ece": None}

@@ -6,9 +6,8 @@ log p_T, exactly what ``StoreReader.soft_targets(rows, T)`` and ``SoftTargetData
 one code path serves single teachers and replayed ensembles. Labels equal to -1 mean "no hard
 label" and are ignored.
 
-The modules at the end (``HintonKD``, ``SoftCE``, ``LogitMatching``) wrap these functions for
-users' own training loops: ``loss(student_logits, target, labels)``. Each names the temperature
-its target must be taken at (``target_temperature``).
+The modules in ``trainer.modules`` (``HintonKD``, ``SoftCE``, ``LogitMatching``) wrap these
+functions, and their sparse forms in ``trainer.sparse_losses``, for users' own training loops.
 
 Notation: z student logits, v teacher logits, q_T = softmax(z / T), p_T the teacher's soft
 targets, C the number of classes.
@@ -20,7 +19,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 IGNORE_LABEL = -1
 
@@ -126,18 +124,7 @@ class _Hinton(torch.autograd.Function):
         p = log_p.exp()
         loss = torch.dot(p.view(-1), (log_p - log_q).view(-1)) * (beta * temperature**2 / b)
         grad = (log_q.exp() - p).mul_(beta * temperature / b)
-        n = int((labels != IGNORE_LABEL).sum()) if alpha > 0 else 0
-        if n:
-            log_s = log_q if temperature == 1.0 else torch.log_softmax(z, dim=-1)
-            ce = F.nll_loss(log_s, labels, ignore_index=IGNORE_LABEL, reduction="sum")
-            loss = loss + ce * (alpha / n)
-            g_ce = log_s.exp()
-            if n == b:  # every row labelled: subtract the one-hot rows directly
-                g_ce.scatter_add_(1, labels[:, None], torch.full((b, 1), -1.0, dtype=z.dtype))
-            else:
-                known = (labels != IGNORE_LABEL).to(z.dtype)[:, None]
-                g_ce.scatter_add_(1, labels.clamp(min=0)[:, None], -known).mul_(known)
-            grad.add_(g_ce, alpha=alpha / n)
+        loss = loss + add_hard_ce(z, log_q, labels, temperature, alpha, grad)
         ctx.save_for_backward(grad)
         return loss
 
@@ -145,6 +132,32 @@ class _Hinton(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
         return grad * g, None, None, None, None, None
+
+
+def add_hard_ce(
+    z: torch.Tensor,
+    log_q: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+    grad: torch.Tensor,
+) -> torch.Tensor:
+    """alpha * CE(y, q_1) over the labelled rows, adding its gradient alpha * (q_1 -
+    onehot(y)) / n_labelled to ``grad`` in place. ``log_q`` is log_softmax(z / T)."""
+    n = int((labels != IGNORE_LABEL).sum()) if alpha > 0 else 0
+    if not n:
+        return torch.zeros((), dtype=z.dtype)
+    b = z.shape[0]
+    log_s = log_q if temperature == 1.0 else torch.log_softmax(z, dim=-1)
+    ce = F.nll_loss(log_s, labels, ignore_index=IGNORE_LABEL, reduction="sum")
+    g_ce = log_s.exp()
+    if n == b:  # every row labelled: subtract the one-hot rows directly
+        g_ce.scatter_add_(1, labels[:, None], torch.full((b, 1), -1.0, dtype=z.dtype))
+    else:
+        known = (labels != IGNORE_LABEL).to(z.dtype)[:, None]
+        g_ce.scatter_add_(1, labels.clamp(min=0)[:, None], -known).mul_(known)
+    grad.add_(g_ce, alpha=alpha / n)
+    return ce * (alpha / n)
 
 
 def hinton_loss(
@@ -176,90 +189,3 @@ def hinton_loss_common(
     """The common form (1 - alpha) * CE + alpha * T^2 * KL: here alpha weighs the soft term."""
     check_weight("alpha", alpha)
     return hinton_loss(student_logits, labels, teacher_log_probs, temperature, 1.0 - alpha, alpha)
-
-
-# --------------------------------------------------------------------------------------------
-# Modules for training loops. forward(student_logits (B, C), target (B, C) log p_T, labels (B,))
-
-
-class HintonKD(nn.Module):
-    """alpha * CE(y, q_1) + beta * T^2 * KL(p_T || q_T), batchmean; beta defaults to 1 - alpha.
-
-    target: (B, C) teacher log-probabilities at ``temperature``; labels: (B,) int64, -1 for
-    none (needed when alpha > 0).
-    """
-
-    def __init__(self, alpha: float, beta: float | None = None, *, temperature: float) -> None:
-        super().__init__()
-        beta = 1.0 - alpha if beta is None else beta
-        check_weight("alpha", alpha)
-        check_weight("beta", beta)
-        check_temperature(temperature)
-        self.alpha, self.beta, self.temperature = alpha, beta, temperature
-        self.target_temperature = temperature  # the T its target must be taken at
-
-    def forward(
-        self,
-        student_logits: torch.Tensor,
-        target: torch.Tensor,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if self.alpha > 0 and labels is None:
-            raise ValueError(f"HintonKD with alpha={self.alpha} needs labels (use -1 for none)")
-        if labels is None:
-            labels = torch.full(student_logits.shape[:1], IGNORE_LABEL, dtype=torch.long)
-        return hinton_loss(student_logits, labels, target, self.temperature, self.alpha, self.beta)
-
-
-class SoftCE(nn.Module):
-    """T^2 * H(p_T, q_T), batchmean: soft-label cross-entropy (same gradient as KL).
-
-    target: (B, C) teacher log-probabilities at ``temperature``; labels are ignored.
-    """
-
-    def __init__(self, *, temperature: float) -> None:
-        super().__init__()
-        check_temperature(temperature)
-        self.temperature = self.target_temperature = temperature
-
-    def forward(
-        self,
-        student_logits: torch.Tensor,
-        target: torch.Tensor,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return soft_cross_entropy(student_logits, target, self.temperature)
-
-
-class LogitMatching(nn.Module):
-    """Caruana's logit matching on centred logits, batchmean.
-
-    target: (B, C) teacher logits, or teacher log-probabilities at T = 1 (the same after
-    centring); labels are ignored.
-    """
-
-    target_temperature = 1.0
-
-    def forward(
-        self,
-        student_logits: torch.Tensor,
-        target: torch.Tensor,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return logit_matching(student_logits, target)
-
-
-class HardCE(nn.Module):
-    """CE(y, q_1) over labelled rows: the hard-label baseline (no target)."""
-
-    target_temperature = None
-
-    def forward(
-        self,
-        student_logits: torch.Tensor,
-        target: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if labels is None:
-            raise ValueError("HardCE needs labels")
-        return hard_cross_entropy(student_logits, labels)

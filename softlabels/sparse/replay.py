@@ -44,6 +44,17 @@ class SparseTargets(NamedTuple):
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SparseTargets:
         return SparseTargets(*(t.to(device, non_blocking=non_blocking) for t in self))
 
+    def pin_memory(self) -> SparseTargets:
+        return SparseTargets(*(t.pin_memory() for t in self))
+
+    def take(self, idx: torch.Tensor | slice) -> SparseTargets:
+        """The rows at ``idx`` (an index tensor or a slice)."""
+        return SparseTargets(self.ids[idx], self.log_probs[idx], self.log_tail[idx])
+
+    @staticmethod
+    def cat(parts: list[SparseTargets]) -> SparseTargets:
+        return SparseTargets(*(torch.cat(list(column)) for column in zip(*parts, strict=True)))
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -156,8 +167,12 @@ def replay(
         parts = [group(d.values[:, i], i) for i in range(m)]
         with np.errstate(divide="ignore"):
             log_w = np.log(np.asarray(meta.weights, dtype=np.float64))
-        log_p = _logsumexp(np.stack([lp + lw for (lp, _), lw in zip(parts, log_w)], -1))
-        log_out = _logsumexp(np.stack([lo + lw for (_, lo), lw in zip(parts, log_w)], -1))
+        log_p = _logsumexp(
+            np.stack([lp + lw for (lp, _), lw in zip(parts, log_w, strict=True)], -1)
+        )
+        log_out = _logsumexp(
+            np.stack([lo + lw for (_, lo), lw in zip(parts, log_w, strict=True)], -1)
+        )
     else:  # single teacher, or geometric: the weighted mean logits, the last tail group
         log_p, log_out = group(d.ranking, d.tail.shape[1] - 1)
     if sp.sample and estimator != "bucket":

@@ -20,9 +20,9 @@ from softlabels.errors import (
     StoreFormatError,
 )
 from softlabels.schema import StoreMeta
-from softlabels.store.backends import HDF5Backend, ZarrBackend, open_backend, store_kind
 from softlabels.sparse import replay as sparse_replay
 from softlabels.sparse.replay import SparseTargets
+from softlabels.store.backends import HDF5Backend, ZarrBackend, open_backend, store_kind
 from softlabels.store.rows import Rows, chunk_checksum, nonfinite_rows
 
 Backend = ZarrBackend | HDF5Backend

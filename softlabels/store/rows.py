@@ -89,7 +89,9 @@ class Rows:
     @staticmethod
     def concat(parts: list[Rows]) -> Rows:
         """Rows of several blocks, in order, as one gathered block."""
-        return Rows({name: np.concatenate([p.arrays[name] for p in parts]) for name in parts[0].arrays})
+        return Rows(
+            {name: np.concatenate([p.arrays[name] for p in parts]) for name in parts[0].arrays}
+        )
 
 
 def chunk_checksum(rows: Rows) -> str:

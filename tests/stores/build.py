@@ -57,7 +57,9 @@ def build_valid(out: Path, name: str, *, compress: bool = True) -> Path:
     with StoreWriter.create(path, meta, compress=compress, overwrite=True) as w:
         for k in range(meta.num_chunks):
             a, b = meta.chunk_bounds(k)
-            w.write_chunk(k, Rows.dense(logits[a:b], members[a:b], np.arange(a, b), labels[a:b], start=a))
+            w.write_chunk(
+                k, Rows.dense(logits[a:b], members[a:b], np.arange(a, b), labels[a:b], start=a)
+            )
         w.finalize()
     return path
 

@@ -1,0 +1,118 @@
+"""KD losses on sparse targets: KL over a row's stored ids plus one bucket for all the others.
+
+A sparse target (``softlabels.sparse.SparseTargets``) gives the teacher's mass p_j on K ids and
+P on every other id together. The student's distribution is coarse-grained the same way, q_j on
+the ids and Q = 1 - sum_j q_j, and the loss is
+
+    T^2 * [ sum_j p_j log(p_j / q_j) + P log(P / Q) ]        (batchmean)
+
+Its gradient w.r.t. the student's logit z_c is T * (q_c * mass - t_c) with mass = sum_j p_j + P
+(1, except for the Horvitz-Thompson estimator) and t_c = p_c on the ids, P * q_c / Q elsewhere:
+inside the bucket the target takes the student's own shape. This is a lower bound on the full
+KL (coarse-graining never increases KL) and equals it when the tail is all in one id.
+
+Only the student's logits are (B, C); the targets stay (B, K).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from softlabels.sparse import SparseTargets
+from trainer.losses import add_hard_ce, check_temperature, check_weight
+
+
+def _outside(log_q: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log Q: the student's log-mass on the ids not in ``ids``, (B,)."""
+    return torch.logsumexp(log_q.scatter(1, ids, float("-inf")), dim=1)
+
+
+def _xlogy_ratio(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """p * (log p - log q), with 0 where p = 0."""
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+
+
+class _SparseHinton(torch.autograd.Function):
+    """alpha * CE(y, q_1) + beta * T^2 * KL over ids + bucket, one node (see ``_Hinton``)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        z: torch.Tensor,
+        ids: torch.Tensor,
+        log_p: torch.Tensor,
+        log_tail: torch.Tensor,
+        labels: torch.Tensor,
+        temperature: float,
+        alpha: float,
+        beta: float,
+    ) -> torch.Tensor:
+        b = z.shape[0]
+        log_q = torch.log_softmax(z / temperature, dim=-1)
+        log_out = _outside(log_q, ids)
+        p, tail = log_p.exp(), log_tail.exp()
+        kl = _xlogy_ratio(p, log_p, log_q.gather(1, ids)).sum()
+        kl = kl + _xlogy_ratio(tail, log_tail, log_out).sum()
+        loss = kl * (beta * temperature**2 / b)
+        q = log_q.exp()
+        ratio = torch.where(tail > 0, (log_tail - log_out).exp(), torch.zeros_like(tail))
+        target = (q * ratio[:, None]).scatter_(1, ids, p)
+        mass = p.sum(1, keepdim=True) + tail[:, None]
+        grad = (q * mass - target).mul_(beta * temperature / b)
+        loss = loss + add_hard_ce(z, log_q, labels, temperature, alpha, grad)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return (grad * g,) + (None,) * 7
+
+
+def sparse_hinton_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    target: SparseTargets,
+    temperature: float,
+    alpha: float,
+    beta: float,
+) -> torch.Tensor:
+    """alpha * CE(y, q_1) + beta * T^2 * KL(p_T || q_T) over the ids plus the tail bucket."""
+    check_weight("alpha", alpha)
+    check_weight("beta", beta)
+    check_temperature(temperature)
+    return _SparseHinton.apply(
+        student_logits.float(),
+        target.ids,
+        target.log_probs.float(),
+        target.log_tail.float(),
+        labels,
+        temperature,
+        alpha,
+        beta,
+    )
+
+
+def sparse_soft_cross_entropy(
+    student_logits: torch.Tensor, target: SparseTargets, temperature: float
+) -> torch.Tensor:
+    """T^2 * -(sum_j p_j log q_j + P log Q), batchmean: the sparse ``soft_cross_entropy``."""
+    check_temperature(temperature)
+    log_q = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    p, tail = target.log_probs.float().exp(), target.log_tail.float().exp()
+    ce = -(p * log_q.gather(1, target.ids)).sum(1)
+    ce = ce - torch.where(tail > 0, tail * _outside(log_q, target.ids), torch.zeros_like(tail))
+    return ce.mean() * temperature**2
+
+
+def sparse_kl(log_probs: torch.Tensor, target: SparseTargets) -> torch.Tensor:
+    """KL(target || q) over ids + bucket, batchmean, for (B, C) student log-probabilities."""
+    p, tail = target.log_probs.exp(), target.log_tail.exp()
+    kl = _xlogy_ratio(p, target.log_probs, log_probs.gather(1, target.ids)).sum()
+    kl = kl + _xlogy_ratio(tail, target.log_tail, _outside(log_probs, target.ids)).sum()
+    return kl / len(log_probs)
+
+
+def top1(target: SparseTargets) -> torch.Tensor:
+    """(B,) the id with the largest target mass in each row."""
+    return target.ids.gather(1, target.log_probs.argmax(1, keepdim=True))[:, 0]
