@@ -9,10 +9,12 @@ import sys
 import click
 
 from softlabels import schema
+from softlabels.audit import AuditOptions, audit_store, format_audit
 from softlabels.clihelp import (
     FriendlyGroup,
     device_option,
     parse_floats,
+    parse_temperatures,
     precision_option,
     sparse_options,
 )
@@ -232,6 +234,68 @@ def verify_cmd(
     click.echo(report.render())
     if not report.ok:
         sys.exit(1)
+
+
+@main.command("audit")
+@click.argument("sparse")
+@click.option("--against", default=None, help="Dense store of the same teacher(s) to compare with.")
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    help="Instead of --against: re-run these teachers (in store order) on the sampled rows.",
+)
+@click.option("--transfer", default=None, help="Transfer SPEC (needed by --teacher and --student).")
+@click.option(
+    "--student",
+    default=None,
+    help="Student checkpoint whose logits the gradients are taken at. Default: random N(0, 1).",
+)
+@click.option(
+    "--temperature",
+    "temperatures",
+    callback=parse_temperatures,
+    default="1,2,4,8",
+    show_default=True,
+    help="Temperatures to measure at (comma-separated).",
+)
+@click.option(
+    "--rows", type=click.IntRange(min=1), default=4096, show_default=True, help="Rows sampled."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the row sample.")
+@device_option("Where --teacher and --student run: ")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def audit_cmd(
+    sparse: str,
+    against: str | None,
+    teachers: tuple[str, ...],
+    transfer: str | None,
+    student: str | None,
+    temperatures: tuple[float, ...],
+    rows: int,
+    seed: int,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Measure what a sparse store loses against the dense targets of the same teacher.
+
+    For each temperature: KL(dense || replay) over the stored ids plus the tail bucket (mean,
+    99th percentile), the error in the tail's mass, and the angle between the KD gradients from
+    dense and from sparse targets (per estimator) at the same student logits."""
+    if against is None and not teachers:
+        raise click.UsageError("give --against DENSE or --teacher SPEC ... --transfer SPEC")
+    if against is not None and teachers:
+        raise click.UsageError("--against and --teacher are two references; give one")
+    report = audit_store(
+        sparse,
+        against=against,
+        teachers=[load_teacher(t) for t in teachers],
+        transfer=transfer,
+        student=student,
+        options=AuditOptions(temperatures=temperatures, rows=rows, seed=seed),
+        device=device,
+    )
+    click.echo(json.dumps(report, indent=2) if as_json else format_audit(report))
 
 
 @main.command("convert")
