@@ -142,7 +142,7 @@ class TransferInfo:
 TAIL_KIND = "log-partition"
 PROPOSAL_KIND = "tempered-ranking"
 DEFAULT_TAIL_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
-DEFAULT_VALUE_STEP = 1 / 32
+DEFAULT_VALUE_STEP = 1 / 16
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ log-partition at inverse temperature b = 1/T. A sparse store keeps, per row and 
 values L_a = T_a * f(1/T_a) at a few anchor temperatures T_a (in logit units); f(0) = log n is
 known. f is convex in b (it is a cumulant generating function), which gives:
 
-* the estimate: the cubic through the four nodes nearest b, in b (exact for a Gaussian tail,
-  whose f is a quadratic), clamped into
+* the estimate: the polynomial in b through all the nodes (exact for a Gaussian tail, whose f
+  is a quadratic), clamped into
 * the bounds: between two nodes f lies under their chord and above the extensions of the
-  neighbouring chords; beyond the last node (T below the smallest anchor) only the lower bound
-  holds.
+  neighbouring chords; beyond the last node (T below the smallest anchor) the last chord's
+  extension is a lower bound, and a ceiling on the outside logits gives an upper one.
 
 ``check_tail`` refuses summaries no set of logits could produce.
 """
@@ -32,29 +32,36 @@ def nodes(tail: np.ndarray, anchors: tuple[float, ...], outside: int) -> tuple[n
 
 
 def log_partition(
-    tail: np.ndarray, anchors: tuple[float, ...], outside: int, temperature: float
+    tail: np.ndarray,
+    anchors: tuple[float, ...],
+    outside: int,
+    temperature: float,
+    ceiling: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(estimate, lower, upper) of f(1/T) for each row of ``tail`` (..., A). ``upper`` is +inf
-    below the smallest anchor temperature."""
+    """(estimate, lower, upper) of f(1/T) for each row of ``tail`` (..., A).
+
+    Between b = 0 and the largest anchor b: the polynomial through every node, clamped into the
+    convexity bounds. Beyond it (T below the smallest anchor): the last chord's extension is a
+    lower bound; ``ceiling`` (..., an upper bound on the outside logits, such as the smallest
+    top logit) gives the upper bound f_last + ceiling * (b - b_last), and the estimate is the
+    middle of the two (the lower bound alone without a ceiling)."""
     b, f = nodes(tail, anchors, outside)
     x = 1.0 / temperature
-    n = len(b)
-    i = int(np.clip(np.searchsorted(b, x, side="right") - 1, 0, n - 2))  # interval [b_i, b_i+1]
-    lo_node = int(np.clip(i - 1, 0, n - 4))
-    sel = slice(lo_node, lo_node + 4) if n >= 4 else slice(0, n)
-    est = _lagrange(b[sel], f[..., sel], x)
     slopes = np.diff(f, axis=-1) / np.diff(b)
-    if x >= b[-1]:  # below the smallest anchor T: only the last chord's extension bounds it
+    if x >= b[-1]:
         lower = f[..., -1] + slopes[..., -1] * (x - b[-1])
-        upper = np.full_like(lower, np.inf)
-    else:
-        upper = f[..., i] + slopes[..., i] * (x - b[i])
-        lower = np.full_like(upper, -np.inf)
-        if i > 0:
-            lower = np.maximum(lower, f[..., i] + slopes[..., i - 1] * (x - b[i]))
-        if i + 1 < n - 1:
-            lower = np.maximum(lower, f[..., i + 1] + slopes[..., i + 1] * (x - b[i + 1]))
-    return np.clip(est, lower, upper), lower, upper
+        if ceiling is None:
+            return lower, lower, np.full_like(lower, np.inf)
+        upper = np.maximum(lower, f[..., -1] + ceiling * (x - b[-1]))
+        return (lower + upper) / 2, lower, upper
+    i = int(np.searchsorted(b, x, side="right") - 1)  # x in [b_i, b_i+1)
+    upper = f[..., i] + slopes[..., i] * (x - b[i])
+    lower = np.full_like(upper, -np.inf)
+    if i > 0:
+        lower = np.maximum(lower, f[..., i] + slopes[..., i - 1] * (x - b[i]))
+    if i + 1 < len(b) - 1:
+        lower = np.maximum(lower, f[..., i + 1] + slopes[..., i + 1] * (x - b[i + 1]))
+    return np.clip(_lagrange(b, f, x), lower, upper), lower, upper
 
 
 def _lagrange(xs: np.ndarray, ys: np.ndarray, x: float) -> np.ndarray:
