@@ -45,6 +45,17 @@ class BenchConfig:
     device: str = "cpu"  # make bench DEVICE=cuda
     precision: str = "fp32"  # teachers' forward pass in stage one (bf16 on a GPU)
     workers: int = 0  # DataLoader workers in stage one
+    # the sparse section (bench/sparse.py): a C-class synthetic task from bench/largec.py
+    sparse_work: str = "data/largec"
+    sparse_classes: int = 1000
+    sparse_teacher_rows: int = 200_000
+    sparse_transfer_rows: int = 20_000
+    sparse_test_rows: int = 10_000
+    sparse_teacher_epochs: int = 5
+    sparse_student_epochs: int = 20
+    sparse_ks: tuple[int, ...] = (8, 32, 64, 128)
+    sparse_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    sparse_audit_rows: int = 2000
 
     @property
     def transfer(self) -> str:
@@ -68,6 +79,14 @@ QUICK = {
     "synthetic_classes": 50,
     "synthetic_budget_mb": 1.0,
     "small_fraction": 0.2,
+    "sparse_classes": 60,
+    "sparse_teacher_rows": 3000,
+    "sparse_transfer_rows": 1000,
+    "sparse_test_rows": 500,
+    "sparse_teacher_epochs": 1,
+    "sparse_student_epochs": 1,
+    "sparse_ks": (4, 8),
+    "sparse_audit_rows": 200,
 }
 
 

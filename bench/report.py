@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.sparse_report import section as sparse_section
+
 
 def _ms(values: list[dict[str, float]], key: str, scale: float = 1.0) -> str:
     v = np.array([r[key] for r in values]) * scale
@@ -250,6 +252,8 @@ def write_report(res: dict[str, Any], out: Path, report: Path) -> None:
         f"| soft targets (store over the subset) | {_ms(small['soft'], 'accuracy', 100)} | {_ms(small['soft'], 'nll')} | {_ms(small['soft'], 'ece')} |",
         "",
     ]
+    if "sparse" in res:
+        lines += sparse_section(res, out)
     lines.append(SCALING)
     lines += [
         "## Reading these figures",

@@ -32,6 +32,7 @@ from bench.common import (
     teacher_paths,
     train_teachers,
 )
+from bench.sparse import run_sparse
 from bench.speed import (
     distributed_stage1,
     speed_ratios,
@@ -192,6 +193,8 @@ def run(c: BenchConfig) -> dict[str, Any]:
             )
         )
     res["small_data"] = {"fraction": c.small_fraction, "hard": small_hard, "soft": small_soft}
+    log("sparse stores of a large-C teacher (bench/sparse.py)")
+    res["sparse"] = run_sparse(c)
 
     res.update(summary(c, res))
     res["bench_seconds"] = time.perf_counter() - started
@@ -263,6 +266,17 @@ def run_speed_only(c: BenchConfig) -> dict[str, Any]:
     return res
 
 
+def run_sparse_only(c: BenchConfig) -> dict[str, Any]:
+    """The sparse section again, merged into the last full run's results (``sparse_date``)."""
+    started = time.perf_counter()
+    res = json.loads((Path(c.out) / "results.json").read_text())
+    res["sparse"] = run_sparse(c)
+    res["sparse_date"] = dt.date.today().isoformat()
+    res["sparse_machine"] = machine()
+    res["bench_seconds"] = time.perf_counter() - started
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -285,6 +299,12 @@ def main() -> None:
         help="Rerun stage one vs bare inference and the student-epoch feeds only, and update "
         "their keys in an existing results.json (which records the date of each part).",
     )
+    p.add_argument(
+        "--only-sparse",
+        action="store_true",
+        help="Rerun the sparse-store section only (bench/sparse.py) and update its key in an "
+        "existing results.json.",
+    )
     a = p.parse_args()
     precision = a.precision or ("bf16" if a.device.startswith("cuda") else "fp32")
     c = BenchConfig(
@@ -299,7 +319,9 @@ def main() -> None:
     )
     if a.quick:
         c = replace(c, **QUICK)
-    results = run_speed_only(c) if a.only_speed else run(c)
+    if a.only_speed and a.only_sparse:
+        p.error("--only-speed and --only-sparse: pick one")
+    results = run_speed_only(c) if a.only_speed else run_sparse_only(c) if a.only_sparse else run(c)
     Path(c.out).mkdir(parents=True, exist_ok=True)
     (Path(c.out) / "results.json").write_text(json.dumps(results, indent=2))
     from bench.report import write_report

@@ -141,3 +141,37 @@ def slow_student() -> nn.Module:
 def unsplit_dataset() -> TinyDataset:
     """A module:function transfer set that takes no split: it has a training split only."""
     return TinyDataset("train")
+
+
+def wide_teacher() -> nn.Module:
+    """A 300-class teacher on digits inputs with spread-out logits (sparse stores need C > K)."""
+    torch.manual_seed(7)
+    layer = nn.Linear(64, 300)
+    with torch.no_grad():
+        layer.weight.mul_(3.0)
+    return nn.Sequential(nn.Flatten(), layer).eval()
+
+
+def wide_teacher_b() -> nn.Module:
+    torch.manual_seed(8)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 300)).eval()
+
+
+class _Unnamed(torch.utils.data.Dataset):
+    """The digits split without class names, so that it pairs with the 300-class teachers."""
+
+    def __init__(self, split: str) -> None:
+        from softlabels.transfer import load_transfer
+
+        data = load_transfer("digits", split)
+        self.x, self.y = data.take(0, len(data)), data.label_array()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.x[i]), int(self.y[i])
+
+
+def wide_digits(split: str = "train") -> _Unnamed:
+    return _Unnamed(split)

@@ -21,7 +21,8 @@ def test_bench_quick(tmp_path):
             rng.integers(0, 255, (n, 28, 28), dtype=np.uint8),
         )
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
-    c = replace(BenchConfig(data=str(tmp_path), work=str(tmp_path / "work"), quick=True), **QUICK)
+    c = BenchConfig(data=str(tmp_path), work=str(tmp_path / "work"), quick=True)
+    c = replace(c, **QUICK, sparse_work=str(tmp_path / "largec"))
     res = run(c)
     for key in (
         "stage2_over_ideal",
@@ -38,6 +39,11 @@ def test_bench_quick(tmp_path):
     assert len(res["storage"]) == 8 and res["synthetic_stream"]["rows"] == 20_000
     assert res["speed"]["stream_budget_bytes"] < res["speed"]["store_float32_bytes"]
     assert len(res["student_hard"]) == 2 and set(res["sweep"]) == {"1", "4"}
+    sparse = res["sparse"]
+    assert [s["name"] for s in sparse["stores"]] == ["top4", "top2+s2", "top8", "top4+s4"]
+    assert all(len(s["accuracy_per_seed"]) == 2 for s in sparse["stores"])
+    assert set(sparse["stores"][0]["audit_random_student"]) == {"1", "2", "4", "8", "1.5", "3", "6"}
+    assert sparse["step_time"]["kd_over_ce"] > 0
     write_report(res, tmp_path, tmp_path / "BENCHMARKS.md")
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "stage2_over_ideal" in text and "smoke run" in text and "Scaling to many GPUs" in text

@@ -198,7 +198,7 @@ def test_format_md_plain_reads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_store(tmp_path / "data/digits/softlabels.zarr")
     make_store(tmp_path / "data/digits/softlabels.h5")
-    zarr_code, h5_code, numpy_code = _format_snippets()
+    zarr_code, h5_code, numpy_code = _format_snippets()[:3]
     scope: dict = {}
     exec(zarr_code, scope)
     assert scope["logits"].shape == (1438, 10) and scope["members"].shape == (1438, 3, 10)

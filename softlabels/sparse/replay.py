@@ -157,9 +157,9 @@ def replay(
     def group(logits: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
         z = logits / temperature
         ceiling = logits[:, : sp.top_k].min(1)  # bounds the outside logits below T_min
-        f = tails.log_partition(
-            d.tail[:, g], sp.tail_temperatures, outside, temperature, ceiling
-        )[0]
+        f = tails.log_partition(d.tail[:, g], sp.tail_temperatures, outside, temperature, ceiling)[
+            0
+        ]
         log_z = np.logaddexp(_logsumexp(z), f)
         return z - log_z[:, None], f - log_z
 
