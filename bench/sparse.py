@@ -113,6 +113,11 @@ def run_sparse(c: BenchConfig) -> dict[str, Any]:
                 **_students(base, path, work / "runs" / name, c.seeds),
             }
         )
+        if spec.sample:  # the default estimator is "importance"; "bucket" for comparison
+            bucket = _students(
+                replace(base, estimator="bucket"), path, work / "runs" / f"{name}-b", c.seeds
+            )
+            stores[-1]["bucket_estimator"] = bucket
     res["stores"] = stores
     k64 = next((s for s in stores if s["k"] == 64 and s["sample"] == 0), stores[-1])
     log(f"sparse: KD step from {k64['name']} against a CE step")

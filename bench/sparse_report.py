@@ -88,6 +88,22 @@ def section(res: dict[str, Any], out: Path) -> list[str]:
             + f" | {_angle(s, '4', 'trained'):.1f}° | {100 * s['accuracy_mean']:.2f} ± "
             f"{100 * s['accuracy_std']:.2f}% | {100 * rel:+.2f}% |"
         )
+    sampled = [s for s in sp["stores"] if "bucket_estimator" in s]
+    if sampled:
+        lines += [
+            "",
+            "Students from the sampled stores use the `importance` estimator (the default with "
+            "sampled ids); with the `bucket` estimator instead:",
+            "",
+            "| store | importance | bucket |",
+            "|---|---|---|",
+        ]
+        for s in sampled:
+            b = s["bucket_estimator"]
+            lines.append(
+                f"| {s['name']} | {100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}% "
+                f"| {100 * b['accuracy_mean']:.2f} ± {100 * b['accuracy_std']:.2f}% |"
+            )
     off = [f"{t:g}" for t in sp["off_anchor_temperatures"]]
     lines += [
         "",

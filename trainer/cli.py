@@ -17,6 +17,7 @@ from softlabels.clihelp import (
     parse_temperatures,
     precision_option,
 )
+from softlabels.sparse import ESTIMATORS
 from trainer.compare import CompareConfig, compare
 from trainer.train import LOSSES, TrainConfig, format_table, train_sweep
 
@@ -106,6 +107,14 @@ def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             callback=parse_temperatures,
             help="T, or a comma list for a sweep (one student per T).",
+        ),
+        click.option(
+            "--estimator",
+            type=click.Choice(ESTIMATORS),
+            default=None,
+            help="Sparse stores only: how sampled ids stand in for the tail (bucket: exact ids, "
+            "the tail's mass in one bucket; ht: unbiased; importance: the tail's mass spread "
+            "over the sampled ids). Default: importance with sampled ids, else bucket.",
         ),
         click.option(
             "--alpha",

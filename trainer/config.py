@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from softlabels.errors import SoftLabelsError
+from softlabels.sparse import ESTIMATORS
 from trainer import losses, modules
 
 # --loss NAME -> the loss module, built from the config (no if-chain on strings).
@@ -36,6 +37,7 @@ class TrainConfig:
     dropout: float = 0.0
     loss: str = "hinton"
     temperature: float = 4.0
+    estimator: str | None = None  # sparse stores: softlabels.sparse.ESTIMATORS; None: default
     alpha: float = 0.1  # weight of the hard-label CE term
     beta: float | None = None  # weight of the T^2 KL term; None means 1 - alpha
     epochs: int = 10
@@ -62,6 +64,8 @@ class TrainConfig:
             losses.check_weight("beta", self.kd_weight)
         except ValueError as exc:
             raise SoftLabelsError(str(exc)) from exc
+        if self.estimator is not None and self.estimator not in ESTIMATORS:
+            raise SoftLabelsError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if self.loss not in LOSSES:
             raise SoftLabelsError(f"loss must be one of {tuple(LOSSES)}, got {self.loss!r}")
         for name in ("epochs", "batch_size"):

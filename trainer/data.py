@@ -106,11 +106,12 @@ class InMemoryTargets:
         batch_size: int,
         seed: int,
         shard: Dist = SINGLE,
+        estimator: str | None = None,
     ) -> None:
         self.batch_size, self.seed = batch_size, seed
         store.load()  # verified once, kept by the reader
         self.positions = np.sort(shard_positions(store, shard))
-        self.targets = store.soft_targets(self.positions, temperature)  # (n, C)
+        self.targets = store.soft_targets(self.positions, temperature, estimator=estimator)
 
     def batches(self, epoch: int) -> Iterator[Batch]:
         order = torch.from_numpy(
@@ -134,8 +135,9 @@ class StreamingTargets:
         seed: int,
         buffer_chunks: int,
         shard: Dist = SINGLE,
+        estimator: str | None = None,
     ) -> None:
-        self.store, self.temperature = store, temperature
+        self.store, self.temperature, self.estimator = store, temperature, estimator
         self.batch_size, self.seed, self.shard = batch_size, seed, shard
         self.buffer_chunks = max(1, buffer_chunks)
 
@@ -147,7 +149,7 @@ class StreamingTargets:
         ]
         b = self.batch_size
         carry: list[Batch] = []  # fewer than b rows left over from the last buffer
-        for positions, targets in _prefetch(self.store, groups, self.temperature):
+        for positions, targets in _prefetch(self.store, groups, self.temperature, self.estimator):
             perm = torch.from_numpy(rng.permutation(len(positions)))
             start = 0
             if carry:  # top the leftover up to a full batch from this buffer
@@ -173,7 +175,7 @@ def _join(a: Batch, b: Batch) -> Batch:
 
 
 def _prefetch(
-    store: StoreReader, groups: list[np.ndarray], temperature: float
+    store: StoreReader, groups: list[np.ndarray], temperature: float, estimator: str | None
 ) -> Iterator[tuple[np.ndarray, Targets]]:
     """Read and verify each group of chunks on a thread, one group ahead; compute its targets
     here, once per buffer (torch ops on two threads at once contend for one OpenMP pool: the
@@ -193,7 +195,7 @@ def _prefetch(
     while (item := q.get()) is not None:
         if isinstance(item, BaseException):
             raise item
-        yield item.sample_index, store.soft_targets(item, temperature)
+        yield item.sample_index, store.soft_targets(item, temperature, estimator=estimator)
     thread.join()
 
 
@@ -208,15 +210,16 @@ def make_target_source(
     seed: int,
     memory_budget_bytes: int,
     shard: Dist = SINGLE,
+    estimator: str | None = None,
 ) -> TargetSource:
     """In memory when the loaded store fits the budget, streamed otherwise."""
     if store is None or temperature is None:
         return HardLabelSource(num_samples, batch_size, seed, shard)
     need = store_nbytes_in_memory(store) / shard.world
     if need <= memory_budget_bytes:
-        return InMemoryTargets(store, temperature, batch_size, seed, shard)
+        return InMemoryTargets(store, temperature, batch_size, seed, shard, estimator)
     buffer_chunks = buffer_chunks_for(store, memory_budget_bytes)
-    return StreamingTargets(store, temperature, batch_size, seed, buffer_chunks, shard)
+    return StreamingTargets(store, temperature, batch_size, seed, buffer_chunks, shard, estimator)
 
 
 def buffer_chunks_for(store: StoreReader, memory_budget_bytes: float) -> int:

@@ -160,7 +160,9 @@ def _run(
     rank_batch = config.batch_size // d.world
     budget = int(config.memory_budget_mb * 2**20)
     temperature = loss_fn.target_temperature
-    source = make_target_source(store, temperature, len(data), rank_batch, config.seed, budget, d)
+    source = make_target_source(
+        store, temperature, len(data), rank_batch, config.seed, budget, d, config.estimator
+    )
     steps = steps_per_epoch(store, len(data), rank_batch, d) if d.world > 1 else None
     labels_all = torch.from_numpy(data.label_array()).to(device)
     teacher_eval = None
