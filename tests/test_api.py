@@ -156,6 +156,6 @@ def test_seam_is_the_only_replay():
         for path in (ROOT / folder).glob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 used = {getattr(node, "attr", None), getattr(node, "id", None)}
-                used |= {a.name for a in getattr(node, "names", [])}
+                used |= {getattr(a, "name", a) for a in getattr(node, "names", [])}
                 assert not used & forbidden, f"{path.name}:{node.lineno} uses {used & forbidden}"
     assert Path(softlabels.__file__).parent.joinpath("store", "reader.py").exists()

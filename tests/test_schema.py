@@ -39,11 +39,23 @@ def test_every_schema_name_is_in_format_md():
         schema.SAMPLE_INDEX,
         schema.LABELS,
         schema.COMMIT_JOURNAL,
+        schema.ID_GAPS,
+        schema.VALUES,
+        schema.VALUE_OFFSETS,
+        schema.TAIL,
+        schema.INCLUSION_LOG_SCALE,
+        schema.ATTR_LAYOUT,
+        schema.ATTR_SPARSE,
+        schema.LAYOUT_DENSE,
+        schema.LAYOUT_SPARSE,
+        schema.TAIL_KIND,
+        schema.PROPOSAL_KIND,
     ]
     names += list(schema.REQUIRED_ATTRS) + list(schema.COMBINE_RULES) + list(schema.DTYPES)
     for name in names:
         assert f"`{name}`" in FORMAT_MD or f'"{name}"' in FORMAT_MD, name
     assert f"MUST be `{schema.FORMAT_VERSION}`" in FORMAT_MD
+    assert f"`format_version` `{schema.SPARSE_FORMAT_VERSION}`" in FORMAT_MD
     assert f'MUST be `"{schema.FORMAT_NAME}"`' in FORMAT_MD
 
 

@@ -144,19 +144,25 @@ def add_hard_ce(
 ) -> torch.Tensor:
     """alpha * CE(y, q_1) over the labelled rows, adding its gradient alpha * (q_1 -
     onehot(y)) / n_labelled to ``grad`` in place. ``log_q`` is log_softmax(z / T)."""
-    n = int((labels != IGNORE_LABEL).sum()) if alpha > 0 else 0
+    known = labels != IGNORE_LABEL
+    n = int(known.sum()) if alpha > 0 else 0
     if not n:
         return torch.zeros((), dtype=z.dtype)
     b = z.shape[0]
-    log_s = log_q if temperature == 1.0 else torch.log_softmax(z, dim=-1)
-    ce = F.nll_loss(log_s, labels, ignore_index=IGNORE_LABEL, reduction="sum")
-    g_ce = log_s.exp()
-    if n == b:  # every row labelled: subtract the one-hot rows directly
+    if n == b:  # every row labelled: the whole batch at once
+        log_s = log_q if temperature == 1.0 else torch.log_softmax(z, dim=-1)
+        ce = F.nll_loss(log_s, labels, reduction="sum")
+        g_ce = log_s.exp()
         g_ce.scatter_add_(1, labels[:, None], torch.full((b, 1), -1.0, dtype=z.dtype))
-    else:
-        known = (labels != IGNORE_LABEL).to(z.dtype)[:, None]
-        g_ce.scatter_add_(1, labels.clamp(min=0)[:, None], -known).mul_(known)
-    grad.add_(g_ce, alpha=alpha / n)
+        grad.add_(g_ce, alpha=alpha / n)
+        return ce * (alpha / n)
+    rows = known.nonzero()[:, 0]  # only the labelled rows (often few, with a store)
+    y = labels[rows]
+    log_s = log_q[rows] if temperature == 1.0 else torch.log_softmax(z[rows], dim=-1)
+    ce = F.nll_loss(log_s, y, reduction="sum")
+    g_ce = log_s.exp()
+    g_ce.scatter_add_(1, y[:, None], torch.full((n, 1), -1.0, dtype=z.dtype))
+    grad.index_add_(0, rows, g_ce, alpha=alpha / n)
     return ce * (alpha / n)
 
 

@@ -33,7 +33,12 @@ def _xlogy_ratio(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> t
 
 
 class _SparseHinton(torch.autograd.Function):
-    """alpha * CE(y, q_1) + beta * T^2 * KL over ids + bucket, one node (see ``_Hinton``)."""
+    """alpha * CE(y, q_1) + beta * T^2 * KL over ids + bucket, one node (see ``_Hinton``).
+
+    Only two passes over the (B, C) logits beyond the softmax: the KL itself needs (B, K)
+    numbers, Q = 1 - sum of q on the ids (exact by masking in the rare rows where that
+    difference loses precision), and the gradient is q * (mass - P / Q) off the ids, with the
+    ids' entries written over it."""
 
     @staticmethod
     def forward(
@@ -48,17 +53,19 @@ class _SparseHinton(torch.autograd.Function):
         beta: float,
     ) -> torch.Tensor:
         b = z.shape[0]
-        log_q = torch.log_softmax(z / temperature, dim=-1)
-        log_out = _outside(log_q, ids)
-        p, tail = log_p.exp(), log_tail.exp()
-        kl = _xlogy_ratio(p, log_p, log_q.gather(1, ids)).sum()
-        kl = kl + _xlogy_ratio(tail, log_tail, log_out).sum()
-        loss = kl * (beta * temperature**2 / b)
+        log_q = torch.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1)
         q = log_q.exp()
+        log_q_ids = log_q.gather(1, ids)
+        q_ids = q.gather(1, ids)
+        log_out = _log_outside(log_q, q_ids, ids)
+        p, tail = log_p.exp(), log_tail.exp()
+        kl = _xlogy_ratio(p, log_p, log_q_ids).sum() + _xlogy_ratio(tail, log_tail, log_out).sum()
+        loss = kl * (beta * temperature**2 / b)
         ratio = torch.where(tail > 0, (log_tail - log_out).exp(), torch.zeros_like(tail))
-        target = (q * ratio[:, None]).scatter_(1, ids, p)
-        mass = p.sum(1, keepdim=True) + tail[:, None]
-        grad = (q * mass - target).mul_(beta * temperature / b)
+        mass = p.sum(1) + tail
+        scale = beta * temperature / b
+        grad = q * ((mass - ratio) * scale)[:, None]
+        grad.scatter_(1, ids, (q_ids * mass[:, None] - p) * scale)
         loss = loss + add_hard_ce(z, log_q, labels, temperature, alpha, grad)
         ctx.save_for_backward(grad)
         return loss
@@ -67,6 +74,17 @@ class _SparseHinton(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
         return (grad * g,) + (None,) * 7
+
+
+def _log_outside(log_q: torch.Tensor, q_ids: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log Q = log(1 - sum_j q_j) over the ids, in float64; rows where that difference would
+    lose precision (Q < 1e-3) are summed over the other ids exactly instead."""
+    outside = 1.0 - q_ids.double().sum(1)
+    log_out = torch.log(outside.clamp(min=1e-300)).to(log_q.dtype)
+    close = outside < 1e-3
+    if close.any():
+        log_out[close] = _outside(log_q[close], ids[close])
+    return log_out
 
 
 def sparse_hinton_loss(
