@@ -195,7 +195,16 @@ class SparseSpec:
     def from_attr(cls, entry: Any) -> SparseSpec:
         if not isinstance(entry, dict):
             raise ValueError(f"sparse must be an object, got {entry!r}")
+        missing = [
+            k
+            for k in ("policy", "k", "top_k", "sample", "proposal", "tail", "values")
+            if k not in entry
+        ]
+        if missing:
+            raise ValueError(f"sparse lacks the keys {missing}")
         tail, values, proposal = entry["tail"], entry["values"], entry["proposal"]
+        if proposal is not None and not isinstance(proposal, dict):
+            raise ValueError(f"sparse.proposal must be an object or null, got {proposal!r}")
         if not isinstance(tail, dict) or tail.get("kind") != TAIL_KIND:
             raise ValueError(f"sparse.tail.kind must be {TAIL_KIND!r}, got {tail!r}")
         if not isinstance(values, dict) or values.get("encoding") not in ("fixed", "float"):
@@ -205,12 +214,25 @@ class SparseSpec:
             raise ValueError("sparse.proposal must be an object exactly when sample > 0")
         if proposal is not None and proposal.get("kind") != PROPOSAL_KIND:
             raise ValueError(f"sparse.proposal.kind must be {PROPOSAL_KIND!r}, got {proposal!r}")
+        for obj, key, where in (
+            (proposal or {}, "temperature", "proposal"),
+            (proposal or {}, "seed", "proposal"),
+            (tail, "temperatures", "tail"),
+            (values if values["encoding"] == "fixed" else {"step": 0}, "step", "values"),
+        ):
+            if key not in obj and (where != "proposal" or proposal is not None):
+                raise ValueError(f"sparse.{where} lacks the key {key!r}")
+        temps = _list(tail, "temperatures")
+        if not temps or not all(
+            isinstance(t, int | float) and not isinstance(t, bool) for t in temps
+        ):
+            raise ValueError(f"sparse.tail.temperatures must be a list of numbers, got {temps!r}")
         spec = cls(
             top_k=_int(entry, "top_k", minimum=1),
             sample=sample,
             proposal_temperature=1.0 if proposal is None else _number(proposal, "temperature"),
             seed=0 if proposal is None else _int(proposal, "seed", minimum=0),
-            tail_temperatures=tuple(_number({"t": t}, "t") for t in _list(tail, "temperatures")),
+            tail_temperatures=tuple(float(t) for t in temps),
             value_step=_number(values, "step") if values["encoding"] == "fixed" else None,
         )
         if entry.get("k") != spec.k or entry.get("policy") != spec.policy:

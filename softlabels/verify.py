@@ -86,7 +86,7 @@ def verify_store(
         _check(report, "checksums", lambda: _checksum_detail(store, bad_sums))
         _check(report, "sample_index", lambda: (store.sample_index(), "a permutation of 0..N-1")[1])
         _check(report, "labels", lambda: (store.labels(), f"all in -1..{meta.num_classes - 1}")[1])
-        _check(report, "finite", lambda: _finite_detail(bad_rows))
+        _check(report, "finite", lambda: _finite_detail(bad_rows, store.is_sparse))
         if store.is_sparse:
             _check(report, "sparse", lambda: _sparse_detail(store))
         if transfer is not None:
@@ -115,10 +115,11 @@ def _checksum_detail(store: StoreReader, bad: list[int]) -> str:
     return f"all {store.meta.num_chunks} chunks match"
 
 
-def _finite_detail(bad_rows: list[int]) -> str:
+def _finite_detail(bad_rows: list[int], sparse: bool = False) -> str:
+    what = "values" if sparse else "logits"
     if bad_rows:
-        raise MismatchError(f"non-finite logits at rows {bad_rows}")
-    return "all logits finite"
+        raise MismatchError(f"non-finite {what} at rows {bad_rows}")
+    return f"all {what} finite"
 
 
 def _sparse_detail(store: StoreReader) -> str:

@@ -3,12 +3,15 @@ the CLI refuse each one with a clear error, never a traceback.
 
 ``EXPECTED`` pins, per store: the exact error class the trainer raises, the key part of its
 message (a regex; the CLI prints the same message after "Error: "), the checks `softlabels
-verify` fails with the key part of each detail, and whether `softlabels inspect` can open it."""
+verify` fails with the key part of each detail, and whether `softlabels inspect` can open it.
+Each store is checked against the transfer set it was made from (``transfer_of``): the dense
+stores' 3 classes or the sparse stores' 40."""
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -19,12 +22,19 @@ from softlabels.errors import (
     SoftLabelsError,
     StoreFormatError,
 )
+from softlabels.store import open_store
 from softlabels.verify import verify_store
-from tests.stores.build import CASES, build_all
+from tests.stores.build import CASES, ROW, SPARSE_CONTROLS, build_all, transfer_of
 from trainer.cli import main as distill
 from trainer.train import TrainConfig, train
 
 SAME = "same as the trainer's message"  # verify's "format" detail is the open error itself
+
+
+def not_sparse(name: str, problem: str) -> str:
+    """The trainer's message for a sparse store whose rows hold exactly one ``problem``."""
+    return rf"^'[^']*/{re.escape(name)}' is not a valid sparse store: {problem}; regenerate it$"
+
 
 # name: (class, trainer message, {failed verify check: detail}, inspect opens it)
 EXPECTED: dict[str, tuple[type[SoftLabelsError], str, dict[str, str], bool]] = {
@@ -43,6 +53,12 @@ EXPECTED: dict[str, tuple[type[SoftLabelsError], str, dict[str, str], bool]] = {
     "complete_without_checksums.zarr": (
         StoreFormatError,
         r"^invalid store metadata: store is marked complete but carries no checksums$",
+        {"format": SAME},
+        False,
+    ),
+    "dense_with_layout.zarr": (
+        StoreFormatError,
+        r"^a version-1 store must not carry a 'layout' attribute$",
         {"format": SAME},
         False,
     ),
@@ -127,6 +143,113 @@ EXPECTED: dict[str, tuple[type[SoftLabelsError], str, dict[str, str], bool]] = {
         {"format": SAME},
         False,
     ),
+    "sparse_as_version_1.zarr": (
+        StoreFormatError,
+        r"^a version-1 store must not carry a 'layout' attribute$",
+        {"format": SAME},
+        False,
+    ),
+    "sparse_attr_every_class.zarr": (
+        StoreFormatError,
+        r"^invalid store metadata: top_k \+ sample = 40 must be below the 40 classes \(keep every "
+        r"class: use a dense store\)$",
+        {"format": SAME},
+        False,
+    ),
+    "sparse_attr_k.zarr": (
+        StoreFormatError,
+        r"^store root attributes are malformed: sparse\.k and sparse\.policy must be 7 and "
+        r"'top\+sample'$",
+        {"format": SAME},
+        False,
+    ),
+    "sparse_attr_tail_kind.zarr": (
+        StoreFormatError,
+        r"^store root attributes are malformed: sparse\.tail\.kind must be 'log-partition', got "
+        r"\{'kind': 'histogram'",
+        {"format": SAME},
+        False,
+    ),
+    "sparse_id_out_of_range.h5": (
+        StoreFormatError,
+        not_sparse("sparse_id_out_of_range.h5", r"ids >= num_classes 40 at rows \[7\]"),
+        {"sparse": r"^ids >= num_classes 40 at rows \[7\]$"},
+        True,
+    ),
+    "sparse_inclusion_zero.zarr": (
+        StoreFormatError,
+        not_sparse(
+            "sparse_inclusion_zero.zarr", r"inclusion probabilities outside \(0, 1\] at rows \[7\]"
+        ),
+        {"sparse": r"^inclusion probabilities outside \(0, 1\] at rows \[7\]$"},
+        True,
+    ),
+    "sparse_negative_id.zarr": (
+        StoreFormatError,
+        not_sparse("sparse_negative_id.zarr", r"negative ids at rows \[7\]"),
+        {"sparse": r"^negative ids at rows \[7\]$"},
+        True,
+    ),
+    "sparse_sampled_above_top.zarr": (
+        StoreFormatError,
+        not_sparse(
+            "sparse_sampled_above_top.zarr",
+            r"sampled ids ranking above the top ids at rows \[7\]",
+        ),
+        {"sparse": r"^sampled ids ranking above the top ids at rows \[7\]$"},
+        True,
+    ),
+    "sparse_sampled_repeats_top.zarr": (
+        StoreFormatError,
+        not_sparse(
+            "sparse_sampled_repeats_top.zarr", r"sampled ids repeating top ids at rows \[7\]"
+        ),
+        {"sparse": r"^sampled ids repeating top ids at rows \[7\]$"},
+        True,
+    ),
+    "sparse_tail_above_top.zarr": (
+        StoreFormatError,
+        not_sparse(
+            "sparse_tail_above_top.zarr",
+            r"tail summaries \(group 0\) no logits could produce at rows \[7\]",
+        ),
+        {"sparse": r"^tail summaries \(group 0\) no logits could produce at rows \[7\]$"},
+        True,
+    ),
+    "sparse_tail_infinite.zarr": (
+        StoreFormatError,
+        r"^'[^']*/sparse_tail_infinite\.zarr' holds NaN or Inf values in its sparse arrays at "
+        r"rows \[7\]$",
+        {
+            "finite": r"^non-finite values at rows \[7\]$",
+            "sparse": r"^tail summaries \(group 0\) no logits could produce at rows \[7\]$",
+        },
+        True,
+    ),
+    "sparse_tail_not_convex.zarr": (
+        StoreFormatError,
+        not_sparse(
+            "sparse_tail_not_convex.zarr",
+            r"tail summaries \(group 0\) no logits could produce at rows \[7\]",
+        ),
+        {"sparse": r"^tail summaries \(group 0\) no logits could produce at rows \[7\]$"},
+        True,
+    ),
+    "sparse_unsorted_ids.zarr": (
+        StoreFormatError,
+        not_sparse(
+            "sparse_unsorted_ids.zarr",
+            r"ids not strictly ascending within a segment at rows \[7\]",
+        ),
+        {"sparse": r"^ids not strictly ascending within a segment at rows \[7\]$"},
+        True,
+    ),
+    "sparse_without_layout.zarr": (
+        StoreFormatError,
+        r"^store layout None is not 'dense' or 'sparse' \(version 2 stores name it\)$",
+        {"format": SAME},
+        False,
+    ),
     "truncated.h5": (
         StoreFormatError,
         r"^'[^']*/truncated\.h5' is not a readable HDF5 file \(.*truncated file.*\); if it was "
@@ -162,12 +285,16 @@ def stores(tmp_path_factory):
 
 def test_the_valid_controls_pass(stores, tmp_path):
     out, paths = stores
-    for name in ("valid.zarr", "valid.h5"):
-        assert verify_store(str(paths[name]), transfer=str(out / "transfer.npz")).ok
+    for name in ("valid.zarr", "valid.h5", *SPARSE_CONTROLS):
+        report = verify_store(str(paths[name]), transfer=str(out / transfer_of(name)))
+        assert report.ok, report.render()
+        with open_store(paths[name]) as store:
+            assert store.is_sparse == (name in SPARSE_CONTROLS)
+            assert len(store.load()) == store.meta.num_samples
         run = train(
             TrainConfig(
                 out=str(tmp_path / name),
-                transfer=str(out / "transfer.npz"),
+                transfer=str(out / transfer_of(name)),
                 store=str(paths[name]),
                 eval_split=None,
                 hidden=(4,),
@@ -182,7 +309,7 @@ def test_the_valid_controls_pass(stores, tmp_path):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_verify_flags_it(stores, name):
     out, paths = stores
-    report = verify_store(str(paths[name]), transfer=str(out / "transfer.npz"))
+    report = verify_store(str(paths[name]), transfer=str(out / transfer_of(name)))
     assert not report.ok, report.render()
     _, message, checks, _ = EXPECTED[name]
     failed = {check: detail for check, ok, detail in report.checks if not ok}
@@ -191,12 +318,33 @@ def test_verify_flags_it(stores, name):
         assert re.search(message if pattern is SAME else pattern, failed[check]), report.render()
 
 
+@pytest.mark.parametrize("name", sorted(n for n in CASES if "sparse" in EXPECTED[n][2]))
+def test_the_reader_refuses_the_damaged_sparse_chunk(stores, name):
+    """Impossible sparse rows open (inspect describes them) but are refused once read: the
+    damaged chunk, and any positions in it, with the trainer's message; the other chunk reads."""
+    _, paths = stores
+    cls, message, _, _ = EXPECTED[name]
+    with open_store(paths[name]) as store:
+        damaged = ROW // store.meta.chunk_rows
+        for read in (
+            lambda: store.read_verified_chunk(damaged),
+            lambda: store.soft_targets(np.array([ROW]), 2.0),
+            store.load,
+        ):
+            with pytest.raises(SoftLabelsError) as info:
+                read()
+            assert type(info.value) is cls and re.search(message, str(info.value)), info.value
+        for chunk in range(store.meta.num_chunks):
+            if chunk != damaged:
+                store.read_verified_chunk(chunk)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_trainer_refuses_it(stores, tmp_path, name):
     out, paths = stores
     config = TrainConfig(
         out=str(tmp_path / "run"),
-        transfer=str(out / "transfer.npz"),
+        transfer=str(out / transfer_of(name)),
         store=str(paths[name]),
         eval_split=None,
         hidden=(4,),
@@ -221,7 +369,7 @@ def test_cli_errors_are_clean(stores, tmp_path, name):
         [
             "train",
             "--transfer",
-            str(out / "transfer.npz"),
+            str(out / transfer_of(name)),
             "--store",
             str(paths[name]),
             "--eval-split",

@@ -510,3 +510,24 @@ def test_audit_against_dense_store_and_rerun_teachers_agree(tmp_path):
     other = make_wide(tmp_path / "o.zarr", teachers=("tests.helpers:wide_teacher_b",))
     with pytest.raises(MismatchError, match="not the same teacher's"):
         audit_store(str(sparse), against=str(other))
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda sp: sp.update(proposal="tempered"), "sparse.proposal must be an object or null"),
+        (lambda sp: sp.pop("values"), r"sparse lacks the keys \['values'\]"),
+        (lambda sp: sp["proposal"].pop("seed"), "sparse.proposal lacks the key 'seed'"),
+        (lambda sp: sp["tail"].update(temperatures=[]), "must be a list of numbers"),
+        (lambda sp: sp["tail"].update(temperatures=["1"]), "must be a list of numbers"),
+    ],
+)
+def test_malformed_sparse_attribute_is_refused_clearly(tmp_path, change, message):
+    path = write_sparse(tmp_path / "s.zarr", teacher_logits(n=8), SparseSpec(top_k=4, sample=2))
+    group = zarr.open_group(str(path), mode="r+")
+    sparse = dict(group.attrs["sparse"])
+    sparse = {k: dict(v) if isinstance(v, dict) else v for k, v in sparse.items()}
+    change(sparse)
+    group.attrs["sparse"] = sparse
+    with pytest.raises(SoftLabelsError, match=message):
+        open_store(path)

@@ -187,6 +187,7 @@ def replay(
     )
 
 
+@np.errstate(divide="ignore", invalid="ignore")  # pi = 0 only in an unchecked, invalid row
 def _spread(
     log_p: np.ndarray, log_out: np.ndarray, pi: np.ndarray, top_k: int, estimator: str
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -174,7 +174,8 @@ class StoreReader:
             )
         bad = nonfinite_rows(rows)
         if bad:
-            raise StoreFormatError(f"{self.path!r} holds NaN or Inf logits at rows {bad[:10]}")
+            what = "values in its sparse arrays" if self.is_sparse else "logits"
+            raise StoreFormatError(f"{self.path!r} holds NaN or Inf {what} at rows {bad[:10]}")
         check_labels(rows.labels, self.meta.num_classes, offset=rows.start)
         if self.is_sparse:
             decoded = sparse_replay.decode(rows.arrays, self.meta)
