@@ -121,7 +121,10 @@ def run_sparse(c: BenchConfig) -> dict[str, Any]:
     res["stores"] = stores
     k64 = next((s for s in stores if s["k"] == 64 and s["sample"] == 0), stores[-1])
     log(f"sparse: KD step from {k64['name']} against a CE step")
-    res["step_time"] = step_time(c, task["transfer"], work / f"{k64['name']}.zarr", base)
+    res["step_time"] = [
+        step_time(c, task["transfer"], work / f"{k64['name']}.zarr", replace(base, batch_size=b))
+        for b in (base.batch_size, 4 * base.batch_size)
+    ]
     return res
 
 

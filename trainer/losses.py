@@ -136,21 +136,21 @@ class _Hinton(torch.autograd.Function):
 
 def add_hard_ce(
     z: torch.Tensor,
-    log_q: torch.Tensor,
+    log_q: torch.Tensor | None,
     labels: torch.Tensor,
     temperature: float,
     alpha: float,
     grad: torch.Tensor,
 ) -> torch.Tensor:
     """alpha * CE(y, q_1) over the labelled rows, adding its gradient alpha * (q_1 -
-    onehot(y)) / n_labelled to ``grad`` in place. ``log_q`` is log_softmax(z / T)."""
+    onehot(y)) / n_labelled to ``grad`` in place. ``log_q`` is log_softmax(z / T), if known."""
     known = labels != IGNORE_LABEL
     n = int(known.sum()) if alpha > 0 else 0
     if not n:
         return torch.zeros((), dtype=z.dtype)
     b = z.shape[0]
     if n == b:  # every row labelled: the whole batch at once
-        log_s = log_q if temperature == 1.0 else torch.log_softmax(z, dim=-1)
+        log_s = log_q if temperature == 1.0 and log_q is not None else torch.log_softmax(z, -1)
         ce = F.nll_loss(log_s, labels, reduction="sum")
         g_ce = log_s.exp()
         g_ce.scatter_add_(1, labels[:, None], torch.full((b, 1), -1.0, dtype=z.dtype))
@@ -158,7 +158,10 @@ def add_hard_ce(
         return ce * (alpha / n)
     rows = known.nonzero()[:, 0]  # only the labelled rows (often few, with a store)
     y = labels[rows]
-    log_s = log_q[rows] if temperature == 1.0 else torch.log_softmax(z[rows], dim=-1)
+    if temperature == 1.0 and log_q is not None:
+        log_s = log_q[rows]
+    else:
+        log_s = torch.log_softmax(z[rows], dim=-1)
     ce = F.nll_loss(log_s, y, reduction="sum")
     g_ce = log_s.exp()
     g_ce.scatter_add_(1, y[:, None], torch.full((n, 1), -1.0, dtype=z.dtype))

@@ -35,10 +35,10 @@ def _xlogy_ratio(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> t
 class _SparseHinton(torch.autograd.Function):
     """alpha * CE(y, q_1) + beta * T^2 * KL over ids + bucket, one node (see ``_Hinton``).
 
-    Only two passes over the (B, C) logits beyond the softmax: the KL itself needs (B, K)
-    numbers, Q = 1 - sum of q on the ids (exact by masking in the rare rows where that
-    difference loses precision), and the gradient is q * (mass - P / Q) off the ids, with the
-    ids' entries written over it."""
+    Few passes over the (B, C) logits: the softmax, the row max (for log q on the ids without
+    underflow), and the gradient q * (mass - P / Q) with the ids' entries written over it; the
+    KL itself needs only (B, K) numbers, and Q = 1 - sum of q on the ids (summed exactly over
+    the other ids in the rare rows where that difference loses precision)."""
 
     @staticmethod
     def forward(
@@ -53,20 +53,25 @@ class _SparseHinton(torch.autograd.Function):
         beta: float,
     ) -> torch.Tensor:
         b = z.shape[0]
-        log_q = torch.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1)
-        q = log_q.exp()
-        log_q_ids = log_q.gather(1, ids)
+        s = z / temperature if temperature != 1.0 else z
+        q = torch.softmax(s, dim=-1)
+        log_norm = s.amax(1, keepdim=True) - q.amax(1, keepdim=True).log()  # logsumexp(s)
+        log_q_ids = s.gather(1, ids) - log_norm
         q_ids = q.gather(1, ids)
-        log_out = _log_outside(log_q, q_ids, ids)
+        outside = 1.0 - q_ids.double().sum(1)
+        log_out = _log_outside(s, log_norm, outside, ids)
         p, tail = log_p.exp(), log_tail.exp()
-        kl = _xlogy_ratio(p, log_p, log_q_ids).sum() + _xlogy_ratio(tail, log_tail, log_out).sum()
+        d = log_tail - log_out  # log(P / Q); -inf for an empty bucket
+        kl = (p * (log_p - log_q_ids)).nan_to_num_(0.0).sum() + (tail * d).nan_to_num_(0.0).sum()
         loss = kl * (beta * temperature**2 / b)
-        ratio = torch.where(tail > 0, (log_tail - log_out).exp(), torch.zeros_like(tail))
+        ratio = d.exp()  # P / Q
         mass = p.sum(1) + tail
         scale = beta * temperature / b
         grad = q * ((mass - ratio) * scale)[:, None]
         grad.scatter_(1, ids, (q_ids * mass[:, None] - p) * scale)
-        loss = loss + add_hard_ce(z, log_q, labels, temperature, alpha, grad)
+        if alpha > 0:
+            log_q = s - log_norm if temperature == 1.0 else None
+            loss = loss + add_hard_ce(z, log_q, labels, temperature, alpha, grad)
         ctx.save_for_backward(grad)
         return loss
 
@@ -76,14 +81,16 @@ class _SparseHinton(torch.autograd.Function):
         return (grad * g,) + (None,) * 7
 
 
-def _log_outside(log_q: torch.Tensor, q_ids: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log Q = log(1 - sum_j q_j) over the ids, in float64; rows where that difference would
+def _log_outside(
+    s: torch.Tensor, log_norm: torch.Tensor, outside: torch.Tensor, ids: torch.Tensor
+) -> torch.Tensor:
+    """log Q from Q = 1 - sum_j q_j over the ids (float64); rows where that difference would
     lose precision (Q < 1e-3) are summed over the other ids exactly instead."""
-    outside = 1.0 - q_ids.double().sum(1)
-    log_out = torch.log(outside.clamp(min=1e-300)).to(log_q.dtype)
-    close = outside < 1e-3
-    if close.any():
-        log_out[close] = _outside(log_q[close], ids[close])
+    log_out = outside.clamp(min=1e-300).log().to(s.dtype)
+    if float(outside.min()) < 1e-3:
+        rows = (outside < 1e-3).nonzero()[:, 0]
+        log_q = s[rows] - log_norm[rows]
+        log_out[rows] = _outside(log_q, ids[rows])
     return log_out
 
 
