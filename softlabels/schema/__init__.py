@@ -1,4 +1,5 @@
-"""The soft-label store format, versions 1 and 2: every name in FORMAT.md, in one place.
+"""The soft-label store format, versions 1 and 2: every name in FORMAT.md, in one place
+(this package; ``sparse.py`` holds the ``sparse`` attribute, ``fields.py`` typed JSON reads).
 
 This module is the machine-readable half of the format contract; FORMAT.md is the
 human-readable half. Both must change together (tests/test_schema.py checks that every
@@ -29,6 +30,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from softlabels.errors import StoreFormatError
+from softlabels.schema.fields import int_field, list_field
+from softlabels.schema.sparse import (  # re-exported: the format's names live here
+    DEFAULT_TAIL_TEMPERATURES as DEFAULT_TAIL_TEMPERATURES,
+)
+from softlabels.schema.sparse import DEFAULT_VALUE_STEP as DEFAULT_VALUE_STEP
+from softlabels.schema.sparse import PROPOSAL_KIND as PROPOSAL_KIND
+from softlabels.schema.sparse import TAIL_KIND as TAIL_KIND
+from softlabels.schema.sparse import SparseSpec
 
 FORMAT_NAME = "softlabels"
 FORMAT_VERSION = 1  # dense stores
@@ -139,132 +148,6 @@ class TransferInfo:
     fingerprint: str  # "sha256:<hex>" over the float32 inputs in order
 
 
-TAIL_KIND = "log-partition"
-PROPOSAL_KIND = "tempered-ranking"
-DEFAULT_TAIL_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
-DEFAULT_VALUE_STEP = 1 / 16
-
-
-@dataclass(frozen=True)
-class SparseSpec:
-    """The ``sparse`` root attribute: how a sparse store chose and encoded each row's support.
-
-    K = top_k + sample entries per row: the ``top_k`` largest ranking logits, then ``sample``
-    ids drawn from the rest with inclusion probabilities from a proposal at temperature
-    ``proposal_temperature`` (seeded by ``seed``). ``tail_temperatures`` are the anchors of the
-    tail summary; ``value_step`` is the fixed-point step of the stored logits (None: stored as
-    floats in the store's ``dtype``)."""
-
-    top_k: int
-    sample: int = 0
-    proposal_temperature: float = 1.0
-    seed: int = 0
-    tail_temperatures: tuple[float, ...] = DEFAULT_TAIL_TEMPERATURES
-    value_step: float | None = DEFAULT_VALUE_STEP
-
-    @property
-    def k(self) -> int:
-        return self.top_k + self.sample
-
-    @property
-    def policy(self) -> str:
-        return "top" if self.sample == 0 else "top+sample"
-
-    def to_attr(self) -> dict[str, Any]:
-        proposal = None
-        if self.sample:
-            proposal = {
-                "kind": PROPOSAL_KIND,
-                "temperature": self.proposal_temperature,
-                "seed": self.seed,
-            }
-        values: dict[str, Any] = {"encoding": "float"}
-        if self.value_step is not None:
-            values = {"encoding": "fixed", "step": self.value_step}
-        return {
-            "policy": self.policy,
-            "k": self.k,
-            "top_k": self.top_k,
-            "sample": self.sample,
-            "proposal": proposal,
-            "tail": {"kind": TAIL_KIND, "temperatures": list(self.tail_temperatures)},
-            "values": values,
-        }
-
-    @classmethod
-    def from_attr(cls, entry: Any) -> SparseSpec:
-        if not isinstance(entry, dict):
-            raise ValueError(f"sparse must be an object, got {entry!r}")
-        missing = [
-            k
-            for k in ("policy", "k", "top_k", "sample", "proposal", "tail", "values")
-            if k not in entry
-        ]
-        if missing:
-            raise ValueError(f"sparse lacks the keys {missing}")
-        tail, values, proposal = entry["tail"], entry["values"], entry["proposal"]
-        if proposal is not None and not isinstance(proposal, dict):
-            raise ValueError(f"sparse.proposal must be an object or null, got {proposal!r}")
-        if not isinstance(tail, dict) or tail.get("kind") != TAIL_KIND:
-            raise ValueError(f"sparse.tail.kind must be {TAIL_KIND!r}, got {tail!r}")
-        if not isinstance(values, dict) or values.get("encoding") not in ("fixed", "float"):
-            raise ValueError(f"sparse.values.encoding must be 'fixed' or 'float', got {values!r}")
-        sample = _int(entry, "sample", minimum=0)
-        if (proposal is None) != (sample == 0):
-            raise ValueError("sparse.proposal must be an object exactly when sample > 0")
-        if proposal is not None and proposal.get("kind") != PROPOSAL_KIND:
-            raise ValueError(f"sparse.proposal.kind must be {PROPOSAL_KIND!r}, got {proposal!r}")
-        for obj, key, where in (
-            (proposal or {}, "temperature", "proposal"),
-            (proposal or {}, "seed", "proposal"),
-            (tail, "temperatures", "tail"),
-            (values if values["encoding"] == "fixed" else {"step": 0}, "step", "values"),
-        ):
-            if key not in obj and (where != "proposal" or proposal is not None):
-                raise ValueError(f"sparse.{where} lacks the key {key!r}")
-        temps = _list(tail, "temperatures")
-        if not temps or not all(
-            isinstance(t, int | float) and not isinstance(t, bool) for t in temps
-        ):
-            raise ValueError(f"sparse.tail.temperatures must be a list of numbers, got {temps!r}")
-        spec = cls(
-            top_k=_int(entry, "top_k", minimum=1),
-            sample=sample,
-            proposal_temperature=1.0 if proposal is None else _number(proposal, "temperature"),
-            seed=0 if proposal is None else _int(proposal, "seed", minimum=0),
-            tail_temperatures=tuple(float(t) for t in temps),
-            value_step=_number(values, "step") if values["encoding"] == "fixed" else None,
-        )
-        if entry.get("k") != spec.k or entry.get("policy") != spec.policy:
-            raise ValueError(f"sparse.k and sparse.policy must be {spec.k} and {spec.policy!r}")
-        return spec
-
-    def problems(self, num_classes: int) -> list[str]:
-        out = []
-        if self.top_k < 1 or self.sample < 0:
-            out.append(f"top_k {self.top_k} must be >= 1 and sample {self.sample} >= 0")
-        if self.k >= num_classes:
-            out.append(
-                f"top_k + sample = {self.k} must be below the {num_classes} classes (keep "
-                f"every class: use a dense store)"
-            )
-        if not self.tail_temperatures or len(set(self.tail_temperatures)) != len(
-            self.tail_temperatures
-        ):
-            out.append(f"tail temperatures {list(self.tail_temperatures)} must be distinct")
-        if any(not (math.isfinite(t) and t > 0) for t in self.tail_temperatures):
-            out.append(f"tail temperatures {list(self.tail_temperatures)} must be > 0")
-        if not (math.isfinite(self.proposal_temperature) and self.proposal_temperature > 0):
-            out.append(f"proposal temperature {self.proposal_temperature} must be > 0")
-        if self.value_step is not None and not (
-            math.isfinite(self.value_step) and 0 < self.value_step <= 1
-        ):
-            out.append(f"value step {self.value_step} must be in (0, 1]")
-        if self.seed < 0 or self.seed >= 2**63:
-            out.append(f"seed {self.seed} must be in [0, 2**63)")
-        return out
-
-
 def tail_groups(combine: str, members: int) -> int:
     """G: one tail summary per member, plus one of the mean logits for a geometric ensemble."""
     return members + 1 if combine == COMBINE_GEOMETRIC and members > 1 else members
@@ -353,20 +236,20 @@ class StoreMeta:
             raise StoreFormatError(f"store is missing root attributes: {', '.join(missing)}")
         try:
             meta = cls(
-                num_samples=_int(attrs, ATTR_NUM_SAMPLES, minimum=1),
-                num_classes=_int(attrs, ATTR_NUM_CLASSES, minimum=2),
-                class_names=tuple(str(c) for c in _list(attrs, ATTR_CLASS_NAMES)),
+                num_samples=int_field(attrs, ATTR_NUM_SAMPLES, minimum=1),
+                num_classes=int_field(attrs, ATTR_NUM_CLASSES, minimum=2),
+                class_names=tuple(str(c) for c in list_field(attrs, ATTR_CLASS_NAMES)),
                 combine=str(attrs[ATTR_COMBINE]),
-                weights=tuple(float(w) for w in _list(attrs, ATTR_WEIGHTS)),
-                teachers=tuple(_teacher(t) for t in _list(attrs, ATTR_TEACHERS)),
+                weights=tuple(float(w) for w in list_field(attrs, ATTR_WEIGHTS)),
+                teachers=tuple(_teacher(t) for t in list_field(attrs, ATTR_TEACHERS)),
                 transfer=_transfer(attrs[ATTR_TRANSFER]),
                 dtype=str(attrs[ATTR_DTYPE]),
-                chunk_rows=_int(attrs, ATTR_CHUNK_ROWS, minimum=1),
+                chunk_rows=int_field(attrs, ATTR_CHUNK_ROWS, minimum=1),
                 created_at=str(attrs[ATTR_CREATED_AT]),
                 producer=str(attrs[ATTR_PRODUCER]),
                 checksums=None
                 if attrs[ATTR_CHECKSUMS] is None
-                else tuple(str(c) for c in _list(attrs, ATTR_CHECKSUMS)),
+                else tuple(str(c) for c in list_field(attrs, ATTR_CHECKSUMS)),
                 complete=attrs[ATTR_COMPLETE] is True,
                 runtime=_runtime(attrs.get(ATTR_RUNTIME)),
                 sparse=None
@@ -485,27 +368,6 @@ def decode_h5_attr(name: str, text: Any) -> Any:
         raise StoreFormatError(f"HDF5 attribute {name!r} is not valid JSON: {exc}") from exc
 
 
-def _int(attrs: dict[str, Any], key: str, *, minimum: int) -> int:
-    value = attrs[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _number(attrs: dict[str, Any], key: str) -> float:
-    value = attrs[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    return float(value)
-
-
-def _list(attrs: dict[str, Any], key: str) -> list[Any]:
-    value = attrs[key]
-    if not isinstance(value, list):
-        raise ValueError(f"{key} must be a list, got {type(value).__name__}")
-    return value
-
-
 def _teacher(entry: Any) -> TeacherInfo:
     if not isinstance(entry, dict):
         raise ValueError(f"teacher entry must be an object, got {entry!r}")
@@ -534,6 +396,6 @@ def _transfer(entry: Any) -> TransferInfo:
     return TransferInfo(
         name=str(entry["name"]),
         split=str(entry["split"]),
-        num_samples=_int(entry, "num_samples", minimum=1),
+        num_samples=int_field(entry, "num_samples", minimum=1),
         fingerprint=str(entry["fingerprint"]),
     )
