@@ -531,3 +531,55 @@ def test_malformed_sparse_attribute_is_refused_clearly(tmp_path, change, message
     group.attrs["sparse"] = sparse
     with pytest.raises(SoftLabelsError, match=message):
         open_store(path)
+
+
+def test_streamed_sparse_targets_match_the_in_memory_ones(tmp_path):
+    from trainer.data import InMemoryTargets, StreamingTargets
+
+    path = write_sparse(tmp_path / "s.zarr", teacher_logits(n=70), SparseSpec(top_k=5, sample=3))
+    with open_store(path) as s:
+        memory = InMemoryTargets(s, 2.0, 16, seed=0)
+        stream = StreamingTargets(s, 2.0, 16, seed=0, buffer_chunks=2)
+        seen = {}
+        for positions, target in stream.batches(0):
+            assert isinstance(target, SparseTargets) and target.ids.shape[1] == 8
+            for i, pos in enumerate(positions):
+                seen[int(pos)] = (target.ids[i], target.log_probs[i], target.log_tail[i])
+        assert sorted(seen) == list(range(70))
+        for i, pos in enumerate(memory.positions):
+            ids, lp, lt = seen[int(pos)]
+            assert torch.equal(ids, memory.targets.ids[i])
+            torch.testing.assert_close(lp, memory.targets.log_probs[i])
+            torch.testing.assert_close(lt, memory.targets.log_tail[i])
+
+
+def test_distill_cli_trains_from_a_sparse_store(tmp_path):
+    from trainer.cli import main as distill
+
+    store = make_wide(tmp_path / "s.zarr", sparse=SparseSpec(top_k=6, sample=2))
+    args = ["train", "--transfer", DIGITS, "--store", str(store), "--epochs", "1", "--quiet"]
+    out = CliRunner().invoke(
+        distill, [*args, "--estimator", "ht", "--eval-split", "none", "--out", str(tmp_path / "r")]
+    )
+    assert out.exit_code == 0, out.output
+    out = CliRunner().invoke(
+        distill, [*args, "--loss", "logits", "--eval-split", "none", "--out", str(tmp_path / "q")]
+    )
+    assert out.exit_code == 1 and "is sparse (K ids per row)" in out.output
+    assert "Traceback" not in out.output
+
+
+def test_peaked_student_tail_mass_is_exact(tmp_path):
+    """A student with almost all its mass on the ids: Q comes from the masked sum, not 1 - sum."""
+    ids = torch.tensor([[0, 1, 2]])
+    z = torch.tensor([[30.0, 29.0, 28.0] + [0.0] * 7])
+    p = torch.tensor([[0.5, 0.2, 0.1]])
+    target = SparseTargets(ids, p.log(), torch.tensor([0.2]).log())
+    zs = z.clone().requires_grad_()
+    HintonKD(0.0, temperature=1.0)(zs, target).backward()
+    q = torch.softmax(z.double(), 1)
+    outside = q[0, 3:].sum()
+    want = q.clone()
+    want[0, :3] -= p[0].double()
+    want[0, 3:] -= 0.2 * q[0, 3:] / outside
+    torch.testing.assert_close(zs.grad.double(), want, atol=1e-6, rtol=1e-4)

@@ -132,6 +132,12 @@ def _run(
 ) -> RunResult:
     if store is None and config.loss != "hinton":
         raise SoftLabelsError(f"loss {config.loss!r} needs a soft-label store (--store)")
+    if store is not None and store.is_sparse and config.loss == "logits":
+        raise SoftLabelsError(
+            f"loss 'logits' (logit matching) needs the teacher's logit for every class, and "
+            f"{store.path!r} is sparse (K ids per row): train from a dense store, or use the "
+            f"'hinton' loss at a high temperature"
+        )
     if store is None and not data.has_labels:
         raise SoftLabelsError(
             f"transfer set {data.name!r} has no labels; give a store (--store) to train on "
