@@ -397,3 +397,47 @@ def test_format_md_lists_these_literals():
     assert f"`{CHUNK0_LOGITS_FLOAT16}`" in section
     # no ```python block here: tests/test_store.py runs exactly the three earlier ones
     assert "```python" not in section
+
+
+# ---- the sparse vector (FORMAT.md, "Sparse test vector") ----------------------------------------
+
+
+def _sparse_vector() -> dict:
+    text = (ROOT / "FORMAT.md").read_text()
+    section = text.split("\n## Sparse test vector\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```json\n(.*?)```", section, flags=re.S)
+    return json.loads(block)
+
+
+SPARSE_CHECKSUMS = [
+    "7c24dabae8af4f664151458c69dee160c9707f77762fd13396b3319fe563163a",
+    "a19b4496e7194892ba4a712f85e68a3c0db7c8f5e26ed46ea819ee15c6cc47fd",
+]
+
+
+def test_sparse_vector_committed_store_holds_the_listed_arrays():
+    vector = _sparse_vector()
+    assert vector["checksums"] == SPARSE_CHECKSUMS
+    assert vector["arrays"]["id_gaps"][0] == [0, 3, 2, 3]  # row 0: top ids 0, 3; sampled 2, 5
+    with open_store(VECTORS / "tiny-sparse.zarr") as s:
+        assert list(s.meta.checksums) == SPARSE_CHECKSUMS
+        assert s.meta.sparse.to_attr() == vector["sparse"]
+        rows = s.read(0, 4)
+        assert {k: v.tolist() for k, v in rows.arrays.items()} == vector["arrays"]
+    plain = zarr.open_group(str(VECTORS / "tiny-sparse.zarr"), mode="r")
+    assert plain.attrs["format_version"] == 2 and plain.attrs["layout"] == "sparse"
+
+
+def test_sparse_vector_is_what_the_writer_makes_from_the_logits(tmp_path):
+    from softlabels.schema import SparseSpec
+    from softlabels.sparse.select import uniforms
+
+    vector = _sparse_vector()
+    spec = vector["sparse"]
+    np.testing.assert_array_equal(
+        uniforms(spec["proposal"]["seed"], np.array(vector["sample_index"])), vector["uniforms"]
+    )
+    make = _make_vectors()
+    assert make.SPARSE_LOGITS == vector["logits"] and make.SPARSE_SPEC == SparseSpec.from_attr(spec)
+    final = make.write_sparse(tmp_path / "again.zarr")
+    assert list(final.checksums) == SPARSE_CHECKSUMS

@@ -1,4 +1,4 @@
-"""Write the committed test vectors tests/vectors/tiny.zarr and tests/vectors/tiny.h5.
+"""Write the committed test vectors tests/vectors/tiny.zarr, tiny.h5 and tiny-sparse.zarr.
 
     .venv/bin/python tests/vectors/make_vectors.py
 
@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from softlabels.schema import StoreMeta, TeacherInfo, TransferInfo
-from softlabels.store import Rows, StoreWriter, chunk_checksum
+from softlabels.schema import SparseSpec, StoreMeta, TeacherInfo, TransferInfo
+from softlabels.sparse.select import uniforms
+from softlabels.store import Rows, StoreWriter, chunk_checksum, open_store
 from softlabels.teachers import weights_sha256
 from softlabels.transfer import TransferSet
 
@@ -118,6 +119,56 @@ def write(path: Path) -> StoreMeta:
         return writer.finalize()
 
 
+# ---- the sparse vector: N=4, C=8, one teacher, top 2 + 2 sampled, fixed point, step 1/4 -----
+SPARSE_LOGITS = [  # (N, C), every value a multiple of 1/4: exact in the fixed-point encoding
+    [3.0, -1.0, 0.5, 2.25, -0.75, 1.5, 0.0, -2.0],
+    [-0.5, 1.0, 4.0, 0.25, 1.75, -1.25, 2.5, 0.75],
+    [0.0, 0.0, 1.0, -3.0, 0.5, 2.0, -0.25, 1.25],
+    [1.5, 2.75, -1.0, 0.0, 3.5, 0.25, -0.5, 1.0],
+]
+SPARSE_SAMPLE_INDEX = [2, 0, 3, 1]
+SPARSE_SPEC = SparseSpec(
+    top_k=2,
+    sample=2,
+    proposal_temperature=2.0,
+    seed=7,
+    tail_temperatures=(1.0, 4.0),
+    value_step=0.25,
+)
+
+
+def sparse_meta() -> StoreMeta:
+    return StoreMeta(
+        num_samples=4,
+        num_classes=8,
+        class_names=tuple("abcdefgh"),
+        combine="single",
+        weights=(1.0,),
+        teachers=(TeacherInfo(name="literal", spec=None, architecture=None, sha256="0" * 64),),
+        transfer=TransferInfo(
+            name="vectors", split="train", num_samples=4, fingerprint="sha256:" + "0" * 64
+        ),
+        dtype="float32",
+        chunk_rows=CHUNK_ROWS,
+        created_at="2026-01-01T00:00:00+00:00",
+        producer="softlabels test vectors",
+        sparse=SPARSE_SPEC,
+    )
+
+
+def write_sparse(path: Path) -> StoreMeta:
+    """The sparse vector: dense rows in, the writer sparsifies them."""
+    m = sparse_meta()
+    with StoreWriter.create(path, m, compress=False, overwrite=True) as writer:
+        for chunk in range(m.num_chunks):
+            start, stop = m.chunk_bounds(chunk)
+            logits = np.array(SPARSE_LOGITS[start:stop], dtype=np.float32)
+            index = np.array(SPARSE_SAMPLE_INDEX[start:stop], dtype=np.int64)
+            labels = np.full(stop - start, -1, dtype=np.int64)
+            writer.write_chunk(chunk, Rows.dense(logits, None, index, labels, start=start))
+        return writer.finalize()
+
+
 def main() -> None:
     for name in ("tiny.zarr", "tiny.h5"):
         final = write(HERE / name)
@@ -129,6 +180,13 @@ def main() -> None:
     print("fingerprint X5:    ", transfer_set(X5).fingerprint())
     print("weights float32:   ", weights_sha256(linear(torch.float32)))
     print("weights float64:   ", weights_sha256(linear(torch.float64)))
+    final = write_sparse(HERE / "tiny-sparse.zarr")
+    print(f"tiny-sparse.zarr: checksums {list(final.checksums or ())}")
+    with open_store(HERE / "tiny-sparse.zarr") as s:
+        rows = s.read(0, 4)
+        for name, array in rows.arrays.items():
+            print(f"{name}: {array.tolist()}")
+    print("uniforms(7, [0, 1, 2, 3]):", uniforms(7, np.arange(4)).tolist())
 
 
 if __name__ == "__main__":
