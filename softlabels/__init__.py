@@ -9,23 +9,36 @@ students from that store at any temperature. The public API::
     with softlabels.open_store("teachers.zarr") as store:
         log_p = store.soft_targets(positions, temperature=4.0)  # (len(positions), C)
     ds = softlabels.SoftTargetDataset("teachers.zarr", dataset, temperature=4.0)
+
+For a large output space, a sparse store (format version 2) keeps K ids per row::
+
+    softlabels.generate([teacher], dataset, "top64.zarr", sparse=softlabels.SparseSpec(top_k=64))
+    store.soft_targets(positions, 4.0)  # SparseTargets(ids, log_probs, log_tail): K per row
+    softlabels.audit_store("top64.zarr", against="teachers.zarr")  # what it costs, measured
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
+from softlabels.audit import AuditOptions, audit_store  # noqa: E402
 from softlabels.dataset import ChunkSampler, SoftTargetDataset  # noqa: E402
 from softlabels.generate import generate  # noqa: E402
+from softlabels.schema import SparseSpec  # noqa: E402
+from softlabels.sparse import SparseTargets  # noqa: E402
 from softlabels.store import StoreReader, StoreWriter, open_store  # noqa: E402
 from softlabels.transfer import TransferSet, load_transfer  # noqa: E402
 from softlabels.verify import verify_store  # noqa: E402
 
 __all__ = [
+    "AuditOptions",
     "ChunkSampler",
+    "SparseSpec",
+    "SparseTargets",
     "SoftTargetDataset",
     "StoreReader",
     "StoreWriter",
     "TransferSet",
     "__version__",
+    "audit_store",
     "generate",
     "load_transfer",
     "open_store",

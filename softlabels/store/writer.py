@@ -181,8 +181,14 @@ class StoreWriter:
         their sparse form (``softlabels.sparse.select``), computed the same way every time."""
         sp = self.meta.sparse
         if sp is not None and not rows.is_sparse:
+            members = rows.all_member_logits()
+            if members.shape[1] != self.meta.num_members:
+                raise ValueError(
+                    f"a sparse store keeps every member's logits: give member_logits of "
+                    f"{self.meta.num_members} members, not {members.shape[1]}"
+                )
             arrays = sparsify(
-                rows.all_member_logits().astype(np.float32, copy=False),
+                members.astype(np.float32, copy=False),
                 rows.sample_index,
                 weights=self.meta.weights,
                 combine=self.meta.combine,
