@@ -113,17 +113,21 @@ def run_sparse(c: BenchConfig) -> dict[str, Any]:
                 **_students(base, path, work / "runs" / name, c.seeds),
             }
         )
-        if spec.sample:  # the default estimator is "importance"; "bucket" for comparison
-            bucket = _students(
-                replace(base, estimator="bucket"), path, work / "runs" / f"{name}-b", c.seeds
+        if spec.sample:  # the default estimator is "bucket"; "importance" for comparison
+            importance = _students(
+                replace(base, estimator="importance"), path, work / "runs" / f"{name}-i", c.seeds
             )
-            stores[-1]["bucket_estimator"] = bucket
+            stores[-1]["importance_estimator"] = importance
     res["stores"] = stores
     k64 = next((s for s in stores if s["k"] == 64 and s["sample"] == 0), stores[-1])
     log(f"sparse: KD step from {k64['name']} against a CE step")
     res["step_time"] = [
-        step_time(c, task["transfer"], work / f"{k64['name']}.zarr", replace(base, batch_size=b))
-        for b in (base.batch_size, 4 * base.batch_size)
+        step_time(c, task["transfer"], work / f"{k64['name']}.zarr", replace(base, **kw))
+        for kw in (
+            {},
+            {"batch_size": 4 * base.batch_size},
+            {"hidden": (1024, 1024)},
+        )
     ]
     return res
 
@@ -150,10 +154,12 @@ def step_time(c: BenchConfig, transfer: Path, store: Path, base: TrainConfig) ->
         models = {}
         for name in times:
             torch.manual_seed(0)
+            widths = (data.input_shape[0], *base.hidden)
+            layers: list[torch.nn.Module] = []
+            for a, b in zip(widths, widths[1:], strict=False):
+                layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
             model = torch.nn.Sequential(
-                torch.nn.Linear(data.input_shape[0], base.hidden[0]),
-                torch.nn.ReLU(),
-                torch.nn.Linear(base.hidden[0], reader.meta.num_classes),
+                *layers, torch.nn.Linear(widths[-1], reader.meta.num_classes)
             )
             models[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
         for epoch in range(c.speed_epochs):
@@ -162,8 +168,9 @@ def step_time(c: BenchConfig, transfer: Path, store: Path, base: TrainConfig) ->
                 seconds = train_epoch(base, model, opt, loss_fn, source, data, labels, epoch)[1]
                 times[name].append(seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
+    hidden = "-".join(map(str, base.hidden))
     return {
-        "student": f"MLP {data.input_shape[0]}-{base.hidden[0]}-{reader.meta.num_classes}",
+        "student": f"MLP {data.input_shape[0]}-{hidden}-{reader.meta.num_classes}",
         "batch_size": base.batch_size,
         "epoch_seconds": times,
         "kd_over_ce": med["kd_sparse"] / med["cross_entropy"],

@@ -43,7 +43,7 @@ def test_bench_quick(tmp_path):
     assert [s["name"] for s in sparse["stores"]] == ["top4", "top2+s2", "top8", "top4+s4"]
     assert all(len(s["accuracy_per_seed"]) == 2 for s in sparse["stores"])
     assert set(sparse["stores"][0]["audit_random_student"]) == {"1", "2", "4", "8", "1.5", "3", "6"}
-    assert [st["batch_size"] for st in sparse["step_time"]] == [128, 512]
+    assert [st["batch_size"] for st in sparse["step_time"]] == [128, 512, 128]
     write_report(res, tmp_path, tmp_path / "BENCHMARKS.md")
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "stage2_over_ideal" in text and "smoke run" in text and "Scaling to many GPUs" in text

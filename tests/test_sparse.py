@@ -227,10 +227,12 @@ def test_estimators_spread_the_tail_over_sampled_ids(tmp_path):
     with open_store(path) as s:
         rows = np.arange(16)
         bucket = s.soft_targets(rows, 2.0, estimator="bucket")
-        imp = s.soft_targets(rows, 2.0)  # the default with sampled ids
+        imp = s.soft_targets(rows, 2.0, estimator="importance")
+        default = s.soft_targets(rows, 2.0)
         ht = s.soft_targets(rows, 2.0, estimator="ht")
         with pytest.raises(ValueError, match="estimator must be one of"):
             s.soft_targets(rows, 2.0, estimator="magic")
+    assert all(torch.equal(a, b) for a, b in zip(default, bucket, strict=True))
     total = lambda t: t.log_probs.exp().sum(1) + t.log_tail.exp()  # noqa: E731
     np.testing.assert_allclose(total(bucket).numpy(), 1, atol=1e-5)
     np.testing.assert_allclose(total(imp).numpy(), 1, atol=1e-5)

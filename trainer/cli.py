@@ -112,9 +112,10 @@ def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--estimator",
             type=click.Choice(ESTIMATORS),
             default=None,
-            help="Sparse stores only: how sampled ids stand in for the tail (bucket: exact ids, "
-            "the tail's mass in one bucket; ht: unbiased; importance: the tail's mass spread "
-            "over the sampled ids). Default: importance with sampled ids, else bucket.",
+            help="Sparse stores only: how the tail is replayed (bucket: exact ids, the tail's "
+            "mass in one bucket shaped like the student's; ht: sampled ids reweighted, "
+            "unbiased but noisy; importance: the tail's mass spread over the sampled ids). "
+            "Default: bucket.",
         ),
         click.option(
             "--alpha",

@@ -8,13 +8,19 @@ A replayed row is a distribution over its K ids plus one bucket, "every other id
 For the top ids p_T is exact: softmax over the support, normalised by the support's partition
 plus the tail's (``tail.log_partition``). The estimators differ in the sampled ids:
 
-* ``bucket``: sampled ids get their exact p_T and the bucket keeps the outside mass. The
-  bucket's shape inside a loss is the student's own: biased in the tail (top-k stores).
-* ``importance`` (default with sampled ids): the outside mass is spread over the sampled ids
-  in proportion to their Horvitz-Thompson excess p_j (1 - pi_j) / pi_j, whose expectation is
-  the outside mass; the bucket is empty. A ratio estimator: total mass exactly 1, bias O(1/S).
+* ``bucket`` (the default): sampled ids get their exact p_T and the bucket keeps the outside
+  mass. The bucket's shape inside a loss is the student's own: biased in the tail, by at most
+  the tail's mass, but without noise.
+* ``importance``: the outside mass is spread over the sampled ids in proportion to their
+  Horvitz-Thompson excess p_j (1 - pi_j) / pi_j, whose expectation is the outside mass; the
+  bucket is empty. A ratio estimator: total mass exactly 1, bias O(1/S).
 * ``ht``: sampled ids get p_j / pi_j, the bucket is empty: unbiased for every id, but the
   total mass is only 1 on average.
+
+The unbiased estimators pay in variance, about (tail mass)^2 / S per row: at T = 1, where the
+tail is light, they match ``bucket``; at T = 4 on a 1000-class teacher (half the mass in the
+tail) their gradients point 80 degrees away and students trained on them lose accuracy
+(BENCHMARKS.md), so ``bucket`` is the default for every store.
 """
 
 from __future__ import annotations
@@ -68,7 +74,8 @@ class Decoded:
 
 
 def default_estimator(meta: StoreMeta) -> str:
-    return "importance" if meta.sparse is not None and meta.sparse.sample else "bucket"
+    """``bucket`` for every store (see the module docstring for why)."""
+    return "bucket"
 
 
 def decode(arrays: dict[str, np.ndarray], meta: StoreMeta) -> Decoded:
