@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from bench import largec
@@ -175,9 +174,3 @@ def step_time(c: BenchConfig, transfer: Path, store: Path, base: TrainConfig) ->
         "epoch_seconds": times,
         "kd_over_ce": med["kd_sparse"] / med["cross_entropy"],
     }
-
-
-def angle_at(store: dict[str, Any], temperature: float, student: str = "random") -> float:
-    audit = store["audit_random_student" if student == "random" else "audit_trained_student"]
-    angles = audit[f"{temperature:g}"]["angle_deg"]
-    return float(np.min(list(angles.values())))
