@@ -31,12 +31,14 @@ def inspect_store(path: str) -> dict[str, Any]:
             check_labels(rows.labels, meta.num_classes, offset=rows.start)
             has = rows.labels >= 0
             labelled += int(has.sum())
-            top1, member_top1 = _top1(store, rows)
+            with np.errstate(all="ignore"):
+                top1, member_top1 = _top1(store, rows)
             correct[0] += int((top1 == rows.labels)[has].sum())
             if member_top1 is not None:
                 correct[1:] += (member_top1 == rows.labels[:, None])[has].sum(0)
-            for i, t in enumerate(ENTROPY_TEMPERATURES):
-                entropy[i] += _entropy(store.soft_targets(rows, t))
+            with np.errstate(all="ignore"):  # unverified rows: a corrupt one may hold Inf
+                for i, t in enumerate(ENTROPY_TEMPERATURES):
+                    entropy[i] += _entropy(store.soft_targets(rows, t))
             rows_seen += len(rows)
         accuracy = (correct / labelled).tolist() if labelled else None
         return {
