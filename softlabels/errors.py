@@ -50,3 +50,7 @@ class SpecError(SoftLabelsError, ValueError):
 
 class CheckpointError(SoftLabelsError, ValueError):
     """A checkpoint that is not a valid softlabels checkpoint or cannot be loaded safely."""
+
+
+class SparseValueRangeError(SoftLabelsError, ValueError):
+    """A row's logits span more than a sparse store's fixed-point codes hold at its step."""

@@ -23,7 +23,13 @@ from softlabels import __version__, schema
 from softlabels.device import check_precision, resolve_device, runtime_record
 from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.ensemble import normalise_weights
-from softlabels.errors import MismatchError, SoftLabelsError, StoreExistsError, TeacherError
+from softlabels.errors import (
+    MismatchError,
+    SoftLabelsError,
+    SparseValueRangeError,
+    StoreExistsError,
+    TeacherError,
+)
 from softlabels.join import check_transfer
 from softlabels.pipeline import BackgroundWriter, Runtime, compute_chunks, forward_teachers
 from softlabels.schema import SparseSpec, StoreMeta, TransferInfo
@@ -228,7 +234,7 @@ def _write_pending(
             ):
                 background.put(chunk, rows)
                 bar.update(len(rows))
-    except TeacherError:
+    except (TeacherError, SparseValueRangeError):
         # The same inputs fail the same way on --resume, so a partial store is no use: a store
         # created by this run is removed (one resumed from an earlier run is kept as it was).
         if writer.created and d.world == 1:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from softlabels import __version__, schema
 from softlabels.ensemble import combined_logits, normalise_weights
-from softlabels.errors import MismatchError, SoftLabelsError, StoreExistsError
+from softlabels.errors import ChecksumError, MismatchError, SoftLabelsError, StoreExistsError
 from softlabels.generate import check_sparse
 from softlabels.schema import SparseSpec, StoreMeta
 from softlabels.store import Rows, StoreReader, StoreWriter, backends, open_store, store_kind
@@ -93,6 +93,12 @@ def combine_stores(
         )
     stores = [open_store(p) for p in paths]
     try:
+        for st in stores:  # a corrupt input must not come out with fresh, valid checksums
+            bad = st.verify_checksums()
+            if bad:
+                raise ChecksumError(
+                    f"{st.path!r}: chunks {bad[:10]} do not match their checksums; regenerate it"
+                )
         _check_combinable(stores)
         if any(st.is_sparse for st in stores):
             _check_sparse_combinable(stores, combine, sparse)
@@ -145,11 +151,16 @@ def _verified_chunks(source: StoreReader) -> Iterator[Rows]:
 
 
 def _pool_sparse(parts: list[Rows], start: int) -> Rows:
-    """Sparse rows with the same ids in every part: their members side by side."""
+    """Sparse rows with the same ids in every part: their members side by side (each part's
+    member tails only: a geometric input's tail of its own mean logits is not a member's)."""
     pooled = {schema.ID_GAPS: parts[0].arrays[schema.ID_GAPS]}
-    for name, axis in ((schema.VALUES, 1), (schema.VALUE_OFFSETS, 1), (schema.TAIL, 1)):
+    members = [p.arrays[schema.VALUES].shape[1] for p in parts]
+    pooled[schema.TAIL] = np.concatenate(
+        [p.arrays[schema.TAIL][:, :m] for p, m in zip(parts, members, strict=True)], axis=1
+    )
+    for name in (schema.VALUES, schema.VALUE_OFFSETS):
         if name in parts[0].arrays:
-            pooled[name] = np.concatenate([p.arrays[name] for p in parts], axis=axis)
+            pooled[name] = np.concatenate([p.arrays[name] for p in parts], axis=1)
     pooled[schema.SAMPLE_INDEX] = parts[0].sample_index
     pooled[schema.LABELS] = np.max(np.stack([p.labels for p in parts]), axis=0)
     return Rows(pooled, start)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from softlabels import SoftTargetDataset
+from softlabels import SoftTargetDataset, schema
 from softlabels.audit import AuditOptions, audit_store
 from softlabels.cli import main as cli
 from softlabels.ensemble import combine_log_probs
@@ -585,3 +585,68 @@ def test_peaked_student_tail_mass_is_exact(tmp_path):
     want[0, :3] -= p[0].double()
     want[0, 3:] -= 0.2 * q[0, 3:] / outside
     torch.testing.assert_close(zs.grad.double(), want, atol=1e-6, rtol=1e-4)
+
+
+# ---- found in review: sampling precision, combine, value range, attributes, estimators -----------
+
+
+def test_sampling_of_a_dominated_row_is_exact_and_independent_of_its_block():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((300, 30)) * 2
+    z[:, 1] += 40.0  # one id dominates the rest: c must not come from a difference
+    top = select.top_ids(z, 1)
+    ids, scale = select.sample_ids(z, top, 3, 0.5, seed=0, sample_index=np.arange(300))
+    lw = z / 0.5
+    np.put_along_axis(lw, top, -np.inf, axis=1)
+    np.testing.assert_allclose(select.inclusion(lw, scale).sum(1), 3.0, rtol=1e-6)
+    for i in (0, 150, 299):  # each row alone draws what it drew inside the block
+        alone, _ = select.sample_ids(z[i : i + 1], top[i : i + 1], 3, 0.5, 0, np.array([i]))
+        np.testing.assert_array_equal(alone[0], ids[i])
+    pi = np.array([1.0, 1.0 + 1e-15, 0.5, 0.5 - 1e-15])  # an interval stretched by rounding
+    assert select.systematic(pi, 0.0, 3).tolist() == [0, 1, 2]
+
+
+def test_combine_pools_geometric_inputs_members_only(tmp_path):
+    z = teacher_logits(n=20, m=2)
+    spec = SparseSpec(top_k=5, value_step=None)
+    g = write_sparse(tmp_path / "g.zarr", z, spec, combine="geometric", weights=(0.5, 0.5))
+    combine_stores((str(g), str(g)), str(tmp_path / "gg.zarr"), combine="arithmetic")
+    with open_store(tmp_path / "gg.zarr") as s, open_store(g) as one:
+        assert s.array_shapes()[schema.TAIL] == (20, 4, 4)
+        for m in range(2):
+            np.testing.assert_allclose(
+                s.soft_targets(np.arange(20), 2.0, member=m + 2).log_probs.numpy(),
+                one.soft_targets(np.arange(20), 2.0, member=m).log_probs.numpy(),
+            )
+
+
+def test_fixed_point_refuses_logits_it_cannot_hold(tmp_path):
+    z = teacher_logits(n=4) * 5
+    with pytest.raises(SoftLabelsError, match="use a value step of at least"):
+        write_sparse(tmp_path / "s.zarr", z, SparseSpec(top_k=4, value_step=1e-4))
+
+
+def test_estimators_are_refused_where_they_mean_nothing(tmp_path):
+    path = write_sparse(tmp_path / "s.zarr", teacher_logits(n=8), SparseSpec(top_k=4))
+    with open_store(path) as s, pytest.raises(ValueError, match="keeps its top 4 ids only"):
+        s.soft_targets(np.arange(8), 2.0, estimator="ht")
+    dense = make_wide(tmp_path / "d.zarr")
+    with open_store(dense) as s, pytest.raises(ValueError, match="applies to sparse stores"):
+        s.soft_targets(np.arange(8), 2.0, estimator="bucket")
+    from trainer import TrainConfig, train
+
+    config = TrainConfig(
+        out=str(tmp_path / "r"), transfer=DIGITS, store=str(dense), estimator="ht", epochs=1
+    )
+    with pytest.raises(SoftLabelsError, match="applies to sparse stores only"):
+        train(config)
+
+
+def test_huge_numbers_in_the_sparse_attribute_are_refused(tmp_path):
+    path = write_sparse(tmp_path / "s.zarr", teacher_logits(n=8), SparseSpec(top_k=4))
+    group = zarr.open_group(str(path), mode="r+")
+    sparse = dict(group.attrs["sparse"])
+    sparse["tail"] = {"kind": "log-partition", "temperatures": [1.0, 10**400]}
+    group.attrs["sparse"] = sparse
+    with pytest.raises(SoftLabelsError, match="store root attributes are malformed"):
+        open_store(path)

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import zarr
 
-from softlabels.errors import MismatchError, StoreExistsError
+from softlabels.errors import ChecksumError, MismatchError, StoreExistsError
 from softlabels.store import open_store
 from softlabels.summary import inspect_store
 from softlabels.tools import combine_stores, convert_store
 from softlabels.verify import verify_store
 from tests.conftest import make_store
+from tests.stores.build import _rechecksum
 from tests.test_ensemble import direct_arithmetic
 
 
@@ -127,6 +128,11 @@ def test_combine_refuses_mismatches(tmp_path, digits_store, digits_test_store):
     shuffled = make_store(tmp_path / "p.zarr", teachers=("tests.helpers:teacher_a",))
     g = zarr.open_group(str(shuffled), mode="r+")
     g["sample_index"][:2] = [1, 0]
+    with pytest.raises(ChecksumError, match=r"p\.zarr': chunks \[0\] do not match"):
+        combine_stores(
+            (str(digits_store), str(shuffled)), str(tmp_path / "y.zarr"), combine="arithmetic"
+        )
+    _rechecksum(shuffled)  # a consistent store in another order: refused for its order
     with pytest.raises(MismatchError, match=r"sample order \(sample_index\) differs"):
         combine_stores(
             (str(digits_store), str(shuffled)), str(tmp_path / "y.zarr"), combine="arithmetic"

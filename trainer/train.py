@@ -138,6 +138,18 @@ def _run(
             f"{store.path!r} is sparse (K ids per row): train from a dense store, or use the "
             f"'hinton' loss at a high temperature"
         )
+    if config.estimator is not None:
+        sparse = None if store is None else store.meta.sparse
+        if sparse is None:
+            raise SoftLabelsError(
+                f"estimator {config.estimator!r} applies to sparse stores only; train from a "
+                f"sparse store, or leave the estimator unset"
+            )
+        if config.estimator != "bucket" and not sparse.sample:
+            raise SoftLabelsError(
+                f"estimator {config.estimator!r} reweights sampled ids, and {store.path!r} "
+                f"keeps its top {sparse.top_k} ids only: use 'bucket'"
+            )
     if store is None and not data.has_labels:
         raise SoftLabelsError(
             f"transfer set {data.name!r} has no labels; give a store (--store) to train on "

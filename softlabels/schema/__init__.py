@@ -256,7 +256,7 @@ class StoreMeta:
                 if layout == LAYOUT_DENSE
                 else SparseSpec.from_attr(attrs.get(ATTR_SPARSE)),
             )
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise StoreFormatError(f"store root attributes are malformed: {exc}") from exc
         meta.validate()
         return meta

@@ -159,6 +159,11 @@ def replay(
     estimator = estimator or default_estimator(meta)
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator != "bucket" and not sp.sample:
+        raise ValueError(
+            f"estimator {estimator!r} reweights sampled ids, and this store keeps its top "
+            f"{sp.top_k} ids only: use 'bucket', or a store written with sampled ids"
+        )
     outside = meta.num_classes - sp.k
 
     def group(logits: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from softlabels import schema
+from softlabels.errors import SparseValueRangeError
 from softlabels.schema import SparseSpec
 from softlabels.sparse.tail import tail_values
 
@@ -87,7 +88,14 @@ def round_values(
         return stored.astype(np.float64), stored, None
     offsets = z.max(axis=-1).astype(np.float32)
     codes = np.rint((offsets[..., None].astype(np.float64) - z) / step)
-    codes = np.clip(codes, 0, schema.MAX_CODE).astype(np.uint16)
+    if codes.max() > schema.MAX_CODE:
+        span = float((offsets[..., None] - z).max())
+        raise SparseValueRangeError(
+            f"logits span {span:.4g} below a row's largest, more than {schema.MAX_CODE} steps of "
+            f"{step:g}: use a value step of at least {span / schema.MAX_CODE:.3g}, or store the "
+            f"values as floats (value_step None, --value-step 0)"
+        )
+    codes = codes.astype(np.uint16)
     return decode_fixed(codes, offsets, step), codes, offsets
 
 
@@ -123,23 +131,16 @@ def sample_ids(
     sample_index: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids (R, S) ascending, log_scale (R,) float32): S ids outside ``top`` by systematic
-    sampling with pi_j = min(1, exp(log_scale + zbar_j / T_q)) summing to S."""
-    r, c = zbar.shape
+    sampling with pi_j = min(1, exp(log_scale + zbar_j / T_q)) summing to S (see
+    ``draw_probabilities`` for the float32 rounding of log_scale). Row by row, so a row's ids
+    depend on its own logits, the seed and its transfer position only."""
     lw = zbar / proposal_temperature
     np.put_along_axis(lw, top, -np.inf, axis=1)
     log_scale = capped_log_scale(lw, sample).astype(np.float32)
-    pi = inclusion(lw, log_scale)
-    cum = np.cumsum(pi, axis=1)
-    cum *= sample / cum[:, -1:]
+    pi = draw_probabilities(lw, log_scale, sample)
     u = uniforms(seed, sample_index)
-    span = sample + 1.0  # rows laid end to end on one increasing axis
-    shift = np.arange(r)[:, None] * span
-    points = (u[:, None] + np.arange(sample)[None, :] + shift).ravel()
-    flat = np.searchsorted((cum + shift).ravel(), points, side="right")
-    ids = (flat.reshape(r, sample) - np.arange(r)[:, None] * c).astype(np.int64)
-    if (np.diff(ids, axis=1) <= 0).any() or ids.min() < 0 or ids.max() >= c:
-        raise RuntimeError("systematic sampling drew a repeated id; please report this")
-    return ids, log_scale
+    ids = np.stack([systematic(pi[i], u[i], sample) for i in range(len(pi))])
+    return ids.astype(np.int64), log_scale
 
 
 def inclusion(log_weight: np.ndarray, log_scale: np.ndarray) -> np.ndarray:
@@ -147,14 +148,48 @@ def inclusion(log_weight: np.ndarray, log_scale: np.ndarray) -> np.ndarray:
     return np.minimum(1.0, np.exp(log_scale.astype(np.float64)[:, None] + log_weight))
 
 
+def draw_probabilities(log_weight: np.ndarray, log_scale: np.ndarray, sample: int) -> np.ndarray:
+    """The probabilities the draw uses: ``inclusion`` as a reader recomputes it from the
+    float32 scale, with the ids below 1 rescaled so each row sums to exactly ``sample`` (a
+    relative change of about 1e-7); ids at 1 stay at exactly 1."""
+    pi = inclusion(log_weight, log_scale)
+    capped = pi >= 1.0
+    room = sample - capped.sum(axis=1)
+    free = np.where(capped, 0.0, pi).sum(axis=1)
+    scale = np.divide(room, free, out=np.zeros_like(free), where=free > 0)
+    return np.where(capped, 1.0, np.minimum(pi * scale[:, None], 1.0))
+
+
+def systematic(pi: np.ndarray, u: float, sample: int) -> np.ndarray:
+    """The ids j whose interval [S_j-1, S_j) of the cumulative sums S of ``pi`` holds one of
+    u, u + 1, ..., u + sample - 1: each id is drawn with probability pi_j <= 1, none twice."""
+    cum = np.cumsum(pi)
+    points = np.minimum(u + np.arange(sample), np.nextafter(cum[-1], -np.inf))
+    ids = np.searchsorted(cum, points, side="right")
+    if (np.diff(ids) <= 0).any():  # an interval longer than 1 by rounding: take the next id
+        for k in range(1, sample):
+            if ids[k] <= ids[k - 1]:
+                ids[k] = ids[k - 1] + 1 + int(np.argmax(pi[ids[k - 1] + 1 :] > 0))
+    if ids[-1] >= len(pi) or (np.diff(ids) <= 0).any():
+        raise RuntimeError("systematic sampling could not draw distinct ids; please report this")
+    return ids
+
+
 def capped_log_scale(log_weight: np.ndarray, sample: int) -> np.ndarray:
-    """log c per row such that sum_j min(1, c * exp(log_weight_j)) = sample."""
+    """log c per row such that sum_j min(1, c * exp(log_weight_j)) = sample.
+
+    With m of the ``sample`` largest weights capped at 1, c = (sample - m) / (the other
+    weights' sum); that sum is the rest outside the largest plus a suffix sum of the largest,
+    never a difference of two near-equal numbers."""
+    n = log_weight.shape[1]
     top = log_weight.max(axis=1, keepdims=True)
     w = np.exp(log_weight - top)
-    total = w.sum(axis=1, keepdims=True)
-    largest = -np.sort(-np.partition(w, w.shape[1] - sample, axis=1)[:, -sample:], axis=1)
-    capped_mass = np.concatenate([np.zeros((len(w), 1)), np.cumsum(largest, axis=1)[:, :-1]], 1)
-    c = (sample - np.arange(sample)[None, :]) / (total - capped_mass)  # c if m ids are capped
+    where = np.argpartition(w, n - sample, axis=1)[:, n - sample :]
+    largest = -np.sort(-np.take_along_axis(w, where, axis=1), axis=1)  # (R, S) descending
+    rest = w.copy()
+    np.put_along_axis(rest, where, 0.0, axis=1)
+    suffix = np.cumsum(largest[:, ::-1], axis=1)[:, ::-1]  # sum of largest[m:]
+    c = (sample - np.arange(sample)[None, :]) / (rest.sum(axis=1, keepdims=True) + suffix)
     first = np.argmax(c * largest <= 1.0, axis=1)  # fewest capped ids that make every pi <= 1
     return np.log(c[np.arange(len(w)), first]) - top[:, 0]
 

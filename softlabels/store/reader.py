@@ -124,6 +124,10 @@ class StoreReader:
             return sparse_replay.replay(
                 decoded, self.meta, temperature, member=member, estimator=estimator
             )
+        if estimator is not None:
+            raise ValueError(
+                f"estimator {estimator!r} applies to sparse stores; {self.path!r} is dense"
+            )
         if member is not None:
             z = rows.logits if rows.member_logits is None else rows.member_logits[:, member]
             return torch.log_softmax(torch.from_numpy(z).float() / temperature, dim=-1)

@@ -203,6 +203,11 @@ class StoreWriter:
             arr = rows.array(spec.name)
             if arr is None:
                 raise ValueError(f"the rows have no {spec.name!r} array, which this store needs")
+            if arr.shape[1:] != spec.shape[1:]:
+                raise ValueError(
+                    f"rows of {spec.name!r} have shape {arr.shape[1:]}, this store's "
+                    f"{spec.shape[1:]}"
+                )
             arrays[spec.name] = arr.astype(spec.dtype, copy=False)
         return Rows(arrays, rows.start)
 
