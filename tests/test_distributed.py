@@ -61,6 +61,18 @@ def test_distributed_generate_equals_single_process(tmp_path, single):
     assert same_store(single, tmp_path / "dist.zarr")
 
 
+def test_distributed_sparse_generate_equals_single_process(tmp_path):
+    """Each rank sparsifies its own chunks: the sampled ids depend on the row, not the rank."""
+    from softlabels.schema import SparseSpec
+
+    spec = SparseSpec(top_k=3, sample=3)
+    one = make_store(tmp_path / "one.zarr", chunk_rows=100, sparse=spec)
+    res = torchrun(*generate_args(tmp_path / "dist.zarr", "--top-k", "3", "--sample", "3"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    with open_store(one) as a, open_store(tmp_path / "dist.zarr") as b:
+        assert a.meta.sparse == b.meta.sparse and a.meta.checksums == b.meta.checksums
+
+
 def test_killed_rank_then_resume(tmp_path, single):
     out = tmp_path / "killed.zarr"
     res = torchrun(
