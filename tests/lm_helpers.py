@@ -53,3 +53,22 @@ def transformers_tokenizer(tokenizer_json: Path, folder: Path) -> Path:
     )
     tok.save_pretrained(str(folder))
     return folder
+
+
+def tiny_gpt(folder: Path, vocab_size: int = 200, seed: int = 0) -> Path:
+    """A two-layer GPT-2 with random weights, saved as a transformers directory."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=2,
+        eos_token_id=2,
+    )
+    GPT2LMHeadModel(config).save_pretrained(str(folder), safe_serialization=True)
+    return folder
