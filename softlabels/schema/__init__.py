@@ -38,6 +38,7 @@ from softlabels.schema.sparse import DEFAULT_VALUE_STEP as DEFAULT_VALUE_STEP
 from softlabels.schema.sparse import PROPOSAL_KIND as PROPOSAL_KIND
 from softlabels.schema.sparse import TAIL_KIND as TAIL_KIND
 from softlabels.schema.sparse import SparseSpec
+from softlabels.schema.tokens import TokenSpec
 
 FORMAT_NAME = "softlabels"
 FORMAT_VERSION = 1  # dense stores
@@ -57,6 +58,9 @@ VALUES = "values"
 VALUE_OFFSETS = "value_offsets"
 TAIL = "tail"
 INCLUSION_LOG_SCALE = "inclusion_log_scale"
+# Token stores: the token at each row and its index within its sequence.
+INPUT_IDS = "input_ids"
+POSITION = "position"
 MAX_CODE = 65535  # largest fixed-point code (uint16)
 MAX_CLASSES = 2**31  # ids are int32
 # Writer-private commit journal: (n_chunks, 32) uint8, one SHA-256 row per chunk, written
@@ -72,6 +76,8 @@ CHECKSUM_ORDER = (
     VALUE_OFFSETS,
     TAIL,
     INCLUSION_LOG_SCALE,
+    INPUT_IDS,
+    POSITION,
     SAMPLE_INDEX,
     LABELS,
 )
@@ -98,6 +104,7 @@ ATTR_RUNTIME = "runtime"
 # Version 2: "dense" or "sparse"; with "sparse", the object ATTR_SPARSE (``SparseSpec``).
 ATTR_LAYOUT = "layout"
 ATTR_SPARSE = "sparse"
+ATTR_TOKENS = "tokens"  # version 2, optional: rows are token positions (``TokenSpec``)
 
 # In HDF5 every root attribute value is stored as a JSON-encoded UTF-8 string.
 REQUIRED_ATTRS = (
@@ -172,6 +179,7 @@ class StoreMeta:
     complete: bool = False
     runtime: dict[str, str] | None = None  # device type, precision, torch version
     sparse: SparseSpec | None = None  # None: a dense store (format version 1)
+    tokens: TokenSpec | None = None  # rows are token positions (format version 2)
     format: str = field(default=FORMAT_NAME)
 
     @property
@@ -180,7 +188,9 @@ class StoreMeta:
 
     @property
     def format_version(self) -> int:
-        return FORMAT_VERSION if self.sparse is None else SPARSE_FORMAT_VERSION
+        if self.sparse is None and self.tokens is None:
+            return FORMAT_VERSION
+        return SPARSE_FORMAT_VERSION
 
     @property
     def num_members(self) -> int:
@@ -202,11 +212,14 @@ class StoreMeta:
         attrs[ATTR_CHECKSUMS] = None if self.checksums is None else list(self.checksums)
         if self.runtime is None:
             del attrs[ATTR_RUNTIME]  # optional: absent rather than null
-        del attrs[ATTR_SPARSE]
+        del attrs[ATTR_SPARSE], attrs[ATTR_TOKENS]
         attrs[ATTR_FORMAT_VERSION] = self.format_version
-        if self.sparse is not None:  # dense stores keep exactly their version-1 attributes
-            attrs[ATTR_LAYOUT] = LAYOUT_SPARSE
+        if self.format_version != FORMAT_VERSION:  # dense stores keep their version-1 attributes
+            attrs[ATTR_LAYOUT] = self.layout
+        if self.sparse is not None:
             attrs[ATTR_SPARSE] = self.sparse.to_attr()
+        if self.tokens is not None:
+            attrs[ATTR_TOKENS] = self.tokens.to_attr()
         return attrs
 
     @classmethod
@@ -225,6 +238,8 @@ class StoreMeta:
                 f"or regenerate the store"
             )
         layout = attrs.get(ATTR_LAYOUT, LAYOUT_DENSE if version == FORMAT_VERSION else None)
+        if version == FORMAT_VERSION and ATTR_TOKENS in attrs:
+            raise StoreFormatError("a version-1 store must not carry a 'tokens' attribute")
         if version == FORMAT_VERSION and ATTR_LAYOUT in attrs:
             raise StoreFormatError("a version-1 store must not carry a 'layout' attribute")
         if layout not in (LAYOUT_DENSE, LAYOUT_SPARSE):
@@ -255,6 +270,9 @@ class StoreMeta:
                 sparse=None
                 if layout == LAYOUT_DENSE
                 else SparseSpec.from_attr(attrs.get(ATTR_SPARSE)),
+                tokens=None
+                if attrs.get(ATTR_TOKENS) is None
+                else TokenSpec.from_attr(attrs[ATTR_TOKENS]),
             )
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise StoreFormatError(f"store root attributes are malformed: {exc}") from exc
@@ -335,6 +353,11 @@ def array_layout(meta: StoreMeta, *, journal: bool = False) -> tuple[ArraySpec, 
         specs.append(ArraySpec(TAIL, (n, g, a), (r, g, a), "float32", True))
         if sp.sample:
             specs.append(ArraySpec(INCLUSION_LOG_SCALE, (n,), (r,), "float32", True))
+    if meta.tokens is not None:
+        specs += [
+            ArraySpec(INPUT_IDS, (n,), (r,), "int32", True),
+            ArraySpec(POSITION, (n,), (r,), "int32", True),
+        ]
     specs += [
         ArraySpec(SAMPLE_INDEX, (n,), (r,), "int64", True),
         ArraySpec(LABELS, (n,), (r,), "int64", True),

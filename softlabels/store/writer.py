@@ -42,6 +42,7 @@ RUN_FIELDS = (
     "chunk_rows",
     "runtime",
     "sparse",
+    "tokens",
 )
 
 

@@ -1,0 +1,76 @@
+"""Token stores: rows are token positions of causal-LM teachers' next-token targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from softlabels.errors import MismatchError
+from softlabels.generate_tokens import generate_tokens
+from softlabels.lm import sequence_logits
+from softlabels.schema import SparseSpec
+from softlabels.teachers import load_teacher
+from softlabels.text import TokenSequences, load_text
+from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    tokenizer = train_tokenizer(root / "tokenizer.json")
+    seqs = load_text(str(write_corpus(root / "corpus")), str(tokenizer))
+    vocab = seqs.vocab_size  # byte-level BPE: at least the 256 bytes plus the specials
+    return {"seqs": seqs, "vocab": vocab, "teacher": f"hf:{tiny_gpt(root / 'gpt', vocab)}"}
+
+
+def test_sparse_token_store_replays_the_teacher_at_every_row(lm, tmp_path):
+    spec = SparseSpec(top_k=8, sample=4, value_step=None)
+    out = tmp_path / "t.zarr"
+    # 37-row chunks: sequences cross chunk edges, and each is run whole for its context
+    store = generate_tokens(
+        [lm["teacher"]],
+        lm["seqs"],
+        out,
+        max_length=12,
+        sparse=spec,
+        chunk_rows=37,
+        progress=False,
+    )
+    seqs = lm["seqs"].window(12, "window")
+    with store:
+        meta = store.meta
+        assert meta.format_version == 2 and meta.tokens.max_length == 12
+        assert meta.num_samples == seqs.num_tokens and meta.num_classes == lm["vocab"]
+        rows = store.load()
+        np.testing.assert_array_equal(rows.arrays["input_ids"], seqs.ids)
+        np.testing.assert_array_equal(rows.labels, seqs.next_tokens())
+        starts = np.flatnonzero(rows.arrays["position"] == 0)
+        np.testing.assert_array_equal(starts, seqs.offsets[:-1])
+        target = store.soft_targets(np.arange(seqs.num_tokens), 1.0)
+    module = load_teacher(lm["teacher"]).module
+    alone = np.concatenate(
+        [sequence_logits(module, [seqs.sequence(s)])[0] for s in range(len(seqs))]
+    )
+    want = torch.log_softmax(torch.from_numpy(alone).double(), 1).numpy()
+    np.testing.assert_allclose(
+        target.log_probs.numpy(), np.take_along_axis(want, target.ids.numpy(), 1), atol=1e-4
+    )
+
+
+def test_token_stores_are_reproducible_and_resume_as_no_ops(lm, tmp_path):
+    kw = {"max_length": 10, "window": "pack", "chunk_rows": 30, "progress": False}
+    a = generate_tokens([lm["teacher"]], lm["seqs"], tmp_path / "a.zarr", **kw)
+    b = generate_tokens([lm["teacher"]], lm["seqs"], tmp_path / "b.h5", **kw)
+    with a, b:
+        assert a.meta.checksums == b.meta.checksums and a.meta.sparse is None
+    again = generate_tokens([lm["teacher"]], lm["seqs"], tmp_path / "a.zarr", resume=True, **kw)
+    with again:
+        assert again.meta.checksums == a.meta.checksums
+
+
+def test_sequences_from_another_tokenizer_are_refused(lm, tmp_path):
+    big = lm["vocab"] + 5
+    wide = TokenSequences("wide", "train", np.array([5, big, 7, 8]), np.array([0, 4]))
+    with pytest.raises(MismatchError, match=f"outside the teachers' {lm['vocab']}-token vocab"):
+        generate_tokens([lm["teacher"]], wide, tmp_path / "x.zarr", max_length=8, progress=False)
