@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import zarr
 
-from softlabels.errors import MismatchError
+from softlabels.errors import MismatchError, StoreFormatError
 from softlabels.generate_tokens import generate_tokens
 from softlabels.lm import sequence_logits
 from softlabels.schema import SparseSpec
+from softlabels.store import open_store
+from softlabels.store.rows import chunk_checksum
 from softlabels.teachers import load_teacher
 from softlabels.text import TokenSequences, load_text
 from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus
@@ -74,3 +77,25 @@ def test_sequences_from_another_tokenizer_are_refused(lm, tmp_path):
     wide = TokenSequences("wide", "train", np.array([5, big, 7, 8]), np.array([0, 4]))
     with pytest.raises(MismatchError, match=f"outside the teachers' {lm['vocab']}-token vocab"):
         generate_tokens([lm["teacher"]], wide, tmp_path / "x.zarr", max_length=8, progress=False)
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda g: g["input_ids"].__setitem__(slice(3, 4), 7), "not the next row's input token"),
+        (lambda g: g["position"].__setitem__(slice(5, 6), 9), "neither continue a sequence"),
+        (lambda g: g["labels"].__setitem__(slice(0, 1), 3), "not the next row's input token"),
+    ],
+)
+def test_token_rows_off_the_shift_are_refused(lm, tmp_path, damage, message):
+    out = tmp_path / "t.zarr"
+    generate_tokens(
+        [lm["teacher"]], lm["seqs"], out, max_length=12, chunk_rows=50, progress=False
+    ).close()
+    group = zarr.open_group(str(out), mode="r+")
+    damage(group)
+    with open_store(out) as s:  # as a producer would: checksums that match the damage
+        sums = [chunk_checksum(s.read_chunk(k)) for k in range(s.meta.num_chunks)]
+    group.attrs["checksums"] = sums
+    with open_store(out) as s, pytest.raises(StoreFormatError, match=message):
+        s.load()

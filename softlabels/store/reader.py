@@ -184,6 +184,8 @@ class StoreReader:
         if self.is_sparse:
             decoded = sparse_replay.decode(rows.arrays, self.meta)
             sparse_replay.check(decoded, self.meta, rows.start, self.path)
+        if self.meta.tokens is not None:
+            check_token_rows(rows, self.meta.num_classes, self.path)
         return rows
 
     def iter_chunks(self) -> Iterator[Rows]:
@@ -297,6 +299,26 @@ def check_sample_index(index: np.ndarray, num_samples: int) -> None:
     if (counts != 1).any():
         dup = np.flatnonzero(counts > 1)[:10]
         raise StoreFormatError(f"sample_index repeats transfer positions {dup.tolist()}")
+
+
+def check_token_rows(rows: Rows, vocab: int, path: str) -> None:
+    """Token rows must follow the shift convention: inside a sequence, position rises by one
+    and each row's label is the next row's input token; a sequence starts at position 0."""
+    ids, pos, labels = rows.arrays[schema.INPUT_IDS], rows.arrays[schema.POSITION], rows.labels
+    problems = []
+    if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
+        problems.append(f"input ids outside the {vocab}-token vocabulary")
+    same = pos[1:] == pos[:-1] + 1  # row r + 1 continues row r's sequence
+    if ((pos[1:] != 0) & ~same).any() or (pos < 0).any():
+        problems.append("positions that neither continue a sequence nor start one (at 0)")
+    if (labels[:-1][same] != ids[1:][same]).any():
+        bad = np.flatnonzero(same & (labels[:-1] != ids[1:]))[:5] + rows.start
+        problems.append(f"labels that are not the next row's input token at rows {bad.tolist()}")
+    if problems:
+        raise StoreFormatError(
+            f"{path!r} is not a valid token store ({'; '.join(problems)}): row t must predict "
+            f"the token at t + 1; regenerate it"
+        )
 
 
 def check_labels(labels: np.ndarray, num_classes: int, *, offset: int = 0) -> None:
