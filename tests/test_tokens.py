@@ -99,3 +99,35 @@ def test_token_rows_off_the_shift_are_refused(lm, tmp_path, damage, message):
     group.attrs["checksums"] = sums
     with open_store(out) as s, pytest.raises(StoreFormatError, match=message):
         s.load()
+
+
+def test_a_student_learns_from_a_sparse_token_store(lm, tmp_path):
+    from dataclasses import replace as change
+
+    from trainer.lm_train import LMConfig, check_sequences, gpt_student, train_lm
+
+    store = generate_tokens(
+        [lm["teacher"]],
+        lm["seqs"],
+        tmp_path / "t.zarr",
+        max_length=12,
+        sparse=SparseSpec(top_k=16, sample=4),
+        chunk_rows=64,
+        progress=False,
+    )
+    seqs = lm["seqs"].window(12, "window")
+    config = LMConfig(temperature=2.0, alpha=0.0, epochs=4, batch_size=4, lr=1e-2)
+    with store:
+        torch.manual_seed(0)
+        history = train_lm(
+            gpt_student(lm["vocab"], max_length=12), store, seqs, config, eval_seqs=seqs
+        )
+        assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+        assert np.isfinite(history[-1]["eval_ppl"]) and 0 <= history[-1]["eval_accuracy"] <= 1
+        ce = train_lm(
+            gpt_student(lm["vocab"], max_length=12), store, seqs, change(config, kd=False)
+        )
+        assert np.isfinite(ce[-1]["train_loss"])
+        shifted = TokenSequences("s", "train", np.roll(seqs.ids, 1), seqs.offsets)
+        with pytest.raises(MismatchError, match="not the ones .* was made from"):
+            check_sequences(store, shifted)
