@@ -10,6 +10,7 @@ import click
 
 from softlabels import schema
 from softlabels.audit import AuditOptions, audit_store, format_audit
+from softlabels.cli_lm import generate_lm_cmd
 from softlabels.clihelp import (
     FriendlyGroup,
     device_option,
@@ -358,6 +359,8 @@ def combine_cmd(
     )
     click.echo(f"wrote {out}: {meta.num_members} members, combine={meta.combine}")
 
+
+main.add_command(generate_lm_cmd)
 
 if __name__ == "__main__":
     main()

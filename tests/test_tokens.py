@@ -131,3 +131,40 @@ def test_a_student_learns_from_a_sparse_token_store(lm, tmp_path):
         shifted = TokenSequences("s", "train", np.roll(seqs.ids, 1), seqs.offsets)
         with pytest.raises(MismatchError, match="not the ones .* was made from"):
             check_sequences(store, shifted)
+
+
+def test_generate_lm_cli(lm, tmp_path):
+    from click.testing import CliRunner
+
+    from softlabels.cli import main as cli
+    from tests.lm_helpers import train_tokenizer, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    tokenizer = train_tokenizer(tmp_path / "tokenizer.json")
+    base = ["generate-lm", "--teacher", lm["teacher"], "--max-length", "16", "--quiet"]
+    out = CliRunner().invoke(
+        cli,
+        [
+            *base,
+            "--text",
+            str(corpus),
+            "--tokenizer",
+            str(tokenizer),
+            "--out",
+            str(tmp_path / "a.zarr"),
+            "--top-k",
+            "8",
+            "--sample",
+            "2",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert "token rows" in out.output and "sparse K=10" in out.output
+    with open_store(tmp_path / "a.zarr") as s:
+        assert s.meta.tokens.tokenizer.startswith("sha256:") and s.meta.tokens.max_length == 16
+    out = CliRunner().invoke(cli, [*base, "--text", str(corpus), "--out", str(tmp_path / "b.zarr")])
+    assert out.exit_code == 2 and "--text needs --tokenizer" in out.output
+    out = CliRunner().invoke(cli, ["inspect", str(tmp_path / "a.zarr")])
+    assert out.exit_code == 0 and "bytes/entry" in out.output
+    out = CliRunner().invoke(cli, ["verify", str(tmp_path / "a.zarr")])
+    assert out.exit_code == 0, out.output
