@@ -43,7 +43,8 @@ from softlabels.schema.tokens import TokenSpec
 FORMAT_NAME = "softlabels"
 FORMAT_VERSION = 1  # dense stores
 SPARSE_FORMAT_VERSION = 2  # sparse stores (the `layout` attribute appears in version 2)
-FORMAT_VERSIONS = (FORMAT_VERSION, SPARSE_FORMAT_VERSION)
+TOKENS_FORMAT_VERSION = 3  # token stores: rows are token positions (the `tokens` attribute)
+FORMAT_VERSIONS = (FORMAT_VERSION, SPARSE_FORMAT_VERSION, TOKENS_FORMAT_VERSION)
 LAYOUT_DENSE = "dense"
 LAYOUT_SPARSE = "sparse"
 
@@ -188,9 +189,9 @@ class StoreMeta:
 
     @property
     def format_version(self) -> int:
-        if self.sparse is None and self.tokens is None:
-            return FORMAT_VERSION
-        return SPARSE_FORMAT_VERSION
+        if self.tokens is not None:  # a version-2 reader must not read token rows as samples
+            return TOKENS_FORMAT_VERSION
+        return FORMAT_VERSION if self.sparse is None else SPARSE_FORMAT_VERSION
 
     @property
     def num_members(self) -> int:
@@ -238,8 +239,10 @@ class StoreMeta:
                 f"or regenerate the store"
             )
         layout = attrs.get(ATTR_LAYOUT, LAYOUT_DENSE if version == FORMAT_VERSION else None)
-        if version == FORMAT_VERSION and ATTR_TOKENS in attrs:
-            raise StoreFormatError("a version-1 store must not carry a 'tokens' attribute")
+        if (version == TOKENS_FORMAT_VERSION) != (attrs.get(ATTR_TOKENS) is not None):
+            raise StoreFormatError(
+                "a store carries the 'tokens' attribute exactly when its format_version is 3"
+            )
         if version == FORMAT_VERSION and ATTR_LAYOUT in attrs:
             raise StoreFormatError("a version-1 store must not carry a 'layout' attribute")
         if layout not in (LAYOUT_DENSE, LAYOUT_SPARSE):
