@@ -168,3 +168,67 @@ def test_generate_lm_cli(lm, tmp_path):
     assert out.exit_code == 0 and "bytes/entry" in out.output
     out = CliRunner().invoke(cli, ["verify", str(tmp_path / "a.zarr")])
     assert out.exit_code == 0, out.output
+
+
+def test_train_lm_cli(lm, tmp_path):
+    from click.testing import CliRunner
+
+    from softlabels.cli import main as softlabels_cli
+    from tests.lm_helpers import train_tokenizer, write_corpus
+    from trainer.cli import main as distill
+
+    corpus = write_corpus(tmp_path / "corpus")
+    tokenizer = train_tokenizer(tmp_path / "tokenizer.json")
+    text = ["--text", str(corpus), "--tokenizer", str(tokenizer)]
+    store = tmp_path / "s.zarr"
+    made = CliRunner().invoke(
+        softlabels_cli,
+        [
+            "generate-lm",
+            "--teacher",
+            lm["teacher"],
+            *text,
+            "--max-length",
+            "16",
+            "--top-k",
+            "8",
+            "--out",
+            str(store),
+            "--quiet",
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    for extra, name in (([], "kd"), (["--ce-only"], "ce")):
+        out = CliRunner().invoke(
+            distill,
+            [
+                "train-lm",
+                "--store",
+                str(store),
+                *text,
+                "--epochs",
+                "2",
+                "--out",
+                str(tmp_path / name),
+                *extra,
+            ],
+        )
+        assert out.exit_code == 0, out.output
+        assert "eval perplexity" in out.output and (tmp_path / name / "metrics.json").exists()
+    other = write_corpus(tmp_path / "other")
+    (other / "train.txt").write_text("entirely different words here\n" * 5)
+    out = CliRunner().invoke(
+        distill,
+        [
+            "train-lm",
+            "--store",
+            str(store),
+            "--text",
+            str(other),
+            "--tokenizer",
+            str(tokenizer),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
+    assert out.exit_code == 1 and "not the ones" in out.output and "Traceback" not in out.output

@@ -18,6 +18,7 @@ from softlabels.clihelp import (
     precision_option,
 )
 from softlabels.sparse import ESTIMATORS
+from trainer.cli_lm import train_lm_cmd
 from trainer.compare import CompareConfig, compare
 from trainer.train import LOSSES, TrainConfig, format_table, train_sweep
 
@@ -250,6 +251,8 @@ def compare_cmd(**kw: Any) -> None:
     click.echo(results["table"])
     click.echo(f"wrote {results_path}")
 
+
+main.add_command(train_lm_cmd)
 
 if __name__ == "__main__":
     main()
