@@ -20,12 +20,13 @@ from torch import nn
 from tqdm import tqdm
 
 from softlabels import __version__, schema
+from softlabels.distributed import Dist, init_from_env, shutdown
 from softlabels.ensemble import combined_logits, normalise_weights
 from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.generate import GenerateOptions, _open_writer, check_sparse
 from softlabels.lm import sequence_logits
 from softlabels.schema import SparseSpec, StoreMeta, TokenSpec, TransferInfo
-from softlabels.store import StoreReader, StoreWriter, open_store
+from softlabels.store import StoreReader, StoreWriter, open_store, store_kind
 from softlabels.store.rows import Rows
 from softlabels.teachers import Teacher, as_teacher
 from softlabels.text import TokenSequences
@@ -65,13 +66,22 @@ def generate_tokens(
     )
     opts.validate(len(teachers))
     seqs = sequences.window(max_length, window)
-    loaded = [as_teacher(t) for t in teachers]
-    meta = token_meta(opts, loaded, seqs, max_length, window)
-    writer = _open_writer(str(out), meta, opts)
-    if writer is not None:
-        with writer:
-            _write(writer, loaded, seqs, opts)
-            writer.finalize()
+    d = init_from_env(torch.device("cpu"))
+    try:
+        if d.world > 1 and store_kind(out) != "zarr":
+            raise SoftLabelsError("distributed generation writes Zarr: write PATH.zarr")
+        loaded = [as_teacher(t) for t in teachers]
+        meta = token_meta(opts, loaded, seqs, max_length, window)
+        writer = d.collective(lambda: _open_writer(str(out), meta, opts) if d.is_main else None)
+        if d.broadcast(writer is not None):  # else a complete, matching store is already there
+            if not d.is_main:
+                writer = StoreWriter.attach(out, meta, verify=False)
+            assert writer is not None
+            with writer:
+                d.collective(lambda: _write(writer, loaded, seqs, opts, d))
+                d.collective(lambda: writer.finalize() if d.is_main else None)
+    finally:
+        shutdown(d)
     return open_store(out)
 
 
@@ -127,14 +137,19 @@ def token_meta(
 
 
 def _write(
-    writer: StoreWriter, teachers: list[Teacher], seqs: TokenSequences, opts: GenerateOptions
+    writer: StoreWriter,
+    teachers: list[Teacher],
+    seqs: TokenSequences,
+    opts: GenerateOptions,
+    d: Dist,
 ) -> None:
+    """This rank's pending chunks (``Dist.take``, the one sharding rule)."""
     meta = writer.meta
     labels = seqs.next_tokens()
     seq_of_row = np.searchsorted(seqs.offsets, np.arange(seqs.num_tokens), side="right") - 1
     position = (np.arange(seqs.num_tokens) - seqs.offsets[seq_of_row]).astype(np.int32)
     weights = torch.tensor(meta.weights, dtype=torch.float64)
-    pending = writer.pending_chunks()
+    pending = d.take(np.array(writer.pending_chunks(), dtype=np.int64)).tolist()
     total = sum(b - a for a, b in map(meta.chunk_bounds, pending))
     with tqdm(total=total, unit="tokens", desc="teacher targets", disable=not opts.progress) as bar:
         for chunk in pending:

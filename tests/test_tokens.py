@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from softlabels.errors import MismatchError, StoreFormatError
 from softlabels.generate_tokens import generate_tokens
@@ -24,7 +26,17 @@ def lm(tmp_path_factory):
     tokenizer = train_tokenizer(root / "tokenizer.json")
     seqs = load_text(str(write_corpus(root / "corpus")), str(tokenizer))
     vocab = seqs.vocab_size  # byte-level BPE: at least the 256 bytes plus the specials
-    return {"seqs": seqs, "vocab": vocab, "teacher": f"hf:{tiny_gpt(root / 'gpt', vocab)}"}
+    teacher = f"hf:{tiny_gpt(root / 'gpt', vocab)}"
+    return {"seqs": seqs, "seqs_raw": seqs, "vocab": vocab, "teacher": teacher}
+
+
+@pytest.fixture(scope="module")
+def lm_store(lm, tmp_path_factory):
+    """A token store over the corpus cut into windows of 12, and those sequences."""
+    out = tmp_path_factory.mktemp("store") / "t.zarr"
+    store = generate_tokens([lm["teacher"]], lm["seqs"], out, max_length=12, progress=False)
+    yield store, lm["seqs"].window(12, "window")
+    store.close()
 
 
 def test_sparse_token_store_replays_the_teacher_at_every_row(lm, tmp_path):
@@ -232,3 +244,100 @@ def test_train_lm_cli(lm, tmp_path):
         ],
     )
     assert out.exit_code == 1 and "not the ones" in out.output and "Traceback" not in out.output
+
+
+def test_torchrun_token_store_equals_one_process(lm, tmp_path):
+    from tests.lm_helpers import train_tokenizer, write_corpus
+    from tests.test_distributed import torchrun
+
+    corpus = write_corpus(tmp_path / "corpus")
+    tokenizer = train_tokenizer(tmp_path / "tokenizer.json")
+    args = [
+        "softlabels.cli",
+        "generate-lm",
+        "--teacher",
+        lm["teacher"],
+        "--text",
+        str(corpus),
+        "--tokenizer",
+        str(tokenizer),
+        "--max-length",
+        "16",
+        "--top-k",
+        "8",
+        "--sample",
+        "2",
+        "--chunk-rows",
+        "40",
+        "--quiet",
+    ]
+    res = torchrun(*args, "--out", str(tmp_path / "dist.zarr"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = generate_tokens(
+        [lm["teacher"]],
+        load_text(str(corpus), str(tokenizer)),
+        tmp_path / "one.zarr",
+        max_length=16,
+        sparse=SparseSpec(top_k=8, sample=2),
+        chunk_rows=40,
+        progress=False,
+    )
+    with one, open_store(tmp_path / "dist.zarr") as dist:
+        assert one.meta.num_chunks > 2 and one.meta.checksums == dist.meta.checksums
+
+
+@given(
+    st.sampled_from(["shift", "reorder", "repack", "retruncate", "swap_token", "drop_sequence"]),
+    st.integers(0, 2**16),
+)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_every_misaligned_transfer_set_is_refused(lm, lm_store, kind, seed):
+    """The alignment fuzz suite: each injected error must be refused, every time."""
+    from trainer.lm_train import check_sequences
+
+    store, seqs = lm_store
+    rng = np.random.default_rng(seed)
+    ids, offsets = seqs.ids.copy(), seqs.offsets.copy()
+    if kind == "shift":  # ids shifted by one position
+        bad = TokenSequences("x", "train", np.roll(ids, 1 + seed % 3), offsets)
+    elif kind == "reorder":  # sequences out of order
+        order = rng.permutation(len(seqs))
+        while (order == np.arange(len(seqs))).all():
+            order = rng.permutation(len(seqs))
+        parts = [seqs.sequence(int(s)) for s in order]
+        bad = TokenSequences(
+            "x",
+            "train",
+            np.concatenate(parts),
+            np.concatenate([[0], np.cumsum([len(p) for p in parts])]),
+        )
+    elif kind == "repack":  # other packing boundaries
+        bad = lm["seqs_raw"].window(int(rng.integers(5, 11)), "pack")
+    elif kind == "retruncate":
+        bad = lm["seqs_raw"].window(int(rng.integers(2, 11)), "truncate")
+    elif kind == "swap_token":  # one token replaced (another tokenizer's output)
+        i = int(rng.integers(0, len(ids)))
+        ids[i] = (ids[i] + 1 + int(rng.integers(0, 50))) % lm["vocab"]
+        bad = TokenSequences("x", "train", ids, offsets)
+    else:
+        s = int(rng.integers(0, len(seqs)))
+        keep = [seqs.sequence(i) for i in range(len(seqs)) if i != s]
+        bad = TokenSequences(
+            "x",
+            "train",
+            np.concatenate(keep),
+            np.concatenate([[0], np.cumsum([len(p) for p in keep])]),
+        )
+    with pytest.raises(MismatchError):
+        check_sequences(store, bad)
+
+
+def test_a_student_with_another_vocabulary_is_refused(lm, lm_store):
+    from trainer.lm_train import LMConfig, gpt_student, train_lm
+
+    store, seqs = lm_store
+    student = gpt_student(lm["vocab"] + 64, max_length=12)  # a padded head: not the teachers'
+    with pytest.raises(MismatchError, match=f"the store's teachers {lm['vocab']}"):
+        train_lm(student, store, seqs, LMConfig())

@@ -78,6 +78,12 @@ def train_lm(
     """Train ``student`` on ``seqs`` (windowed as the store's) from ``store``; per epoch, the
     mean training loss and, with ``eval_seqs``, their perplexity and next-token accuracy."""
     check_sequences(store, seqs)
+    probe = student(torch.zeros((1, 2), dtype=torch.long), attention_mask=torch.ones((1, 2)))
+    if probe.shape[-1] != store.meta.num_classes:
+        raise MismatchError(
+            f"the student predicts {probe.shape[-1]} tokens and the store's teachers "
+            f"{store.meta.num_classes}: give the student the teachers' vocabulary size"
+        )
     torch.manual_seed(config.seed)
     targets = (
         store.soft_targets(np.arange(seqs.num_tokens), config.temperature) if config.kd else None
