@@ -69,26 +69,30 @@ def check_sequences(store: StoreReader, seqs: TokenSequences) -> None:
 
 def train_lm(
     student: nn.Module,
-    store: StoreReader,
+    store: StoreReader | None,
     seqs: TokenSequences,
     config: LMConfig,
     *,
     eval_seqs: TokenSequences | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``student`` on ``seqs`` (windowed as the store's) from ``store``; per epoch, the
-    mean training loss and, with ``eval_seqs``, their perplexity and next-token accuracy."""
-    check_sequences(store, seqs)
-    probe = student(torch.zeros((1, 2), dtype=torch.long), attention_mask=torch.ones((1, 2)))
-    if probe.shape[-1] != store.meta.num_classes:
-        raise MismatchError(
-            f"the student predicts {probe.shape[-1]} tokens and the store's teachers "
-            f"{store.meta.num_classes}: give the student the teachers' vocabulary size"
-        )
+    mean training loss, its seconds and, with ``eval_seqs``, their perplexity and next-token
+    accuracy. ``store=None`` trains on next-token cross-entropy alone (a teacher, a baseline)."""
+    labels = torch.from_numpy(seqs.next_tokens())
+    targets = None
+    if store is not None:
+        check_sequences(store, seqs)
+        probe = student(torch.zeros((1, 2), dtype=torch.long), attention_mask=torch.ones((1, 2)))
+        if probe.shape[-1] != store.meta.num_classes:
+            raise MismatchError(
+                f"the student predicts {probe.shape[-1]} tokens and the store's teachers "
+                f"{store.meta.num_classes}: give the student the teachers' vocabulary size"
+            )
+        if config.kd:
+            targets = store.soft_targets(np.arange(seqs.num_tokens), config.temperature)
+    elif config.kd:
+        raise SoftLabelsError("knowledge distillation needs a token store")
     torch.manual_seed(config.seed)
-    targets = (
-        store.soft_targets(np.arange(seqs.num_tokens), config.temperature) if config.kd else None
-    )
-    labels = torch.from_numpy(store.labels()[np.argsort(store.sample_index())])
     loss_fn: nn.Module = (
         HintonKD(config.alpha, temperature=config.temperature) if config.kd else HardCE()
     )

@@ -1,0 +1,244 @@
+"""`make distill-lm`: distil a small causal LM from a larger one through a sparse token store.
+
+    python -m bench.lm --docs /usr/share/doc/python3.11/html/_sources --out data/lm
+
+1. Corpus: the paragraphs of the Python documentation's reST sources (Debian `python3.11-doc`);
+   every 10th file (sorted) is the test split.
+2. A byte-level BPE tokenizer (8,192 ids) trained here; a GPT-2 teacher trained here on
+   ``teacher_tokens`` tokens of the training split (a few minutes on 2 cores).
+3. Stage one over ``transfer_tokens`` tokens: a sparse store (top 64 + 16 sampled) and a dense
+   float16 store of the same teacher (it fits at this size).
+4. Students (GPT-2, narrower and shallower) over 3 seeds, same tokens and epochs: (a) next-token
+   cross-entropy, (b) distilled from the sparse store, (c) from the dense store.
+Writes ``OUT/results.json`` (ppl_ce, ppl_kd_sparse, ppl_kd_dense, bytes_per_token,
+kd_step_over_ce_step, stage1_over_inference, and the details).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from softlabels.generate_tokens import generate_tokens
+from softlabels.lm import load_hf, sequence_logits
+from softlabels.schema import SparseSpec
+from softlabels.store import open_store
+from softlabels.text import TokenSequences, load_text
+from trainer.lm_train import LMConfig, evaluate_lm, gpt_student, train_lm
+
+
+@dataclass(frozen=True)
+class LMBench:
+    docs: str
+    out: str = "data/lm"
+    vocab_size: int = 8192
+    max_length: int = 64
+    teacher_width: int = 192
+    teacher_layers: int = 4
+    teacher_tokens: int = 1_200_000
+    teacher_epochs: int = 1
+    transfer_tokens: int = 120_000
+    test_tokens: int = 30_000
+    student_width: int = 64
+    student_layers: int = 2
+    student_epochs: int = 4
+    temperature: float = 2.0
+    alpha: float = 0.5
+    seeds: tuple[int, ...] = (0, 1, 2)
+    top_k: int = 64
+    sample: int = 16
+
+
+def log(msg: str) -> None:
+    print(f"[lm {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def write_corpus(docs: Path, out: Path) -> Path:
+    """train.txt / test.txt: one paragraph per line; every 10th source file is test."""
+    files = sorted(docs.rglob("*.rst.txt"))
+    if not files:
+        raise SystemExit(f"no .rst.txt files under {docs}: install python3.11-doc, or give --docs")
+    out.mkdir(parents=True, exist_ok=True)
+    splits: dict[str, list[str]] = {"train": [], "test": []}
+    for i, f in enumerate(files):
+        for block in f.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+            text = " ".join(block.split())
+            if len(text) >= 40:
+                splits["test" if i % 10 == 9 else "train"].append(text)
+    for name, paragraphs in splits.items():
+        (out / f"{name}.txt").write_text("\n".join(paragraphs) + "\n", encoding="utf-8")
+    return out
+
+
+def train_tokenizer(corpus: Path, path: Path, vocab_size: int) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<unk>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train([str(corpus / "train.txt")], trainer)
+    tok.save(str(path))
+    return path
+
+
+def first_tokens(seqs: TokenSequences, n: int) -> TokenSequences:
+    """The whole sequences that fit in the first ``n`` tokens."""
+    s = int(np.searchsorted(seqs.offsets, n, side="right")) - 1
+    s = max(1, s)
+    end = int(seqs.offsets[s])
+    return replace(seqs, ids=seqs.ids[:end], offsets=seqs.offsets[: s + 1].copy())
+
+
+def train_teacher(c: LMBench, seqs: TokenSequences, folder: Path) -> Path:
+    if (folder / "config.json").exists():
+        return folder
+    torch.manual_seed(0)
+    teacher = gpt_student(
+        seqs.vocab_size or c.vocab_size,
+        max_length=c.max_length,
+        width=c.teacher_width,
+        layers=c.teacher_layers,
+    )
+    config = LMConfig(kd=False, epochs=c.teacher_epochs, batch_size=16, lr=2e-3)
+    history = train_lm(teacher, None, seqs, config)
+    log(f"teacher: {history}")
+    teacher.model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def bare_inference_seconds(teacher: str, seqs: TokenSequences, batch_size: int) -> float:
+    """The teacher's forward pass over the same sequences and batches, logits to the host."""
+    module = load_hf(teacher)
+    t0 = time.perf_counter()
+    for s in range(0, len(seqs), batch_size):
+        sequence_logits(
+            module, [seqs.sequence(i) for i in range(s, min(s + batch_size, len(seqs)))]
+        )
+    return time.perf_counter() - t0
+
+
+def run(c: LMBench) -> dict[str, Any]:
+    out = Path(c.out)
+    corpus = write_corpus(Path(c.docs), out / "corpus")
+    tok = out / "tokenizer.json"
+    if not tok.exists():
+        log("training the tokenizer")
+        train_tokenizer(corpus, tok, c.vocab_size)
+    train_all = load_text(str(corpus), str(tok)).window(c.max_length, "window")
+    test = first_tokens(
+        load_text(str(corpus), str(tok), split="test").window(c.max_length, "window"), c.test_tokens
+    )
+    teacher_seqs = first_tokens(train_all, c.teacher_tokens)
+    log(f"teacher: {teacher_seqs.num_tokens} tokens")
+    teacher = f"hf:{train_teacher(c, teacher_seqs, out / 'teacher')}"
+    teacher_ppl = evaluate_lm(load_hf(teacher), test)
+    transfer = first_tokens(train_all, c.transfer_tokens)
+    res: dict[str, Any] = {
+        "config": asdict(c),
+        "teacher_test": teacher_ppl,
+        "transfer_tokens": transfer.num_tokens,
+        "test_tokens": test.num_tokens,
+    }
+    log("stage one: sparse and dense stores")
+    spec = SparseSpec(top_k=c.top_k, sample=c.sample)
+    common = {
+        "max_length": c.max_length,
+        "window": "window",
+        "batch_size": 16,
+        "overwrite": True,
+        "progress": False,
+    }
+    t0 = time.perf_counter()
+    generate_tokens([teacher], transfer, out / "sparse.zarr", sparse=spec, **common).close()
+    stage1 = time.perf_counter() - t0
+    bare = bare_inference_seconds(teacher, transfer, 16)
+    with open_store(out / "sparse.zarr") as s:
+        res["bytes_per_token"] = s.nbytes_on_disk() / transfer.num_tokens
+    generate_tokens([teacher], transfer, out / "dense.zarr", **common).close()
+    with open_store(out / "dense.zarr") as s:
+        res["dense_bytes_per_token"] = s.nbytes_on_disk() / transfer.num_tokens
+    res["stage1_seconds"], res["bare_seconds"] = stage1, bare
+    res["stage1_over_inference"] = stage1 / bare
+    base = LMConfig(
+        temperature=c.temperature, alpha=c.alpha, epochs=c.student_epochs, batch_size=16, lr=3e-3
+    )
+    runs: dict[str, list[dict[str, Any]]] = {"ce": [], "kd_sparse": [], "kd_dense": []}
+    for seed in c.seeds:
+        for name, store, kd in (
+            ("ce", None, False),
+            ("kd_sparse", "sparse.zarr", True),
+            ("kd_dense", "dense.zarr", True),
+        ):
+            log(f"student {name} seed {seed}")
+            torch.manual_seed(seed)
+            student = gpt_student(
+                transfer.vocab_size or c.vocab_size,
+                max_length=c.max_length,
+                width=c.student_width,
+                layers=c.student_layers,
+            )
+            config = replace(base, seed=seed, kd=kd)
+            reader = None if store is None else open_store(out / store)
+            try:
+                history = train_lm(student, reader, transfer, config, eval_seqs=test)
+            finally:
+                if reader is not None:
+                    reader.close()
+            runs[name].append(
+                history[-1] | {"epoch_seconds_all": [h["epoch_seconds"] for h in history]}
+            )
+    res["students"] = runs
+    for name in runs:
+        ppl = [r["eval_ppl"] for r in runs[name]]
+        res[f"ppl_{name}"] = statistics.mean(ppl)
+        res[f"ppl_{name}_std"] = statistics.stdev(ppl) if len(ppl) > 1 else 0.0
+    step = {n: statistics.median(s for r in runs[n] for s in r["epoch_seconds_all"]) for n in runs}
+    res["kd_step_over_ce_step"] = step["kd_sparse"] / step["ce"]
+    res["kd_dense_step_over_ce_step"] = step["kd_dense"] / step["ce"]
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--docs", default="/usr/share/doc/python3.11/html/_sources")
+    p.add_argument("--out", default="data/lm")
+    p.add_argument("--quick", action="store_true", help="Tiny sizes, for the smoke test.")
+    a = p.parse_args()
+    c = LMBench(docs=a.docs, out=a.out)
+    if a.quick:
+        c = replace(
+            c,
+            vocab_size=400,
+            teacher_width=32,
+            teacher_layers=1,
+            teacher_tokens=4000,
+            transfer_tokens=2000,
+            test_tokens=1000,
+            student_width=16,
+            student_layers=1,
+            student_epochs=1,
+            seeds=(0,),
+            max_length=32,
+        )
+    res = run(c)
+    Path(c.out, "results.json").write_text(json.dumps(res, indent=2))
+    log(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
