@@ -115,7 +115,7 @@ distill-lm: $(STAMP)
 	    exit 1; \
 	  fi; \
 	fi
-	$(BIN)/python -m bench.lm --docs $(PYDOCS) --out data/lm
+	$(BIN)/python -m bench.lm --docs $(PYDOCS) --out data/lm --report BENCHMARKS.md
 
 # ---- reliability (see RELIABILITY.md) --------------------------------------------------------
 reliability: $(STAMP)

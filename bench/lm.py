@@ -211,6 +211,67 @@ def run(c: LMBench) -> dict[str, Any]:
     return res
 
 
+SECTION = "## Language models (`make distill-lm`)"
+
+
+def report_section(res: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section for these results."""
+    c, t = res["config"], res["teacher_test"]
+    rows = [
+        ("(a) next-token cross-entropy", "ce"),
+        ("(b) distilled, sparse store", "kd_sparse"),
+        ("(c) distilled, dense store", "kd_dense"),
+    ]
+    lines = [
+        SECTION,
+        "",
+        f"`python -m bench.lm --docs {c['docs']} --out {c['out']}` (the Python documentation's "
+        f"reST sources, Debian `python3.11-doc`). BPE tokenizer with {c['vocab_size']} ids trained "
+        f"here; GPT-2 teacher, width {c['teacher_width']}, {c['teacher_layers']} layers, trained on "
+        f"{c['teacher_tokens']:,} tokens: test perplexity {t['eval_ppl']:.2f}. Students: width "
+        f"{c['student_width']}, {c['student_layers']} layers, {c['student_epochs']} epochs over the "
+        f"same {res['transfer_tokens']:,} transfer tokens, T = {c['temperature']:g}, alpha "
+        f"{c['alpha']} on the next-token CE; perplexity on {res['test_tokens']:,} test tokens, "
+        f"{len(c['seeds'])} seeds.",
+        "",
+        "| student | test perplexity | next-token accuracy |",
+        "|---|---|---|",
+    ]
+    for label, key in rows:
+        acc = [r["eval_accuracy"] for r in res["students"][key]]
+        lines.append(
+            f"| {label} | {res[f'ppl_{key}']:.2f} ± {res[f'ppl_{key}_std']:.2f} | "
+            f"{100 * statistics.mean(acc):.2f}% |"
+        )
+    lines += [
+        "",
+        f"- Sparse store (top {c['top_k']} + {c['sample']} sampled): "
+        f"**{res['bytes_per_token']:.1f} bytes per token**; the dense float32 store: "
+        f"{res['dense_bytes_per_token']:.0f}.",
+        f"- Stage one against the teacher's bare forward pass over the same batches: "
+        f"**{res['stage1_over_inference']:.2f}×** ({res['stage1_seconds']:.1f} s against "
+        f"{res['bare_seconds']:.1f} s).",
+        f"- KD step from the sparse store against a CE step (median epoch seconds): "
+        f"**{res['kd_step_over_ce_step']:.3f}×** (dense store: "
+        f"{res['kd_dense_step_over_ce_step']:.3f}×).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(res: dict[str, Any], report: Path) -> None:
+    """Put the section into ``report``, replacing an earlier one."""
+    text = report.read_text() if report.exists() else "# Benchmarks\n"
+    section = report_section(res)
+    if SECTION in text:
+        head, rest = text.split(SECTION, 1)
+        tail = rest.split("\n## ", 1)
+        text = head + section + ("\n## " + tail[1] if len(tail) > 1 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    report.write_text(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -218,6 +279,7 @@ def main() -> None:
     p.add_argument("--docs", default="/usr/share/doc/python3.11/html/_sources")
     p.add_argument("--out", default="data/lm")
     p.add_argument("--quick", action="store_true", help="Tiny sizes, for the smoke test.")
+    p.add_argument("--report", default=None, help="Also write the section into this markdown file.")
     a = p.parse_args()
     c = LMBench(docs=a.docs, out=a.out)
     if a.quick:
@@ -237,6 +299,8 @@ def main() -> None:
         )
     res = run(c)
     Path(c.out, "results.json").write_text(json.dumps(res, indent=2))
+    if a.report:
+        write_section(res, Path(a.report))
     log(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=2))
 
 

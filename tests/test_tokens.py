@@ -365,3 +365,43 @@ def test_token_dataset_feeds_a_users_loop(lm, lm_store):
     np.testing.assert_allclose(one.numpy()[0], store.soft_targets(np.array([0]), 2.0).numpy()[0])
     with pytest.raises(MismatchError, match="not the ones"):
         TokenTargetDataset(store, lm["seqs"].window(5, "truncate"), temperature=2.0)
+
+
+def test_the_distill_lm_pipeline_runs_at_tiny_size(tmp_path):
+    """make distill-lm at tiny size: corpus, tokenizer, teacher, both stores, students."""
+    from dataclasses import replace as change
+
+    from bench.lm import LMBench, report_section, run
+    from tests.lm_helpers import CORPUS
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(20):  # "reST sources": paragraphs separated by blank lines
+        (docs / f"page{i:02d}.rst.txt").write_text("\n\n".join(CORPUS[i : i + 12]) + "\n")
+    c = LMBench(docs=str(docs), out=str(tmp_path / "lm"))
+    c = change(
+        c,
+        vocab_size=300,
+        teacher_width=32,
+        teacher_layers=1,
+        teacher_tokens=3000,
+        transfer_tokens=1500,
+        test_tokens=500,
+        student_width=16,
+        student_layers=1,
+        student_epochs=1,
+        seeds=(0, 1),
+        max_length=32,
+    )
+    res = run(c)
+    for key in (
+        "ppl_ce",
+        "ppl_kd_sparse",
+        "ppl_kd_dense",
+        "bytes_per_token",
+        "kd_step_over_ce_step",
+        "stage1_over_inference",
+    ):
+        assert np.isfinite(res[key]) and res[key] > 0, key
+    assert res["bytes_per_token"] < res["dense_bytes_per_token"]
+    assert "| (b) distilled, sparse store |" in report_section(res)
