@@ -23,6 +23,7 @@ import torch
 
 from bench import largec
 from bench.common import BenchConfig, log
+from bench.speed import _mlp_layers
 from softlabels.audit import AuditOptions, audit_store
 from softlabels.checkpoint import load_checkpoint
 from softlabels.schema import SparseSpec
@@ -153,13 +154,8 @@ def step_time(c: BenchConfig, transfer: Path, store: Path, base: TrainConfig) ->
         models = {}
         for name in times:
             torch.manual_seed(0)
-            widths = (data.input_shape[0], *base.hidden)
-            layers: list[torch.nn.Module] = []
-            for a, b in zip(widths, widths[1:], strict=False):
-                layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-            model = torch.nn.Sequential(
-                *layers, torch.nn.Linear(widths[-1], reader.meta.num_classes)
-            )
+            layers = _mlp_layers(data.input_shape[0], base.hidden, reader.meta.num_classes)
+            model = torch.nn.Sequential(*layers)
             models[name] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
         for epoch in range(c.speed_epochs):
             for name, loss_fn in (("kd_sparse", kd), ("cross_entropy", hard)):

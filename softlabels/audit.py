@@ -30,7 +30,7 @@ from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.join import check_transfer
 from softlabels.pipeline import Runtime, forward_teachers
 from softlabels.sparse import ESTIMATORS, SparseTargets
-from softlabels.store import StoreReader, open_store
+from softlabels.store import Rows, StoreReader, open_store
 from softlabels.teachers import as_teacher
 from softlabels.transfer import TransferSet, as_transfer
 
@@ -75,11 +75,12 @@ def audit_store(
         sums = {t: _Sums(estimators) for t in options.temperatures}
         for start in range(0, len(positions), BLOCK_ROWS):
             block = positions[start : start + BLOCK_ROWS]
+            rows = store.rows_at(block)  # read and verified once, replayed at every T
             members = reference.member_logits(block)
             z = students.logits(block)
             for t in options.temperatures:
                 dense = combine_log_probs(members, reference.weights, reference.combine, t)
-                sums[t].add(store, block, t, dense, z)
+                sums[t].add(store, rows, t, dense, z)
         return {
             "store": str(store.path),
             "reference": reference.describe(),
@@ -251,12 +252,12 @@ class _Sums:
     def add(
         self,
         store: StoreReader,
-        positions: np.ndarray,
+        rows: Rows,
         temperature: float,
         dense: torch.Tensor,
         student_logits: torch.Tensor,
     ) -> None:
-        bucket = store.soft_targets(positions, temperature, estimator="bucket")
+        bucket = store.soft_targets(rows, temperature, estimator="bucket")
         p_ids = dense.gather(1, bucket.ids)
         log_out = torch.logsumexp(dense.scatter(1, bucket.ids, float("-inf")), dim=1)
         kl = _xlogy(p_ids.exp(), p_ids - bucket.log_probs.double()).sum(1)
@@ -267,7 +268,7 @@ class _Sums:
         log_q = torch.log_softmax(student_logits / temperature, dim=1)
         full = log_q.exp() - dense.exp()
         for e in self.estimators:
-            t = bucket if e == "bucket" else store.soft_targets(positions, temperature, estimator=e)
+            t = bucket if e == "bucket" else store.soft_targets(rows, temperature, estimator=e)
             self.angles[e].append(_angle(full, sparse_gradient(log_q, t)))
 
     def result(self) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def precision_option(
     )
 
 
-def sparse_options(required: bool = False) -> Callable[[Any], Any]:
+def sparse_options() -> Callable[[Any], Any]:
     """--top-k and the options of a sparse store, passed to the command as one ``sparse``
     argument: a ``SparseSpec``, or None for a dense store (no --top-k)."""
     from softlabels.schema import DEFAULT_VALUE_STEP, SparseSpec
@@ -106,7 +106,6 @@ def sparse_options(required: bool = False) -> Callable[[Any], Any]:
         click.option(
             "--top-k",
             type=click.IntRange(min=1),
-            required=required,
             help="Write a sparse store (format version 2): keep each row's K largest logits, "
             "their ids, and a summary of the rest (see FORMAT.md). Default: dense.",
         ),
@@ -153,19 +152,21 @@ def sparse_options(required: bool = False) -> Callable[[Any], Any]:
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def wrapper(*args: Any, **kw: Any) -> Any:
-            top_k, sample = kw.pop("top_k"), kw.pop("sample_ids")
-            step = kw.pop("value_step")
-            spec = SparseSpec(
-                top_k=top_k or 1,
-                sample=sample,
-                proposal_temperature=kw.pop("proposal_temperature"),
-                seed=kw.pop("sample_seed"),
-                tail_temperatures=kw.pop("tail_temperatures"),
-                value_step=step or None,
-            )
-            if top_k is None and sample:
+            names = ("sample_ids", "proposal_temperature", "sample_seed", "value_step")
+            top_k, options = kw.pop("top_k"), {n: kw.pop(n) for n in names}
+            tails = kw.pop("tail_temperatures")
+            if top_k is None and options["sample_ids"]:
                 raise click.UsageError("--sample needs --top-k (it adds ids to a sparse store)")
-            kw["sparse"] = spec if top_k is not None else None
+            kw["sparse"] = None
+            if top_k is not None:
+                kw["sparse"] = SparseSpec(
+                    top_k=top_k,
+                    sample=options["sample_ids"],
+                    proposal_temperature=options["proposal_temperature"],
+                    seed=options["sample_seed"],
+                    tail_temperatures=tails,
+                    value_step=options["value_step"] or None,
+                )
             return f(*args, **kw)
 
         for opt in reversed(opts):

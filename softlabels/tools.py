@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -16,7 +17,15 @@ from softlabels.ensemble import combined_logits, normalise_weights
 from softlabels.errors import ChecksumError, MismatchError, SoftLabelsError, StoreExistsError
 from softlabels.generate import check_sparse
 from softlabels.schema import SparseSpec, StoreMeta
-from softlabels.store import Rows, StoreReader, StoreWriter, backends, open_store, store_kind
+from softlabels.store import (
+    Rows,
+    StoreReader,
+    StoreWriter,
+    backends,
+    open_store,
+    remove_store,
+    store_kind,
+)
 
 
 def convert_store(
@@ -48,8 +57,7 @@ def convert_store(
             dtype = "float32" if sparse.value_step is not None else meta.dtype
             check_sparse(sparse, dtype, meta.num_classes)
             meta = replace(meta, sparse=sparse, dtype=dtype, producer=f"softlabels {__version__}")
-        writer = StoreWriter.create(dst, meta, compress=compress, overwrite=overwrite)
-        with writer:
+        with _fresh_writer(dst, meta, compress=compress, overwrite=overwrite) as writer:
             chunks = source.iter_chunks() if sparse is None else _verified_chunks(source)
             bar = tqdm(total=meta.num_samples, unit="rows", desc="convert", disable=not progress)
             with bar:
@@ -121,7 +129,7 @@ def combine_stores(
             check_sparse(sparse, dtype, meta.num_classes)
             meta = replace(meta, sparse=sparse, dtype=dtype)
         w = torch.tensor(meta.weights, dtype=torch.float64)
-        with StoreWriter.create(out, meta, compress=compress, overwrite=overwrite) as writer:
+        with _fresh_writer(out, meta, compress=compress, overwrite=overwrite) as writer:
             for chunk in range(meta.num_chunks):
                 start, stop = meta.chunk_bounds(chunk)
                 parts = [s.read(start, stop) for s in stores]
@@ -139,6 +147,21 @@ def combine_stores(
     finally:
         for s in stores:
             s.close()
+
+
+@contextmanager
+def _fresh_writer(
+    path: str, meta: StoreMeta, *, compress: bool, overwrite: bool
+) -> Iterator[StoreWriter]:
+    """A new store for a tool that cannot resume: if writing it fails, the half-written store
+    is removed, so nothing incomplete is left at ``path``."""
+    writer = StoreWriter.create(path, meta, compress=compress, overwrite=overwrite)
+    try:
+        with writer:
+            yield writer
+    except BaseException:
+        remove_store(path)
+        raise
 
 
 def _members(rows: Rows) -> np.ndarray:

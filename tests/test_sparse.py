@@ -624,6 +624,12 @@ def test_fixed_point_refuses_logits_it_cannot_hold(tmp_path):
     z = teacher_logits(n=4) * 5
     with pytest.raises(SoftLabelsError, match="use a value step of at least"):
         write_sparse(tmp_path / "s.zarr", z, SparseSpec(top_k=4, value_step=1e-4))
+    dense = make_wide(tmp_path / "d.zarr")
+    with pytest.raises(SoftLabelsError, match="use a value step of at least"):
+        convert_store(
+            str(dense), str(tmp_path / "c.zarr"), sparse=SparseSpec(top_k=4, value_step=1e-5)
+        )
+    assert not (tmp_path / "c.zarr").exists()  # no half-written store is left behind
 
 
 def test_estimators_are_refused_where_they_mean_nothing(tmp_path):

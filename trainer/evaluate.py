@@ -85,13 +85,13 @@ def evaluate(
 def teacher_metrics(store: StoreReader, labels: torch.Tensor) -> dict[str, object]:
     """Each member's and the stored teacher's metrics at T = 1, from the store alone (rows by
     transfer position; ``labels`` in the same order)."""
-    positions = np.arange(store.meta.num_samples)
+    rows = store.rows_at(np.arange(store.meta.num_samples))  # read once for every member
     return {
         "members": [
-            _metrics(store.soft_targets(positions, 1.0, member=m), labels)
+            _metrics(store.soft_targets(rows, 1.0, member=m), labels)
             for m in range(store.meta.num_members)
         ],
-        "ensemble": _metrics(store.soft_targets(positions, 1.0), labels),
+        "ensemble": _metrics(store.soft_targets(rows, 1.0), labels),
         "combine": store.meta.combine,
     }
 

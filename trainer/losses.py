@@ -100,7 +100,17 @@ def logit_matching(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -
     return (diff**2).sum(-1).mean() / (2 * z.shape[-1])
 
 
-class _Hinton(torch.autograd.Function):
+class PrecomputedGrad(torch.autograd.Function):
+    """A fused loss whose forward saves its own gradient w.r.t. its first input: backward only
+    scales it (the other inputs need no gradient)."""
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return (grad * g,) + (None,) * (len(ctx.needs_input_grad) - 1)
+
+
+class _Hinton(PrecomputedGrad):
     """alpha * CE(y, q_1) + beta * T^2 * KL(p_T || q_T), batchmean over rows (CE over labelled
     rows), as one autograd node whose gradient is computed with the loss:
     beta * T * (q_T - p_T) / B  +  alpha * (q_1 - onehot(y)) / n_labelled.
@@ -127,11 +137,6 @@ class _Hinton(torch.autograd.Function):
         loss = loss + add_hard_ce(z, log_q, labels, temperature, alpha, grad)
         ctx.save_for_backward(grad)
         return loss
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (grad,) = ctx.saved_tensors
-        return grad * g, None, None, None, None, None
 
 
 def add_hard_ce(

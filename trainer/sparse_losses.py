@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from softlabels.sparse import SparseTargets
-from trainer.losses import add_hard_ce, check_temperature, check_weight
+from trainer.losses import PrecomputedGrad, add_hard_ce, check_temperature, check_weight
 
 
 def _outside(log_q: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def _xlogy_ratio(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> t
     return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
 
 
-class _SparseHinton(torch.autograd.Function):
+class _SparseHinton(PrecomputedGrad):
     """alpha * CE(y, q_1) + beta * T^2 * KL over ids + bucket, one node (see ``_Hinton``).
 
     Few passes over the (B, C) logits: the softmax, the row max (for log q on the ids without
@@ -74,11 +74,6 @@ class _SparseHinton(torch.autograd.Function):
             loss = loss + add_hard_ce(z, log_q, labels, temperature, alpha, grad)
         ctx.save_for_backward(grad)
         return loss
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (grad,) = ctx.saved_tensors
-        return (grad * g,) + (None,) * 7
 
 
 def _log_outside(

@@ -24,12 +24,16 @@ as before; version 2 adds the ``layout`` attribute and the sparse layout (K entr
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from softlabels.errors import StoreFormatError
+from softlabels.schema.fields import MAX_ATTRS_BYTES as MAX_ATTRS_BYTES
+from softlabels.schema.fields import (  # re-exported: the HDF5 attribute codec
+    decode_h5_attr as decode_h5_attr,
+)
+from softlabels.schema.fields import encode_h5_attr as encode_h5_attr
 from softlabels.schema.fields import int_field, list_field
 from softlabels.schema.sparse import (  # re-exported: the format's names live here
     DEFAULT_TAIL_TEMPERATURES as DEFAULT_TAIL_TEMPERATURES,
@@ -132,8 +136,6 @@ COMBINE_GEOMETRIC = "geometric"
 COMBINE_RULES = (COMBINE_SINGLE, COMBINE_ARITHMETIC, COMBINE_GEOMETRIC)
 DTYPES = ("float32", "float16")
 FINGERPRINT_PREFIX = "sha256:"
-# Largest JSON size of the root attributes a reader accepts (guards against hostile stores).
-MAX_ATTRS_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -372,26 +374,6 @@ def array_layout(meta: StoreMeta, *, journal: bool = False) -> tuple[ArraySpec, 
             )
         )
     return tuple(specs)
-
-
-def encode_h5_attr(value: Any) -> str:
-    """HDF5 root attributes hold JSON text, so nested values survive without pickle."""
-    return json.dumps(value, sort_keys=True)
-
-
-def decode_h5_attr(name: str, text: Any) -> Any:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    if not isinstance(text, str):
-        raise StoreFormatError(
-            f"HDF5 attribute {name!r} is not JSON text (got {type(text).__name__})"
-        )
-    if len(text) > MAX_ATTRS_BYTES:
-        raise StoreFormatError(f"HDF5 attribute {name!r} is larger than {MAX_ATTRS_BYTES} bytes")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise StoreFormatError(f"HDF5 attribute {name!r} is not valid JSON: {exc}") from exc
 
 
 def _teacher(entry: Any) -> TeacherInfo:

@@ -43,7 +43,6 @@ class StoreReader:
         self._loaded: Rows | None = None  # every row, verified, in transfer-position order
         self._checked: dict[str, np.ndarray] = {}  # whole sample_index / labels, once checked
         self._weights = torch.tensor(meta.weights, dtype=torch.float32)
-        self.sparse_problems: list[str] = []  # found by scan_chunks in a sparse store
 
     # -- context manager and pickling
     def __enter__(self) -> StoreReader:
@@ -256,13 +255,14 @@ class StoreReader:
                 f"{exc}); the store is corrupt: run `softlabels verify` and regenerate it"
             ) from exc
 
-    def scan_chunks(self) -> tuple[list[int], list[int]]:
+    def scan_chunks(self) -> tuple[list[int], list[int], list[str]]:
         """One pass over every chunk: (chunks failing their checksum or undecodable, the first
-        rows holding NaN or Inf logits)."""
+        rows holding NaN or Inf values, and for a sparse store what makes rows impossible)."""
         if self.meta.checksums is None:
             raise IncompleteStoreError("store has no checksums yet: it was never finalised")
         bad_sums: list[int] = []
         bad_rows: list[int] = []
+        sparse_problems: list[str] = []
         for chunk in range(self.meta.num_chunks):
             try:
                 rows = self.read_chunk(chunk)
@@ -273,10 +273,10 @@ class StoreReader:
                 bad_sums.append(chunk)
             bad_rows += nonfinite_rows(rows)[: 10 - len(bad_rows)]
             if self.is_sparse:
-                self.sparse_problems += sparse_replay.problems(
+                sparse_problems += sparse_replay.problems(
                     sparse_replay.decode(rows.arrays, self.meta), self.meta, rows.start
                 )
-        return bad_sums, bad_rows
+        return bad_sums, bad_rows, sparse_problems
 
     def verify_checksums(self) -> list[int]:
         """Indices of chunks whose data no longer matches the recorded checksum."""
