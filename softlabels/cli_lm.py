@@ -32,6 +32,12 @@ from softlabels.text import WINDOW_MODES, load_text, load_tokens
     "--text-field", default="text", show_default=True, help="The .jsonl field holding the document."
 )
 @click.option(
+    "--prompt-field",
+    default=None,
+    help="A .jsonl field holding a prompt that precedes the text (tokenised apart, then "
+    "joined); the store holds every row, and distill train-lm --prompt-field masks the prompt.",
+)
+@click.option(
     "--tokens", default=None, help="Instead of --text: pre-tokenised input_ids/offsets in an .npz."
 )
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
@@ -64,6 +70,7 @@ def generate_lm_cmd(
     text: str | None,
     tokenizer: str | None,
     text_field: str,
+    prompt_field: str | None,
     tokens: str | None,
     split: str,
     max_length: int,
@@ -87,7 +94,13 @@ def generate_lm_cmd(
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other; pick one")
     if text is not None:
-        seqs = load_text(text, tokenizer, split=split, text_field=text_field)  # type: ignore[arg-type]
+        seqs = load_text(
+            text,
+            tokenizer,  # type: ignore[arg-type]
+            split=split,
+            text_field=text_field,
+            prompt_field=prompt_field,
+        )
     else:
         seqs = load_tokens(tokens, split=split)  # type: ignore[arg-type]
     store = generate_tokens(

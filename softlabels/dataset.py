@@ -26,54 +26,23 @@ from torch.utils.data import Dataset, Sampler
 from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader, open_store
+from softlabels.text import TokenSequences
 from softlabels.transfer import as_transfer
 
 
-class SoftTargetDataset(Dataset):
-    """Item i is ``(x_i, y_i, target_i)`` for transfer-set position i: the float32 input, the
-    int label (-1 where unknown) and the teacher's log soft targets at ``temperature``: shape
-    (C,) for a dense store; for a sparse store ``SparseTargets`` of K ids, their log-probs and
-    the tail's log-mass, which the default collate batches (and the losses take as they come).
+class ChunkTargets:
+    """Targets at ``temperature`` a whole store chunk at a time, the last ``cache_chunks`` kept,
+    through this process's own store handle (a forked DataLoader worker opens its own; the
+    object pickles without the open file). Users set ``path``, ``temperature``,
+    ``cache_chunks`` and call ``_init_cache(reader)``."""
 
-    store: a path, an fsspec URL, or an open ``StoreReader`` (not closed by the dataset).
-    transfer: the transfer set the store was made from: a map-style Dataset of ``(x, y)`` or
-        ``x``, a ``TransferSet``, or a SPEC string (its split is the store's).
-    """
+    path: str
+    temperature: float
+    cache_chunks: int
 
-    def __init__(
-        self, store: StoreReader | str, transfer: Any, *, temperature: float, cache_chunks: int = 64
-    ) -> None:
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        reader = store if isinstance(store, StoreReader) else open_store(store)
-        try:
-            self.meta = reader.meta
-            self.transfer = as_transfer(transfer, reader.meta.transfer.split)
-            check_transfer(self.transfer, num_classes=reader.meta.num_classes, store=reader)
-            self.sample_index = reader.sample_index()  # store row -> position
-        except Exception:
-            if reader is not store:
-                reader.close()
-            raise
-        self.path, self.temperature, self.cache_chunks = reader.path, temperature, cache_chunks
-        self.row_of = np.argsort(self.sample_index, kind="stable")  # position -> store row
-        self.labels = self.transfer.label_array()
-        self._reader: StoreReader | None = reader
-        self._pid = os.getpid()
+    def _init_cache(self, reader: StoreReader | None) -> None:
+        self._reader, self._pid = reader, os.getpid()
         self._cache: OrderedDict[int, torch.Tensor | SparseTargets] = OrderedDict()
-
-    def __len__(self) -> int:
-        return self.meta.num_samples
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor | SparseTargets]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} is outside the dataset's {len(self)} samples")
-        row = int(self.row_of[i])
-        chunk = row // self.meta.chunk_rows
-        targets, r = self._chunk_targets(chunk), row - chunk * self.meta.chunk_rows
-        target = targets.take(r) if isinstance(targets, SparseTargets) else targets[r]
-        x = torch.from_numpy(self.transfer.take(i, i + 1)[0])
-        return x, int(self.labels[i]), target
 
     def _chunk_targets(self, chunk: int) -> torch.Tensor | SparseTargets:
         if chunk in self._cache:
@@ -97,6 +66,63 @@ class SoftTargetDataset(Dataset):
         state = self.__dict__.copy()
         state["_reader"], state["_cache"] = None, OrderedDict()
         return state
+
+
+class SoftTargetDataset(ChunkTargets, Dataset):
+    """Item i is ``(x_i, y_i, target_i)`` for transfer-set position i: the float32 input, the
+    int label (-1 where unknown) and the teacher's log soft targets at ``temperature``: shape
+    (C,) for a dense store; for a sparse store ``SparseTargets`` of K ids, their log-probs and
+    the tail's log-mass, which the default collate batches (and the losses take as they come).
+
+    store: a path, an fsspec URL, or an open ``StoreReader`` (not closed by the dataset).
+    transfer: the transfer set the store was made from: a map-style Dataset of ``(x, y)`` or
+        ``x``, a ``TransferSet``, or a SPEC string (its split is the store's). For a token
+        store, its ``TokenSequences``: the dataset is then a ``TokenTargetDataset``, whose item
+        s is sequence s (see ``softlabels.dataset_tokens``).
+    """
+
+    def __new__(cls, store: Any = None, transfer: Any = None, **options: Any) -> Any:
+        """With ``TokenSequences`` for ``transfer`` (a token store), a ``TokenTargetDataset``."""
+        if cls is SoftTargetDataset and isinstance(transfer, TokenSequences):
+            from softlabels.dataset_tokens import TokenTargetDataset
+
+            dataset = TokenTargetDataset.__new__(TokenTargetDataset)
+            dataset.__init__(store, transfer, **options)
+            return dataset
+        return super().__new__(cls)
+
+    def __init__(
+        self, store: StoreReader | str, transfer: Any, *, temperature: float, cache_chunks: int = 64
+    ) -> None:
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        reader = store if isinstance(store, StoreReader) else open_store(store)
+        try:
+            self.meta = reader.meta
+            self.transfer = as_transfer(transfer, reader.meta.transfer.split)
+            check_transfer(self.transfer, num_classes=reader.meta.num_classes, store=reader)
+            self.sample_index = reader.sample_index()  # store row -> position
+        except Exception:
+            if reader is not store:
+                reader.close()
+            raise
+        self.path, self.temperature, self.cache_chunks = reader.path, temperature, cache_chunks
+        self.row_of = np.argsort(self.sample_index, kind="stable")  # position -> store row
+        self.labels = self.transfer.label_array()
+        self._init_cache(reader)
+
+    def __len__(self) -> int:
+        return self.meta.num_samples
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor | SparseTargets]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} is outside the dataset's {len(self)} samples")
+        row = int(self.row_of[i])
+        chunk = row // self.meta.chunk_rows
+        targets, r = self._chunk_targets(chunk), row - chunk * self.meta.chunk_rows
+        target = targets.take(r) if isinstance(targets, SparseTargets) else targets[r]
+        x = torch.from_numpy(self.transfer.take(i, i + 1)[0])
+        return x, int(self.labels[i]), target
 
 
 class ChunkSampler(Sampler[int]):

@@ -44,8 +44,8 @@ def load_hf(spec: str) -> CausalLM:
         raise TeacherError(f"{spec!r}: {str(folder)!r} is not a transformers model directory")
     if not any(folder.glob("*.safetensors")):
         raise TeacherError(
-            f"{spec!r} has no .safetensors weights; teachers never unpickle, so convert it "
-            f"(model.save_pretrained(DIR, safe_serialization=True))"
+            f"{spec!r} has no .safetensors weights; models are never unpickled here, so "
+            f"convert it (model.save_pretrained(DIR, safe_serialization=True))"
         )
     from transformers import AutoModelForCausalLM
 

@@ -59,9 +59,17 @@ class TokenSequences:
     vocab_size: int | None = None
     special_tokens: dict[str, int] = field(default_factory=dict)
     starts: np.ndarray | None = None  # packed: the token index where each document starts
+    # (T,) bool, or None for all True: row t takes a loss (its next token, t + 1, is not a
+    # prompt token). Stage two only: the store holds every row's target either way.
+    loss_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         check_offsets(self.ids, self.offsets, self.name)
+        if self.loss_mask is not None and self.loss_mask.shape != self.ids.shape:
+            raise SpecError(
+                f"{self.name!r}: the loss mask has {self.loss_mask.shape} entries for "
+                f"{self.ids.shape} tokens; give one per token"
+            )
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -105,8 +113,10 @@ class TokenSequences:
             return replace(self, offsets=offsets, starts=self.offsets[:-1].copy())
         if mode == "truncate":
             keep = np.minimum(lengths, max_length)
-            ids = np.concatenate([self.sequence(s)[:k] for s, k in enumerate(keep)])
-            return replace(self, ids=ids, offsets=np.concatenate([[0], np.cumsum(keep)]))
+            rows = np.concatenate([self.offsets[s] + np.arange(k) for s, k in enumerate(keep)])
+            mask = None if self.loss_mask is None else self.loss_mask[rows]
+            offsets = np.concatenate([[0], np.cumsum(keep)])
+            return replace(self, ids=self.ids[rows], offsets=offsets, loss_mask=mask)
         pieces = [
             np.arange(self.offsets[s], self.offsets[s + 1], max_length) for s in range(len(self))
         ]
@@ -177,20 +187,32 @@ def load_text(
     *,
     split: str = "train",
     text_field: str = "text",
+    prompt_field: str | None = None,
     add_eos: bool = True,
 ) -> TokenSequences:
     """Tokenise the documents of a ``.txt``/``.jsonl`` file or split folder (module docstring).
-    With ``add_eos`` each document ends with the tokenizer's end-of-sequence token."""
+    With ``add_eos`` each document ends with the tokenizer's end-of-sequence token. With
+    ``prompt_field`` (``.jsonl``), a document is that field's text, then ``text_field``'s,
+    tokenised apart and joined; ``loss_mask`` leaves out the rows that predict a prompt token."""
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     path = _split_file(Path(spec), split)
-    docs = [tok.encode(d) for d in _documents(path, text_field)]
-    if add_eos and tok.eos_id is not None:
-        docs = [d + [tok.eos_id] for d in docs]
-    docs = [d for d in docs if len(d) >= 2]
+    if prompt_field is not None and path.suffix != ".jsonl":
+        raise SpecError(f"a prompt field needs .jsonl documents; {str(path)!r} is not one")
+    fields = (text_field,) if prompt_field is None else (prompt_field, text_field)
+    docs, prompts = [], []
+    for parts in _documents(path, fields):
+        prompt = tok.encode(parts[0]) if prompt_field is not None else []
+        body = tok.encode(parts[-1]) + ([tok.eos_id] if add_eos and tok.eos_id is not None else [])
+        if len(prompt) + len(body) >= 2:
+            docs.append(prompt + body)
+            prompts.append(len(prompt))
     if not docs:
         raise SpecError(f"{str(path)!r} holds no document of two tokens or more")
     ids = np.concatenate([np.asarray(d, dtype=np.int64) for d in docs])
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
+    mask = None
+    if prompt_field is not None:  # row t takes a loss when token t + 1 is not a prompt token
+        mask = np.concatenate([np.arange(len(d)) >= p - 1 for d, p in zip(docs, prompts)])
     if ids.max() >= tok.vocab_size:
         raise SpecError(f"the tokenizer produced id {ids.max()} >= its vocab size {tok.vocab_size}")
     return TokenSequences(
@@ -201,6 +223,7 @@ def load_text(
         tokenizer=tok.fingerprint,
         vocab_size=tok.vocab_size,
         special_tokens=tok.special_tokens,
+        loss_mask=mask,
     )
 
 
@@ -242,18 +265,20 @@ def _split_file(path: Path, split: str) -> Path:
     return path
 
 
-def _documents(path: Path, text_field: str) -> Iterator[str]:
+def _documents(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """Each document's ``fields`` (a .txt line is its one field)."""
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            if path.suffix == ".jsonl":
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SpecError(f"{str(path)!r} line {n} is not JSON: {exc}") from exc
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise SpecError(f"{str(path)!r} line {n} has no string field {text_field!r}")
-                yield record[text_field]
-            else:
-                yield line.rstrip("\n")
+            if path.suffix != ".jsonl":
+                yield (line.rstrip("\n"),)
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SpecError(f"{str(path)!r} line {n} is not JSON: {exc}") from exc
+            for name in fields:
+                if not isinstance(record, dict) or not isinstance(record.get(name), str):
+                    raise SpecError(f"{str(path)!r} line {n} has no string field {name!r}")
+            yield tuple(record[name] for name in fields)

@@ -39,7 +39,7 @@ def test_hf_teacher_refusals(tmp_path):
     pickled = tiny_gpt(tmp_path / "pickled")
     for weights in pickled.glob("*.safetensors"):  # as a pickled checkpoint would ship
         weights.rename(pickled / "pytorch_model.bin")
-    with pytest.raises(TeacherError, match="no .safetensors weights; teachers never unpickle"):
+    with pytest.raises(TeacherError, match="no .safetensors weights; models are never unpickled"):
         load_teacher(f"hf:{pickled}")
 
 

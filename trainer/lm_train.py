@@ -1,9 +1,13 @@
 """Stage two for language models: train a causal-LM student from a token store.
 
-Batches are whole sequences (the token store's rows, joined through ``sample_index``, which
-holds each row's token index). The student's logits (B, L, V) are flattened to the real
-positions and take the same losses as any other rows: the sparse (or dense) KD term at T plus
-the next-token cross-entropy, whose labels are the store's (row t: the token at t + 1).
+Data path: ``TokenTargetDataset`` (a token store joined with its sequences; targets at T read a
+verified chunk at a time, so a store larger than memory streams) -> ``SequenceSampler`` (chunks
+shuffled in groups, sequences shuffled within a group) -> ``collate_tokens`` (padded ids, the
+attention mask, and labels and targets flattened to the real positions) -> the student's logits
+(B, L, V) at the real positions -> ``HintonKD`` (the sparse or dense KD term at T plus the
+next-token cross-entropy on the store's labels: row t predicts the token at t + 1). Padding never
+enters a loss; with a loss mask (prompt tokens, ``TokenSequences.loss_mask``) the masked rows are
+dropped from both terms.
 """
 
 from __future__ import annotations
@@ -16,12 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
+from softlabels.dataset_tokens import (
+    SequenceSampler,
+    TokenTargetDataset,
+    check_token_store,
+    collate_tokens,
+    sequence_item,
+)
 from softlabels.errors import MismatchError, SoftLabelsError
+from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader
 from softlabels.text import TokenSequences
-from trainer.data import take
+from trainer.lm_students import gpt_student
 from trainer.modules import HardCE, HintonKD
+from trainer.sparse_losses import top1
 
 
 @dataclass(frozen=True)
@@ -33,38 +47,39 @@ class LMConfig:
     lr: float = 3e-3
     seed: int = 0
     kd: bool = True  # False: next-token cross-entropy only (the baseline)
-
-
-def gpt_student(vocab_size: int, *, max_length: int, width: int = 64, layers: int = 2) -> nn.Module:
-    """A small GPT-2 (transformers) with random weights, returning (B, L, V) float32 logits."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from softlabels.lm import CausalLM
-
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=max_length,
-        n_embd=width,
-        n_layer=layers,
-        n_head=max(1, width // 32),
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return CausalLM(GPT2LMHeadModel(config))
+    buffer_chunks: int = 8  # store chunks shuffled together (memory: their targets)
+    chunk_rows: int = 4096  # without a store: the grouping of sequences, as a store's chunks
 
 
 def check_sequences(store: StoreReader, seqs: TokenSequences) -> None:
     """The store must be a token store of exactly these sequences (same windowing)."""
-    meta = store.meta
-    if meta.tokens is None:
-        raise SoftLabelsError(f"{store.path!r} is not a token store (no 'tokens' attribute)")
-    if seqs.fingerprint() != meta.transfer.fingerprint:
+    check_token_store(store, seqs)
+
+
+def check_vocabulary(student: nn.Module, store: StoreReader) -> None:
+    """The student's head must have the store's teachers' size (padded sizes included)."""
+    probe = student(torch.zeros((1, 2), dtype=torch.long), attention_mask=torch.ones((1, 2)))
+    if probe.shape[-1] != store.meta.num_classes:
         raise MismatchError(
-            f"the sequences are not the ones {store.path!r} was made from (fingerprints differ: "
-            f"another tokenizer, a shifted or reordered text, or other windows)"
+            f"the student predicts {probe.shape[-1]} tokens and the store's teachers "
+            f"{store.meta.num_classes}: give the student the teachers' vocabulary size"
         )
-    if seqs.tokenizer is not None and meta.tokens.tokenizer not in (None, seqs.tokenizer):
-        raise MismatchError("the sequences were tokenised by another tokenizer than the store's")
+
+
+class _Sequences(Dataset):
+    """Sequences without targets (cross-entropy alone), shaped as ``TokenTargetDataset``."""
+
+    def __init__(self, seqs: TokenSequences, chunk_rows: int) -> None:
+        self.seqs, self.labels = seqs, torch.from_numpy(seqs.next_tokens())
+        self.chunk_rows = chunk_rows
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __getitem__(self, s: int) -> tuple[torch.Tensor, torch.Tensor, None, torch.Tensor]:
+        a, b = int(self.seqs.offsets[s]), int(self.seqs.offsets[s + 1])
+        ids, labels, keep = sequence_item(self.seqs, self.labels, a, b)
+        return ids, labels, None, keep
 
 
 def train_lm(
@@ -74,24 +89,24 @@ def train_lm(
     config: LMConfig,
     *,
     eval_seqs: TokenSequences | None = None,
+    eval_store: StoreReader | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``student`` on ``seqs`` (windowed as the store's) from ``store``; per epoch, the
     mean training loss, its seconds and, with ``eval_seqs``, their perplexity and next-token
-    accuracy. ``store=None`` trains on next-token cross-entropy alone (a teacher, a baseline)."""
-    labels = torch.from_numpy(seqs.next_tokens())
-    targets = None
+    accuracy (and, with ``eval_store``, a token store of ``eval_seqs``, agreement and KL with
+    the teacher). ``store=None`` trains on next-token cross-entropy alone (a baseline)."""
     if store is not None:
         check_sequences(store, seqs)
-        probe = student(torch.zeros((1, 2), dtype=torch.long), attention_mask=torch.ones((1, 2)))
-        if probe.shape[-1] != store.meta.num_classes:
-            raise MismatchError(
-                f"the student predicts {probe.shape[-1]} tokens and the store's teachers "
-                f"{store.meta.num_classes}: give the student the teachers' vocabulary size"
-            )
-        if config.kd:
-            targets = store.soft_targets(np.arange(seqs.num_tokens), config.temperature)
+        check_vocabulary(student, store)
     elif config.kd:
         raise SoftLabelsError("knowledge distillation needs a token store")
+    data: TokenTargetDataset | _Sequences = (
+        TokenTargetDataset(store, seqs, temperature=config.temperature)
+        if store is not None and config.kd
+        else _Sequences(seqs, store.meta.chunk_rows if store is not None else config.chunk_rows)
+    )
+    sampler = SequenceSampler(data, buffer_chunks=config.buffer_chunks, seed=config.seed)
+    loader = DataLoader(data, config.batch_size, sampler=sampler, collate_fn=collate_tokens)
     torch.manual_seed(config.seed)
     loss_fn: nn.Module = (
         HintonKD(config.alpha, temperature=config.temperature) if config.kd else HardCE()
@@ -100,15 +115,11 @@ def train_lm(
     history = []
     for epoch in range(config.epochs):
         student.train()
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(seqs))
+        sampler.set_epoch(epoch)
         t0, losses = time.perf_counter(), []
-        for s in range(0, len(order), config.batch_size):
-            group = order[s : s + config.batch_size]
-            ids, rows, mask = _batch(seqs, group)
-            logits = student(ids, attention_mask=mask)[mask.bool()]  # (rows, V)
-            index = torch.from_numpy(rows)
-            target = None if targets is None else take(targets, index)
-            loss = loss_fn(logits, target, labels[index])
+        for batch in loader:
+            logits = batch.select(student(batch.ids, attention_mask=batch.mask))  # (rows, V)
+            loss = loss_fn(logits, batch.target, batch.labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -116,42 +127,50 @@ def train_lm(
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         record["epoch_seconds"] = time.perf_counter() - t0
         if eval_seqs is not None:
-            record.update(evaluate_lm(student, eval_seqs))
+            record.update(evaluate_lm(student, eval_seqs, teacher=eval_store))
         history.append(record)
     return history
 
 
 @torch.no_grad()
-def evaluate_lm(student: nn.Module, seqs: TokenSequences, batch_size: int = 16) -> dict[str, float]:
-    """Perplexity and next-token accuracy over every position that has a next token."""
+def evaluate_lm(
+    student: nn.Module,
+    seqs: TokenSequences,
+    *,
+    teacher: StoreReader | None = None,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Perplexity and next-token accuracy over every position that has a next token; with
+    ``teacher``, a token store of ``seqs``: agreement (the student's top token is the teacher's)
+    and KL(teacher || student) at T = 1, over the same positions (for a sparse store, KL over
+    the stored ids plus the tail, as the sparse loss measures it)."""
     student.eval()
-    labels = torch.from_numpy(seqs.next_tokens())
-    nll, correct, count = 0.0, 0, 0
-    for s in range(0, len(seqs), batch_size):
-        ids, rows, mask = _batch(seqs, np.arange(s, min(s + batch_size, len(seqs))))
-        logits = student(ids, attention_mask=mask)[mask.bool()]
-        y = labels[torch.from_numpy(rows)]
-        known = y >= 0
-        log_p = torch.log_softmax(logits[known].float(), -1)
-        nll += float(-log_p.gather(1, y[known][:, None]).sum())
-        correct += int((log_p.argmax(1) == y[known]).sum())
-        count += int(known.sum())
-    return {"eval_ppl": math.exp(nll / count), "eval_accuracy": correct / count}
-
-
-def _batch(
-    seqs: TokenSequences, group: np.ndarray
-) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
-    """(ids (B, L) right-padded with 0, the rows of the real positions in order, mask (B, L))."""
-    lengths = seqs.lengths()[group]
-    ids = torch.zeros((len(group), int(lengths.max())), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    rows = []
-    for i, s in enumerate(group):
-        ids[i, : lengths[i]] = torch.from_numpy(seqs.sequence(int(s)))
-        mask[i, : lengths[i]] = 1
-        rows.append(np.arange(seqs.offsets[s], seqs.offsets[s + 1]))
-    return ids, np.concatenate(rows), mask
+    data: TokenTargetDataset | _Sequences = (
+        _Sequences(seqs, 4096)
+        if teacher is None
+        else TokenTargetDataset(teacher, seqs, temperature=1.0)
+    )
+    kl_fn = HintonKD(0.0, temperature=1.0)
+    nll, correct, agree, kl, count = 0.0, 0, 0, 0.0, 0
+    for batch in DataLoader(data, batch_size, collate_fn=collate_tokens):
+        logits = batch.select(student(batch.ids, attention_mask=batch.mask)).float()
+        known, target = batch.labels >= 0, batch.target
+        logits, y = logits[known], batch.labels[known]
+        log_p = torch.log_softmax(logits, -1)
+        nll += float(-log_p.gather(1, y[:, None]).sum())
+        correct += int((log_p.argmax(1) == y).sum())
+        if target is not None:
+            target = target.take(known) if isinstance(target, SparseTargets) else target[known]
+            best = top1(target) if isinstance(target, SparseTargets) else target.argmax(1)
+            agree += int((log_p.argmax(1) == best).sum())
+            kl += float(kl_fn(logits, target)) * len(y)
+        count += len(y)
+    if count == 0:
+        raise SoftLabelsError("no position with a next token to evaluate on")
+    out = {"eval_ppl": math.exp(nll / count), "eval_accuracy": correct / count}
+    if teacher is not None:
+        out |= {"teacher_agreement": agree / count, "teacher_kl": kl / count}
+    return out
 
 
 __all__ = ["LMConfig", "check_sequences", "evaluate_lm", "gpt_student", "train_lm"]

@@ -1,0 +1,70 @@
+"""Causal-LM students: the built-in GPT, ``hf:DIR`` (a local transformers model, safetensors
+weights) or ``module:function`` (called as ``function(vocab_size=V, max_length=L)``, returning
+an ``nn.Module`` that maps (B, L) int64 ids and an attention mask to (B, L, V) logits).
+
+A trained student is saved without pickle: a transformers model with ``save_pretrained`` (so
+``hf:OUT/student`` loads it back, as a student or as a teacher), any other module as
+``student.safetensors``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from softlabels.errors import SpecError
+from softlabels.lm import HF_PREFIX, CausalLM, load_hf
+
+BUILTIN = "gpt"
+
+
+def gpt_student(vocab_size: int, *, max_length: int, width: int = 64, layers: int = 2) -> nn.Module:
+    """A small GPT-2 (transformers) with random weights, returning (B, L, V) float32 logits."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=max_length,
+        n_embd=width,
+        n_layer=layers,
+        n_head=max(1, width // 32),
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return CausalLM(GPT2LMHeadModel(config))
+
+
+def load_student(
+    spec: str, *, vocab_size: int, max_length: int, width: int = 64, layers: int = 2
+) -> nn.Module:
+    """The student named by ``spec`` ("gpt", "hf:DIR" or "module:function"), in train mode."""
+    if spec == BUILTIN:
+        return gpt_student(vocab_size, max_length=max_length, width=width, layers=layers)
+    if spec.startswith(HF_PREFIX):
+        return load_hf(spec).train()
+    if ":" in spec and "/" not in spec.split(":")[0]:
+        from softlabels.transfer import import_callable
+
+        module = import_callable(spec)(vocab_size=vocab_size, max_length=max_length)
+        if not isinstance(module, nn.Module):
+            raise SpecError(f"student {spec!r} returned {type(module).__name__}, not an nn.Module")
+        return module.train()
+    raise SpecError(f"student {spec!r} is none of 'gpt', 'hf:DIR' or 'module:function'")
+
+
+def save_student(student: nn.Module, folder: Path) -> Path:
+    """Write the trained student under ``folder``; returns what a later run loads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(student, CausalLM):
+        target = folder / "student"
+        student.model.save_pretrained(str(target), safe_serialization=True)
+        return target
+    from safetensors.torch import save_file
+
+    target = folder / "student.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()}, str(target))
+    return target
+
+
+__all__ = ["BUILTIN", "gpt_student", "load_student", "save_student"]
