@@ -32,7 +32,9 @@ from softlabels.text import WINDOW_MODES, load_text, load_tokens
     "--text-field", default="text", show_default=True, help="The .jsonl field holding the document."
 )
 @click.option(
-    "--tokens", default=None, help="Instead of --text: pre-tokenised input_ids/offsets in an .npz."
+    "--tokens",
+    default=None,
+    help="Instead of --text: pre-tokenised input_ids/offsets in an .npz, .zarr or .h5.",
 )
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option(

@@ -30,7 +30,7 @@ def _sequences(
     "--text", default=None, help="The documents the store was made from (file or split folder)."
 )
 @click.option("--tokenizer", default=None, help="With --text: the store's tokenizer.")
-@click.option("--tokens", default=None, help="Instead of --text: the pre-tokenised .npz.")
+@click.option("--tokens", default=None, help="Instead of --text: the pre-tokenised .npz/.zarr/.h5.")
 @click.option(
     "--eval-split", type=click.Choice(["test", "none"]), default="test", show_default=True
 )
