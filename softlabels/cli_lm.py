@@ -38,7 +38,9 @@ from softlabels.text import WINDOW_MODES, load_text, load_tokens
     "joined); the store holds every row, and distill train-lm --prompt-field masks the prompt.",
 )
 @click.option(
-    "--tokens", default=None, help="Instead of --text: pre-tokenised input_ids/offsets in an .npz."
+    "--tokens",
+    default=None,
+    help="Instead of --text: pre-tokenised input_ids/offsets in an .npz, .zarr or .h5.",
 )
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option(

@@ -24,7 +24,7 @@ from softlabels.distributed import Dist, init_from_env, shutdown
 from softlabels.ensemble import combined_logits, normalise_weights
 from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.generate import GenerateOptions, _open_writer, check_sparse
-from softlabels.lm import sequence_logits
+from softlabels.lm import check_tokenizers, sequence_logits, teacher_tokenizer
 from softlabels.schema import SparseSpec, StoreMeta, TokenSpec, TransferInfo
 from softlabels.store import StoreReader, StoreWriter, open_store, store_kind
 from softlabels.store.rows import Rows
@@ -86,7 +86,9 @@ def generate_tokens(
 
 
 def head_size(teachers: list[Teacher], seqs: TokenSequences) -> int:
-    """The teachers' common output size V, checked against the sequences' ids."""
+    """The teachers' common output size V, checked against the sequences' ids; the teachers'
+    own tokenizers, where their folders carry one, must agree with each other and the sequences'."""
+    check_tokenizers({t.info.name: teacher_tokenizer(t.info.spec) for t in teachers}, seqs)
     probe = [np.zeros(2, dtype=np.int64)]  # token 0 exists in every vocabulary
     sizes = [sequence_logits(t.module, probe)[0].shape[-1] for t in teachers]
     if len(set(sizes)) > 1:

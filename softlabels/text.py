@@ -11,8 +11,9 @@ Sources:
   document in ``field``), with a tokenizer: a Hugging Face ``tokenizers`` JSON file, or a local
   ``transformers`` tokenizer directory. A file is one split, "train"; a directory holds
   ``train.txt``/``train.jsonl`` and ``test.txt``/``test.jsonl``.
-* pre-tokenized: an ``.npz`` with ``input_ids`` (T,) and ``offsets`` (S + 1,), or
-  ``input_ids_train``/``offsets_train`` and ``input_ids_test``/``offsets_test``.
+* pre-tokenized: an ``.npz``, a Zarr group (``.zarr``) or an HDF5 file (``.h5``/``.hdf5``)
+  whose top level holds integer arrays ``input_ids`` (T,) and ``offsets`` (S + 1,), the "train"
+  split, or ``input_ids_train``/``offsets_train`` and ``input_ids_test``/``offsets_test``.
 
 ``window(max_length, mode)`` bounds the sequence length: "truncate" drops what is beyond it,
 "window" cuts a document into consecutive windows (each window's first token then has no left
@@ -25,10 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +38,48 @@ from softlabels.errors import SpecError
 
 SPLITS = ("train", "test")
 WINDOW_MODES = ("truncate", "window", "pack")
+TOKEN_SUFFIXES = (".npz", ".zarr", ".h5", ".hdf5")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What identifies a tokenizer: its fingerprint, its token -> id map (added tokens included)
+    and its special tokens. Two tokenizers are the same when their fingerprints are, or, as a
+    tokenizer saved again by another library may serialise differently, their vocabularies are."""
+
+    fingerprint: str
+    tokens: dict[str, int] = field(repr=False)
+    special_tokens: dict[str, int]
+
+    def difference(self, other: Vocabulary) -> str | None:
+        """None when ``other`` is the same tokenizer, else what differs, in words."""
+        if self.fingerprint == other.fingerprint or (self.tokens and self.tokens == other.tokens):
+            return None
+        if self.tokens and other.tokens:
+            parts = _token_differences(self.tokens, other.tokens)
+        else:  # a vocabulary known only by its fingerprint
+            parts = [f"fingerprint {self.fingerprint} vs {other.fingerprint}"]
+        specials = sorted(
+            name
+            for name in self.special_tokens.keys() | other.special_tokens.keys()
+            if self.special_tokens.get(name) != other.special_tokens.get(name)
+        )
+        parts += [
+            f"special token {n!r}: {self.special_tokens.get(n)} vs {other.special_tokens.get(n)}"
+            for n in specials
+        ]
+        return "; ".join(parts) or f"fingerprint {self.fingerprint} vs {other.fingerprint}"
+
+
+def _token_differences(a: dict[str, int], b: dict[str, int]) -> list[str]:
+    """The size difference of two token -> id maps, if any, and their first differing id."""
+    parts = [f"vocabulary size {len(a)} vs {len(b)}"] if len(a) != len(b) else []
+    by_id_a, by_id_b = {i: t for t, i in a.items()}, {i: t for t, i in b.items()}
+    for i in sorted(by_id_a.keys() | by_id_b.keys()):
+        if by_id_a.get(i) != by_id_b.get(i):
+            parts.append(f"first differing id {i}: {by_id_a.get(i)!r} vs {by_id_b.get(i)!r}")
+            break
+    return parts
 
 
 @dataclass(frozen=True)
@@ -47,6 +91,11 @@ class TokenizerInfo:
     fingerprint: str  # "sha256:" over the tokenizer's own serialisation
     special_tokens: dict[str, int]
     eos_id: int | None
+    tokens: dict[str, int] = field(default_factory=dict, repr=False)  # token -> id, added too
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(self.fingerprint, self.tokens, self.special_tokens)
 
 
 @dataclass(frozen=True)
@@ -62,6 +111,7 @@ class TokenSequences:
     # (T,) bool, or None for all True: row t takes a loss (its next token, t + 1, is not a
     # prompt token). Stage two only: the store holds every row's target either way.
     loss_mask: np.ndarray | None = None
+    vocabulary: Vocabulary | None = None  # the tokenizer's, when made from text here
 
     def __post_init__(self) -> None:
         check_offsets(self.ids, self.offsets, self.name)
@@ -153,6 +203,7 @@ def load_tokenizer(spec: str) -> TokenizerInfo:
             fingerprint="sha256:" + hashlib.sha256(text.encode()).hexdigest(),
             special_tokens=specials,
             eos_id=_eos(specials),
+            tokens=tok.get_vocab(with_added_tokens=True),
         )
     if path.is_dir():
         from transformers import AutoTokenizer
@@ -170,6 +221,7 @@ def load_tokenizer(spec: str) -> TokenizerInfo:
             fingerprint="sha256:" + h.hexdigest(),
             special_tokens=specials,
             eos_id=tok.eos_token_id,
+            tokens=dict(tok.get_vocab()),
         )
     raise SpecError(f"tokenizer {spec!r} is neither a tokenizer.json file nor a directory")
 
@@ -212,7 +264,7 @@ def load_text(
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
     mask = None
     if prompt_field is not None:  # row t takes a loss when token t + 1 is not a prompt token
-        mask = np.concatenate([np.arange(len(d)) >= p - 1 for d, p in zip(docs, prompts)])
+        mask = np.concatenate([np.arange(len(d)) >= p - 1 for d, p in zip(docs, prompts, strict=True)])
     if ids.max() >= tok.vocab_size:
         raise SpecError(f"the tokenizer produced id {ids.max()} >= its vocab size {tok.vocab_size}")
     return TokenSequences(
@@ -224,27 +276,66 @@ def load_text(
         vocab_size=tok.vocab_size,
         special_tokens=tok.special_tokens,
         loss_mask=mask,
+        vocabulary=tok.vocabulary,
     )
 
 
 def load_tokens(spec: str, *, split: str = "train") -> TokenSequences:
-    """Pre-tokenised sequences from an ``.npz`` (``input_ids`` and ``offsets``, per split)."""
-    if not os.path.isfile(spec):
-        raise SpecError(f"token file {spec!r} does not exist")
-    with np.load(spec, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    for ids_key, off_key in ((f"input_ids_{split}", f"offsets_{split}"), ("input_ids", "offsets")):
-        if ids_key in arrays and off_key in arrays:
-            if ids_key == "input_ids" and split != "train":
-                break
-            ids, offsets = arrays[ids_key], arrays[off_key]
-            if ids.dtype.kind not in "iu" or offsets.dtype.kind not in "iu":
-                raise SpecError(f"{spec!r}: input_ids and offsets must be integer arrays")
-            return TokenSequences(spec, split, ids.astype(np.int64), offsets.astype(np.int64))
-    raise SpecError(
-        f"{spec!r} has no input_ids/offsets for split {split!r} (found: {sorted(arrays)}); give "
-        f"input_ids_{split} and offsets_{split}"
-    )
+    """Pre-tokenised sequences from an ``.npz``, ``.zarr`` group or ``.h5`` file: integer arrays
+    ``input_ids_{split}`` and ``offsets_{split}`` at its top level, or, for "train" only,
+    ``input_ids`` and ``offsets``."""
+    with _token_arrays(Path(spec)) as arrays:
+        for ids_key, off_key in (
+            (f"input_ids_{split}", f"offsets_{split}"),
+            ("input_ids", "offsets"),
+        ):
+            if ids_key in arrays and off_key in arrays:
+                if ids_key == "input_ids" and split != "train":
+                    break
+                ids, offsets = arrays[ids_key], arrays[off_key]
+                for key, array in ((ids_key, ids), (off_key, offsets)):
+                    if array.dtype.kind not in "iu":
+                        raise SpecError(
+                            f"{spec!r}: {key} must be an integer array, got {array.dtype}; "
+                            f"store token ids and offsets as int64"
+                        )
+                return TokenSequences(
+                    spec, split, np.asarray(ids[...], np.int64), np.asarray(offsets[...], np.int64)
+                )
+        raise SpecError(
+            f"{spec!r} has no input_ids/offsets for split {split!r} (found: {sorted(arrays)}); "
+            f"give input_ids_{split} and offsets_{split}"
+        )
+
+
+@contextmanager
+def _token_arrays(path: Path) -> Iterator[dict[str, Any]]:
+    """The top-level arrays of a pre-tokenised file, by name (read on ``[...]``)."""
+    suffix = path.suffix.lower()
+    if suffix not in TOKEN_SUFFIXES:
+        raise SpecError(f"token file {str(path)!r} must end in one of {', '.join(TOKEN_SUFFIXES)}")
+    if not (path.is_dir() if suffix == ".zarr" else path.is_file()):
+        raise SpecError(f"token file {str(path)!r} does not exist")
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            yield {k: data[k] for k in data.files}
+    elif suffix == ".zarr":
+        import zarr
+
+        try:
+            group = zarr.open_group(str(path), mode="r")
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"{str(path)!r} is not a Zarr group: {exc}") from exc
+        yield dict(group.arrays())
+    else:
+        import h5py
+
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise SpecError(f"{str(path)!r} is not an HDF5 file: {exc}") from exc
+        with f:
+            yield {k: v for k, v in f.items() if isinstance(v, h5py.Dataset)}
 
 
 def _split_file(path: Path, split: str) -> Path:
