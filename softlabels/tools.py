@@ -89,7 +89,9 @@ def combine_stores(
     Each input contributes its members (its ``member_logits``, or its ``logits`` for a single
     teacher). ``weights`` are per input store; a member's weight is its store's weight times its
     weight inside that store. ``sparse`` writes dense inputs as a sparse store. Sparse inputs
-    pool only where that is exact: see ``_check_sparse_combinable``.
+    pool only where that is exact: see ``_check_sparse_combinable``. Token stores combine only
+    with token stores cut the same way (equal ``tokens`` attributes, input_ids and positions),
+    whose ``tokens`` attribute and per-row arrays the result keeps.
     """
     if len(paths) < 2:
         raise SoftLabelsError("combine needs at least two stores")
