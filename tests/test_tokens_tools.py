@@ -225,15 +225,17 @@ def test_killed_generate_lm_resumes_bitwise_equal(lm, tmp_path):
     uninterrupted run's, bitwise."""
     killed, reached, go = tmp_path / "killed.zarr", tmp_path / "reached", tmp_path / "go"
     fault = f"chunk_array:12:signal={reached},chunk_array:12:wait={go}"
-    proc = subprocess.Popen(
-        _generate_lm(lm, killed),
-        env={**ENV, "SOFTLABELS_FAULT": fault, "SOFTLABELS_FAULT_TIMEOUT": "120"},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would block the child
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            _generate_lm(lm, killed),
+            env={**ENV, "SOFTLABELS_FAULT": fault, "SOFTLABELS_FAULT_TIMEOUT": "120"},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
-        wait_for(reached, 300, what="generate-lm", abort=lambda: _exited(proc))
+        wait_for(reached, 300, what="generate-lm", abort=lambda: _exited(proc, log))
         proc.kill()  # SIGKILL, paused mid-chunk: `go` never appears
         assert proc.wait(timeout=60) == -signal.SIGKILL
     finally:
@@ -253,7 +255,8 @@ def test_killed_generate_lm_resumes_bitwise_equal(lm, tmp_path):
             )
 
 
-def _exited(proc: subprocess.Popen) -> str | None:
+def _exited(proc: subprocess.Popen, log: Path) -> str | None:
+    """Why the child can no longer reach its fault point, or None while it runs."""
     if proc.poll() is None:
         return None
-    return f"it exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+    return f"it exited with {proc.returncode}: {log.read_text()[-2000:]}"
