@@ -104,15 +104,18 @@ def teacher_tokenizer(spec: str | None) -> Vocabulary | None:
         ) from exc
 
 
-def check_tokenizers(members: Mapping[str, Vocabulary | None], sequences: TokenSequences) -> None:
+def check_tokenizers(
+    members: Mapping[str, Vocabulary | None], sequences: TokenSequences, *, role: str = "teacher"
+) -> None:
     """Refuse members (name -> tokenizer, None when unknown) whose tokenizers differ, or that
-    differ from the tokenizer the sequences were made with, naming the difference."""
+    differ from the tokenizer the sequences were made with, naming the difference. ``role``
+    names the members in messages ("teacher", "student")."""
     known = [(name, vocab) for name, vocab in members.items() if vocab is not None]
     for name, vocab in known[1:]:
         diff = known[0][1].difference(vocab)
         if diff is not None:
             raise MismatchError(
-                f"the teachers must share one tokenizer, but theirs differ ({known[0][0]} vs "
+                f"the {role}s must share one tokenizer, but theirs differ ({known[0][0]} vs "
                 f"{name}: {diff})"
             )
     if not known or sequences.tokenizer is None:
@@ -123,5 +126,5 @@ def check_tokenizers(members: Mapping[str, Vocabulary | None], sequences: TokenS
     if diff is not None:
         raise MismatchError(
             f"the sequences were made with another tokenizer than {name}'s (sequences vs "
-            f"teacher: {diff}); make them with the teacher's tokenizer, in its folder"
+            f"{role}: {diff}); make them with the {role}'s tokenizer, in its folder"
         )

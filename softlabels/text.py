@@ -264,7 +264,9 @@ def load_text(
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
     mask = None
     if prompt_field is not None:  # row t takes a loss when token t + 1 is not a prompt token
-        mask = np.concatenate([np.arange(len(d)) >= p - 1 for d, p in zip(docs, prompts, strict=True)])
+        mask = np.concatenate(
+            [np.arange(len(d)) >= p - 1 for d, p in zip(docs, prompts, strict=True)]
+        )
     if ids.max() >= tok.vocab_size:
         raise SpecError(f"the tokenizer produced id {ids.max()} >= its vocab size {tok.vocab_size}")
     return TokenSequences(

@@ -72,3 +72,25 @@ def tiny_gpt(folder: Path, vocab_size: int = 200, seed: int = 0) -> Path:
     )
     GPT2LMHeadModel(config).save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def bigram_student(*, vocab_size: int, max_length: int):
+    """A module:function student: next-token logits from the current token alone."""
+    import torch
+    from torch import nn
+
+    class _Bigram(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Embedding(vocab_size, vocab_size)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.table(input_ids).float()
+
+    torch.manual_seed(0)
+    return _Bigram()
+
+
+def not_a_module(*, vocab_size: int, max_length: int) -> dict:
+    """A student function returning the wrong thing."""
+    return {"vocab_size": vocab_size}

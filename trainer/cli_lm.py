@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from softlabels.lm import check_tokenizers, teacher_tokenizer
 from softlabels.store import open_store
 from softlabels.text import TokenSequences, load_text, load_tokens
 from trainer.lm_students import BUILTIN, load_student, save_student
@@ -163,6 +164,7 @@ def train_lm_cmd(
         if eval_split != "none":
             test = _sequences(*load, "test", text_field, prompt_field)
             evals = test.window(spec.max_length, spec.window)
+        check_tokenizers({student: teacher_tokenizer(student)}, train, role="student")
         held_out = None if eval_store is None else stack.enter_context(open_store(eval_store))
         torch.manual_seed(seed)
         model = load_student(

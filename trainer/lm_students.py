@@ -9,6 +9,7 @@ A trained student is saved without pickle: a transformers model with ``save_pret
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from torch import nn
@@ -46,7 +47,14 @@ def load_student(
     if ":" in spec and "/" not in spec.split(":")[0]:
         from softlabels.transfer import import_callable
 
-        module = import_callable(spec)(vocab_size=vocab_size, max_length=max_length)
+        fn = import_callable(spec)
+        try:
+            inspect.signature(fn).bind(vocab_size=vocab_size, max_length=max_length)
+        except TypeError as exc:
+            raise SpecError(
+                f"student {spec!r} must accept the keywords vocab_size= and max_length= ({exc})"
+            ) from exc
+        module = fn(vocab_size=vocab_size, max_length=max_length)
         if not isinstance(module, nn.Module):
             raise SpecError(f"student {spec!r} returned {type(module).__name__}, not an nn.Module")
         return module.train()
