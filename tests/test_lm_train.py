@@ -18,7 +18,6 @@ from softlabels.errors import MismatchError, SoftLabelsError  # noqa: E402
 from softlabels.generate_tokens import generate_tokens  # noqa: E402
 from softlabels.lm import load_hf, sequence_logits  # noqa: E402
 from softlabels.schema import SparseSpec  # noqa: E402
-from softlabels.store import open_store  # noqa: E402
 from softlabels.text import load_text  # noqa: E402
 from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus  # noqa: E402
 from trainer.cli import main as distill  # noqa: E402
