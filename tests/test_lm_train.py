@@ -159,3 +159,9 @@ def test_student_specs_are_checked(lm):
     wrong = load_student("gpt", vocab_size=lm["train"].vocab_size + 3, max_length=16)
     with pytest.raises(MismatchError, match="give the student the teachers' vocabulary size"):
         train_lm(wrong, lm["store"], lm["train"].window(16, "window"), LMConfig())
+
+
+def test_distill_train_points_a_token_store_to_train_lm(lm):
+    result = CliRunner().invoke(distill, ["train", "--store", str(lm["store"].path), "--out", "x"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "is a token store" in result.output and "distill train-lm" in result.output

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from softlabels.distributed import Dist
+from softlabels.errors import SoftLabelsError
 from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
 from softlabels.store import Rows, StoreReader, open_store
@@ -41,6 +42,12 @@ def join(store: StoreReader | str, transfer: TransferSet) -> StoreReader:
     count, labels. A reader passed in is returned (checked), not reopened."""
     reader = open_store(store) if isinstance(store, str) else store
     try:
+        if reader.meta.tokens is not None:
+            raise SoftLabelsError(
+                f"{reader.path!r} is a token store (its rows are token positions of a language "
+                f"model's sequences): train language-model students from it with "
+                f"trainer.train_lm (distill train-lm)"
+            )
         check_transfer(transfer, num_classes=reader.meta.num_classes, store=reader)
     except Exception:
         if reader is not store:
