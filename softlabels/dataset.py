@@ -39,6 +39,7 @@ class ChunkTargets:
     path: str
     temperature: float
     cache_chunks: int
+    estimator: str | None = None  # for a sparse store (``softlabels.sparse.replay``)
 
     def _init_cache(self, reader: StoreReader | None) -> None:
         self._reader, self._pid = reader, os.getpid()
@@ -49,7 +50,7 @@ class ChunkTargets:
             self._cache.move_to_end(chunk)
             return self._cache[chunk]
         rows = self._store().read_verified_chunk(chunk)
-        targets = self._store().soft_targets(rows, self.temperature)
+        targets = self._store().soft_targets(rows, self.temperature, estimator=self.estimator)
         self._cache[chunk] = targets
         if len(self._cache) > self.cache_chunks:
             self._cache.popitem(last=False)

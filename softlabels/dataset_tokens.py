@@ -85,6 +85,8 @@ class TokenTargetDataset(ChunkTargets, Dataset):
     """Sequence s of ``sequences`` (windowed as the store's) with its rows' targets at T.
 
     store: a path, an fsspec URL, or an open ``StoreReader`` (not closed by the dataset).
+    estimator: for a sparse store, how sampled ids stand in for the tail ("bucket", the
+        default, "importance" or "ht"; ``softlabels.sparse.replay``).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class TokenTargetDataset(ChunkTargets, Dataset):
         *,
         temperature: float,
         cache_chunks: int = 16,
+        estimator: str | None = None,
     ) -> None:
         if not (np.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
@@ -108,6 +111,7 @@ class TokenTargetDataset(ChunkTargets, Dataset):
             raise
         self.meta, self.seqs = reader.meta, seqs
         self.path, self.temperature, self.cache_chunks = reader.path, temperature, cache_chunks
+        self.estimator = estimator
         self.labels = torch.from_numpy(seqs.next_tokens())
         self.chunk_rows = reader.meta.chunk_rows
         self._init_cache(reader)

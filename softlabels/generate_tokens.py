@@ -3,7 +3,8 @@ token store, whose rows are token positions (row t: the teacher's distribution o
 
 Data path: TokenSequences.window(max_length) -> per chunk of rows, every sequence overlapping
 it, run whole (its context) in batches padded with an attention mask -> the members' logits at
-the chunk's rows -> StoreWriter.write_chunk, which sparsifies them for a sparse store. A
+the chunk's rows -> a background writer thread -> StoreWriter.write_chunk, which sparsifies them
+for a sparse store (so sparsifying one chunk overlaps the teachers' next). A
 sequence crossing a chunk edge runs once per chunk it touches; each chunk always runs the same
 batches, so a resumed run is bitwise equal.
 """
@@ -25,6 +26,7 @@ from softlabels.ensemble import combined_logits, normalise_weights
 from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.generate import GenerateOptions, _open_writer, check_sparse
 from softlabels.lm import check_tokenizers, sequence_logits, teacher_tokenizer
+from softlabels.pipeline import BackgroundWriter
 from softlabels.schema import SparseSpec, StoreMeta, TokenSpec, TransferInfo
 from softlabels.store import StoreReader, StoreWriter, open_store, store_kind
 from softlabels.store.rows import Rows
@@ -153,7 +155,8 @@ def _write(
     weights = torch.tensor(meta.weights, dtype=torch.float64)
     pending = d.take(np.array(writer.pending_chunks(), dtype=np.int64)).tolist()
     total = sum(b - a for a, b in map(meta.chunk_bounds, pending))
-    with tqdm(total=total, unit="tokens", desc="teacher targets", disable=not opts.progress) as bar:
+    bar = tqdm(total=total, unit="tokens", desc="teacher targets", disable=not opts.progress)
+    with bar, BackgroundWriter(writer) as background:  # sparsifies and writes on its thread
         for chunk in pending:
             a, b = meta.chunk_bounds(chunk)
             first, last = int(seq_of_row[a]), int(seq_of_row[b - 1])
@@ -174,7 +177,7 @@ def _write(
             ).replace(
                 **{schema.INPUT_IDS: seqs.ids[a:b].astype(np.int32), schema.POSITION: position[a:b]}
             )
-            writer.write_chunk(chunk, rows)
+            background.put(chunk, rows)
             bar.update(b - a)
 
 

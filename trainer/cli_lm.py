@@ -86,6 +86,12 @@ def _sequences(
     help="Weight of the next-token CE; 1 - alpha on KD.",
 )
 @click.option(
+    "--estimator",
+    type=click.Choice(["bucket", "importance", "ht"]),
+    default=None,
+    help="Sparse stores with sampled ids: how they stand in for the tail (default bucket).",
+)
+@click.option(
     "--ce-only", is_flag=True, help="The baseline: next-token cross-entropy only, no soft targets."
 )
 @click.option(
@@ -130,6 +136,7 @@ def train_lm_cmd(
     student: str,
     temperature: float,
     alpha: float,
+    estimator: str | None,
     ce_only: bool,
     width: int,
     layers: int,
@@ -182,6 +189,7 @@ def train_lm_cmd(
             lr=lr,
             seed=seed,
             kd=not ce_only,
+            estimator=estimator,
         )
         history = train_lm(model, reader, seqs, config, eval_seqs=evals, eval_store=held_out)
     saved = save_student(model, Path(out))

@@ -49,6 +49,7 @@ class LMConfig:
     kd: bool = True  # False: next-token cross-entropy only (the baseline)
     buffer_chunks: int = 8  # store chunks shuffled together (memory: their targets)
     chunk_rows: int = 4096  # without a store: the grouping of sequences, as a store's chunks
+    estimator: str | None = None  # sparse stores: bucket (default), importance or ht
 
 
 def check_sequences(store: StoreReader, seqs: TokenSequences) -> None:
@@ -101,7 +102,7 @@ def train_lm(
     elif config.kd:
         raise SoftLabelsError("knowledge distillation needs a token store")
     data: TokenTargetDataset | _Sequences = (
-        TokenTargetDataset(store, seqs, temperature=config.temperature)
+        TokenTargetDataset(store, seqs, temperature=config.temperature, estimator=config.estimator)
         if store is not None and config.kd
         else _Sequences(seqs, store.meta.chunk_rows if store is not None else config.chunk_rows)
     )
