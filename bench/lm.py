@@ -62,10 +62,13 @@ def log(msg: str) -> None:
 
 
 def write_corpus(docs: Path, out: Path) -> Path:
-    """train.txt / test.txt: one paragraph per line; every 10th source file is test."""
-    files = sorted(docs.rglob("*.rst.txt"))
+    """train.txt / test.txt: one paragraph per line; every 10th source file is test. The
+    sources are the ``.rst.txt`` files under ``docs``, or else its ``.txt`` files."""
+    files = sorted(docs.rglob("*.rst.txt")) or sorted(docs.rglob("*.txt"))
     if not files:
-        raise SystemExit(f"no .rst.txt files under {docs}: install python3.11-doc, or give --docs")
+        raise SystemExit(
+            f"no .rst.txt or .txt files under {docs}: install python3.11-doc, or give --docs"
+        )
     out.mkdir(parents=True, exist_ok=True)
     splits: dict[str, list[str]] = {"train": [], "test": []}
     for i, f in enumerate(files):
