@@ -165,3 +165,24 @@ def test_distill_train_points_a_token_store_to_train_lm(lm):
     result = CliRunner().invoke(distill, ["train", "--store", str(lm["store"].path), "--out", "x"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "is a token store" in result.output and "distill train-lm" in result.output
+
+
+def test_readme_language_model_loop_runs(tmp_path, monkeypatch):
+    """The README's Python example, with the files it names made here and a tiny student."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("## Language models") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    train_tokenizer(tmp_path / "tokenizer.json")
+    write_corpus(tmp_path / "corpus")
+    vocab = load_text("corpus", "tokenizer.json").vocab_size
+    tiny_gpt(tmp_path / "models" / "teacher", vocab)
+    code = code.replace("max_length=256", "max_length=32")
+    student = load_student("gpt", vocab_size=vocab, max_length=32, width=32)
+    scope = {"student": student}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert torch.isfinite(scope["loss"]) and scope["loss"].grad_fn is not None
+    assert isinstance(scope["batch"].target.ids, torch.Tensor)  # sparse targets, K per row
