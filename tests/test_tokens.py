@@ -384,4 +384,7 @@ def test_the_distill_lm_pipeline_runs_at_tiny_size(tmp_path):
     ):
         assert np.isfinite(res[key]) and res[key] > 0, key
     assert res["bytes_per_token"] < res["dense_bytes_per_token"]
+    for runs in res["students"].values():
+        for r in runs:
+            assert 0 <= r["teacher_agreement"] <= 1 and r["teacher_kl"] > 0
     assert "| (b) distilled, sparse store |" in report_section(res)
