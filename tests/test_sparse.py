@@ -253,10 +253,16 @@ def test_estimators_spread_the_tail_over_sampled_ids(tmp_path):
         rows = np.arange(16)
         bucket = s.soft_targets(rows, 2.0, estimator="bucket")
         imp = s.soft_targets(rows, 2.0, estimator="importance")
-        default = s.soft_targets(rows, 2.0)
+        default = s.soft_targets(rows, 2.0)  # above the proposal's T_q = 1: bucket
         ht = s.soft_targets(rows, 2.0, estimator="ht")
         with pytest.raises(ValueError, match="estimator must be one of"):
             s.soft_targets(rows, 2.0, estimator="magic")
+        at_tq = s.soft_targets(rows, 1.0)  # at T_q and below: importance
+        imp_at_tq = s.soft_targets(rows, 1.0, estimator="importance")
+        assert all(torch.equal(a, b) for a, b in zip(at_tq, imp_at_tq, strict=True))
+        assert not torch.equal(
+            at_tq.log_probs, s.soft_targets(rows, 1.0, estimator="bucket").log_probs
+        )
     assert all(torch.equal(a, b) for a, b in zip(default, bucket, strict=True))
     total = lambda t: t.log_probs.exp().sum(1) + t.log_tail.exp()  # noqa: E731
     np.testing.assert_allclose(total(bucket).numpy(), 1, atol=1e-5)

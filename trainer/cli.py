@@ -116,7 +116,7 @@ def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Sparse stores only: how the tail is replayed (bucket: exact ids, the tail's "
             "mass in one bucket shaped like the student's; ht: sampled ids reweighted, "
             "unbiased but noisy; importance: the tail's mass spread over the sampled ids). "
-            "Default: bucket.",
+            "Default: importance at T <= the store's proposal temperature, bucket above it.",
         ),
         click.option(
             "--alpha",

@@ -89,7 +89,8 @@ def _sequences(
     "--estimator",
     type=click.Choice(["bucket", "importance", "ht"]),
     default=None,
-    help="Sparse stores with sampled ids: how they stand in for the tail (default bucket).",
+    help="Sparse stores with sampled ids: how they stand in for the tail. Default: importance "
+    "at T <= the proposal's temperature, bucket above it.",
 )
 @click.option(
     "--ce-only", is_flag=True, help="The baseline: next-token cross-entropy only, no soft targets."

@@ -49,7 +49,7 @@ class LMConfig:
     kd: bool = True  # False: next-token cross-entropy only (the baseline)
     buffer_chunks: int = 8  # store chunks shuffled together (memory: their targets)
     chunk_rows: int = 4096  # without a store: the grouping of sequences, as a store's chunks
-    estimator: str | None = None  # sparse stores: bucket (default), importance or ht
+    estimator: str | None = None  # sparse stores: None (importance at T <= T_q, else bucket)
 
 
 def check_sequences(store: StoreReader, seqs: TokenSequences) -> None:
@@ -133,6 +133,10 @@ def train_lm(
     return history
 
 
+def _kl_estimator(store: StoreReader) -> str | None:
+    return "bucket" if store.meta.sparse is not None else None
+
+
 @torch.no_grad()
 def evaluate_lm(
     student: nn.Module,
@@ -144,12 +148,13 @@ def evaluate_lm(
     """Perplexity and next-token accuracy over every position that has a next token; with
     ``teacher``, a token store of ``seqs``: agreement (the student's top token is the teacher's)
     and KL(teacher || student) at T = 1, over the same positions (for a sparse store, KL over
-    the stored ids plus the tail, as the sparse loss measures it)."""
+    the stored ids plus the rest merged into one bucket: exact ids, no sampling noise, and a
+    lower bound of the full KL)."""
     student.eval()
     data: TokenTargetDataset | _Sequences = (
         _Sequences(seqs, 4096)
         if teacher is None
-        else TokenTargetDataset(teacher, seqs, temperature=1.0)
+        else TokenTargetDataset(teacher, seqs, temperature=1.0, estimator=_kl_estimator(teacher))
     )
     kl_fn = HintonKD(0.0, temperature=1.0)
     nll, correct, agree, kl, count = 0.0, 0, 0, 0.0, 0
