@@ -24,6 +24,7 @@ from softlabels.sparse import replay as sparse_replay
 from softlabels.sparse.replay import SparseTargets
 from softlabels.store.backends import HDF5Backend, ZarrBackend, open_backend, store_kind
 from softlabels.store.rows import Rows, chunk_checksum, nonfinite_rows
+from softlabels.views import check_view_rows
 
 Backend = ZarrBackend | HDF5Backend
 
@@ -185,6 +186,8 @@ class StoreReader:
             sparse_replay.check(decoded, self.meta, rows.start, self.path)
         if self.meta.tokens is not None:
             check_token_rows(rows, self.meta.num_classes, self.path)
+        if self.meta.views is not None:
+            check_view_rows(rows.start, rows.arrays, self.meta.views, self.path)
         return rows
 
     def iter_chunks(self) -> Iterator[Rows]:
@@ -192,16 +195,18 @@ class StoreReader:
             yield self.read_chunk(chunk)
 
     def load(self) -> Rows:
-        """Every row, checksum-verified, in transfer-position order (row i is position i).
-        Read once and kept: later calls, and ``soft_targets`` of positions, reuse it."""
+        """Every row, checksum-verified, in transfer-position order (row i is position i; in a
+        views store, store order: row r is view r % V of sample r // V). Read once and kept:
+        later calls, and ``soft_targets`` of positions, reuse it."""
         if self._loaded is None:
             rows = Rows.concat([self.read_verified_chunk(c) for c in range(self.meta.num_chunks)])
-            check_sample_index(rows.sample_index, self.meta.num_samples)
+            self._check_index(rows.sample_index)
             self._loaded = rows.take(np.argsort(rows.sample_index, kind="stable"))
         return self._loaded
 
     def rows_at(self, positions: np.ndarray) -> Rows:
-        """The rows of transfer positions ``positions``, in that order (verified chunks)."""
+        """The rows of transfer positions ``positions``, in that order (verified chunks). In a
+        views store, where each sample has V rows, ``positions`` are store rows."""
         if self._loaded is not None:
             return self._loaded.take(positions)
         if self._row_of is None:
@@ -218,10 +223,26 @@ class StoreReader:
         return gathered.take(np.argsort(np.concatenate(where), kind="stable"))
 
     def sample_index(self) -> np.ndarray:
-        """The whole (N,) sample_index, checked to be a permutation of 0..N-1 (read-only)."""
-        return self._whole(
-            schema.SAMPLE_INDEX, lambda a: check_sample_index(a, self.meta.num_samples)
-        )
+        """The whole (N,) sample_index, checked to be a permutation of 0..N-1 (read-only); in a
+        views store, checked to be r // V at every row r."""
+        return self._whole(schema.SAMPLE_INDEX, self._check_index)
+
+    def _check_index(self, index: np.ndarray) -> None:
+        if self.meta.views is None:
+            check_sample_index(index, self.meta.num_samples)
+            return
+        if index.shape != (self.meta.num_samples,):
+            raise StoreFormatError(
+                f"sample_index has shape {index.shape}, expected ({self.meta.num_samples},)"
+            )
+        want = np.arange(len(index)) // self.meta.views.views_per_sample
+        bad = np.flatnonzero(index != want)
+        if len(bad):
+            raise StoreFormatError(
+                f"sample_index of row {int(bad[0])} of the views store {self.path!r} is "
+                f"{int(index[bad[0]])}, expected {int(want[bad[0]])} (row r is a view of sample "
+                f"r // {self.meta.views.views_per_sample}); regenerate it"
+            )
 
     def labels(self) -> np.ndarray:
         """The whole (N,) labels array, checked to hold only -1..C-1 (read-only)."""

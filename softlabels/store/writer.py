@@ -43,6 +43,7 @@ RUN_FIELDS = (
     "runtime",
     "sparse",
     "tokens",
+    "views",
 )
 
 
