@@ -127,7 +127,9 @@ class RandomResizedCropFlip:
         h, w = image_hw(tuple(shape))
         bad = self.bad_rows(np.asarray(params, dtype=np.float64)[None], tuple(shape))
         if len(bad):
-            raise ValueError(f"{RRC_FLIP} parameters {np.asarray(params).tolist()} do not fit {shape}")
+            raise ValueError(
+                f"{RRC_FLIP} parameters {np.asarray(params).tolist()} do not fit {shape}"
+            )
         top, left, height, width, flip = (int(v) for v in params)
         img = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, h, w))
         crop = img[None, :, top : top + height, left : left + width]  # (1, C, height, width)
@@ -197,7 +199,9 @@ def _builtin_args(spec: str, args: str) -> dict[str, Any]:
 
 def check_policy(policy: Any, where: str) -> Policy:
     """``policy`` if it has the protocol's members and a JSON ``to_attr`` with a name."""
-    missing = [m for m in ("name", "param_names", "sample", "apply", "to_attr") if not hasattr(policy, m)]
+    missing = [
+        m for m in ("name", "param_names", "sample", "apply", "to_attr") if not hasattr(policy, m)
+    ]
     if missing:
         raise SpecError(
             f"{where} returned {type(policy).__name__}, which lacks {', '.join(missing)}: an "

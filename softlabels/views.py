@@ -108,7 +108,9 @@ class ViewTransfer(TransferSet):
         out = np.empty((stop - start, p), dtype=np.float32)
         for i, r in enumerate(range(start, stop)):
             drawn = np.asarray(
-                self.policy.sample(view_rng(self.seed, r // self.views, r % self.views), self._shape)
+                self.policy.sample(
+                    view_rng(self.seed, r // self.views, r % self.views), self._shape
+                )
             )
             if drawn.shape != (p,) or not np.isfinite(drawn).all():
                 raise SoftLabelsError(
@@ -184,9 +186,7 @@ def view_row_problems(
     return problems
 
 
-def check_view_rows(
-    start: int, arrays: dict[str, np.ndarray], spec: ViewSpec, path: str
-) -> None:
+def check_view_rows(start: int, arrays: dict[str, np.ndarray], spec: ViewSpec, path: str) -> None:
     """Raise StoreFormatError naming the first bad row of a block read from a views store."""
     problems = view_row_problems(
         start,

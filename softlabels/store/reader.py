@@ -23,8 +23,11 @@ from softlabels.schema import StoreMeta
 from softlabels.sparse import replay as sparse_replay
 from softlabels.sparse.replay import SparseTargets
 from softlabels.store.backends import HDF5Backend, ZarrBackend, open_backend, store_kind
+from softlabels.store.checks import check_labels as check_labels
+from softlabels.store.checks import check_sample_index as check_sample_index
+from softlabels.store.checks import check_token_rows, check_view_index
 from softlabels.store.rows import Rows, chunk_checksum, nonfinite_rows
-from softlabels.views import check_view_rows
+from softlabels.views import check_view_rows, view_row_problems
 
 Backend = ZarrBackend | HDF5Backend
 
@@ -230,19 +233,8 @@ class StoreReader:
     def _check_index(self, index: np.ndarray) -> None:
         if self.meta.views is None:
             check_sample_index(index, self.meta.num_samples)
-            return
-        if index.shape != (self.meta.num_samples,):
-            raise StoreFormatError(
-                f"sample_index has shape {index.shape}, expected ({self.meta.num_samples},)"
-            )
-        want = np.arange(len(index)) // self.meta.views.views_per_sample
-        bad = np.flatnonzero(index != want)
-        if len(bad):
-            raise StoreFormatError(
-                f"sample_index of row {int(bad[0])} of the views store {self.path!r} is "
-                f"{int(index[bad[0]])}, expected {int(want[bad[0]])} (row r is a view of sample "
-                f"r // {self.meta.views.views_per_sample}); regenerate it"
-            )
+        else:
+            check_view_index(index, self.meta.views.views_per_sample, self.path)
 
     def labels(self) -> np.ndarray:
         """The whole (N,) labels array, checked to hold only -1..C-1 (read-only)."""
@@ -276,14 +268,16 @@ class StoreReader:
                 f"{exc}); the store is corrupt: run `softlabels verify` and regenerate it"
             ) from exc
 
-    def scan_chunks(self) -> tuple[list[int], list[int], list[str]]:
+    def scan_chunks(self) -> tuple[list[int], list[int], list[str], list[str]]:
         """One pass over every chunk: (chunks failing their checksum or undecodable, the first
-        rows holding NaN or Inf values, and for a sparse store what makes rows impossible)."""
+        rows holding NaN or Inf values, for a sparse store what makes rows impossible, and for a
+        views store which rows are not the view and parameters they should be)."""
         if self.meta.checksums is None:
             raise IncompleteStoreError("store has no checksums yet: it was never finalised")
         bad_sums: list[int] = []
         bad_rows: list[int] = []
         sparse_problems: list[str] = []
+        view_problems: list[str] = []
         for chunk in range(self.meta.num_chunks):
             try:
                 rows = self.read_chunk(chunk)
@@ -297,7 +291,16 @@ class StoreReader:
                 sparse_problems += sparse_replay.problems(
                     sparse_replay.decode(rows.arrays, self.meta), self.meta, rows.start
                 )
-        return bad_sums, bad_rows, sparse_problems
+            if self.meta.views is not None:
+                a = rows.arrays
+                view_problems += view_row_problems(
+                    rows.start,
+                    a[schema.SAMPLE_INDEX],
+                    a[schema.VIEW],
+                    a[schema.VIEW_PARAMS],
+                    self.meta.views,
+                )
+        return bad_sums, bad_rows, sparse_problems, view_problems
 
     def verify_checksums(self) -> list[int]:
         """Indices of chunks whose data no longer matches the recorded checksum."""
@@ -306,50 +309,6 @@ class StoreReader:
 
 def _reopen(path: str, allow_incomplete: bool) -> StoreReader:
     return open_store(path, allow_incomplete=allow_incomplete)
-
-
-def check_sample_index(index: np.ndarray, num_samples: int) -> None:
-    if index.shape != (num_samples,):
-        raise StoreFormatError(f"sample_index has shape {index.shape}, expected ({num_samples},)")
-    if len(index) and (index.min() < 0 or index.max() >= num_samples):
-        bad = np.flatnonzero((index < 0) | (index >= num_samples))[:10]
-        raise StoreFormatError(
-            f"sample_index is out of range [0, {num_samples}) at rows {bad.tolist()}"
-        )
-    counts = np.bincount(index, minlength=num_samples)
-    if (counts != 1).any():
-        dup = np.flatnonzero(counts > 1)[:10]
-        raise StoreFormatError(f"sample_index repeats transfer positions {dup.tolist()}")
-
-
-def check_token_rows(rows: Rows, vocab: int, path: str) -> None:
-    """Token rows must follow the shift convention: inside a sequence, position rises by one
-    and each row's label is the next row's input token; a sequence starts at position 0."""
-    ids, pos, labels = rows.arrays[schema.INPUT_IDS], rows.arrays[schema.POSITION], rows.labels
-    problems = []
-    if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
-        problems.append(f"input ids outside the {vocab}-token vocabulary")
-    same = pos[1:] == pos[:-1] + 1  # row r + 1 continues row r's sequence
-    if ((pos[1:] != 0) & ~same).any() or (pos < 0).any():
-        problems.append("positions that neither continue a sequence nor start one (at 0)")
-    if (labels[:-1][same] != ids[1:][same]).any():
-        bad = np.flatnonzero(same & (labels[:-1] != ids[1:]))[:5] + rows.start
-        problems.append(f"labels that are not the next row's input token at rows {bad.tolist()}")
-    if problems:
-        raise StoreFormatError(
-            f"{path!r} is not a valid token store ({'; '.join(problems)}): row t must predict "
-            f"the token at t + 1; regenerate it"
-        )
-
-
-def check_labels(labels: np.ndarray, num_classes: int, *, offset: int = 0) -> None:
-    """Stored labels are 0..C-1, or -1 for "no label"; refuse anything else."""
-    bad = np.flatnonzero((labels < -1) | (labels >= num_classes))
-    if len(bad):
-        raise StoreFormatError(
-            f"store labels must be -1..{num_classes - 1}, but rows {(bad[:10] + offset).tolist()} "
-            f"hold {labels[bad[:10]].tolist()}; the store is invalid: regenerate it"
-        )
 
 
 def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> StoreReader:
