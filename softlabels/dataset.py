@@ -23,11 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from softlabels.errors import SoftLabelsError
 from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader, open_store
 from softlabels.text import TokenSequences
 from softlabels.transfer import as_transfer
+from softlabels.views import VIEWS_NOT_TRAINABLE
 
 
 class ChunkTargets:
@@ -100,6 +102,8 @@ class SoftTargetDataset(ChunkTargets, Dataset):
         reader = store if isinstance(store, StoreReader) else open_store(store)
         try:
             self.meta = reader.meta
+            if reader.meta.views is not None:
+                raise SoftLabelsError(VIEWS_NOT_TRAINABLE.format(path=reader.path))
             self.transfer = as_transfer(transfer, reader.meta.transfer.split)
             check_transfer(self.transfer, num_classes=reader.meta.num_classes, store=reader)
             self.sample_index = reader.sample_index()  # store row -> position

@@ -168,20 +168,21 @@ def _fresh_writer(
 
 
 def _token_arrays(parts: list[Rows], stores: list[StoreReader]) -> dict[str, np.ndarray]:
-    """A token store's per-row input_ids and position, the same in every input (empty for a
-    store of samples). The combined store is removed when this refuses mid-way."""
+    """A token store's per-row input_ids and position, or a views store's view_params and view,
+    the same in every input (empty for a plain store). The combined store is removed when this
+    refuses mid-way."""
     out: dict[str, np.ndarray] = {}
-    for name in (schema.INPUT_IDS, schema.POSITION):
+    for name in (schema.INPUT_IDS, schema.POSITION, schema.VIEW_PARAMS, schema.VIEW):
         first = parts[0].array(name)
         if first is None:
             continue
         for part, store in zip(parts[1:], stores[1:], strict=True):
-            differ = np.flatnonzero(part.arrays[name] != first)
+            differ = np.flatnonzero((part.arrays[name] != first).reshape(len(first), -1).any(1))
             if len(differ):
                 raise MismatchError(
                     f"cannot combine {stores[0].path!r} with {store.path!r}: per-row {name} "
                     f"differs (first at row {parts[0].start + int(differ[0])}); they were not "
-                    f"made from the same token sequences"
+                    f"made from the same token sequences or views"
                 )
         out[name] = first
     return out
@@ -264,6 +265,8 @@ def _check_combinable(stores: list[StoreReader]) -> None:
     a = stores[0]
     for b in stores[1:]:
         diffs = _token_diffs(a, b)
+        if b.meta.views != a.meta.views:  # same policy, seed and V: then the same view_params
+            diffs.append("views attributes differ (views stores combine only with the same views)")
         if b.meta.transfer.fingerprint != a.meta.transfer.fingerprint:
             diffs.append("transfer fingerprints differ")
         if b.meta.transfer.split != a.meta.transfer.split:

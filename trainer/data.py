@@ -30,6 +30,7 @@ from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
 from softlabels.store import Rows, StoreReader, open_store
 from softlabels.transfer import TransferSet
+from softlabels.views import VIEWS_NOT_TRAINABLE
 
 Targets = torch.Tensor | SparseTargets  # (B, C) log p_T from a dense store, or sparse targets
 Batch = tuple[np.ndarray, Targets | None]
@@ -48,6 +49,8 @@ def join(store: StoreReader | str, transfer: TransferSet) -> StoreReader:
                 f"model's sequences): train language-model students from it with "
                 f"trainer.train_lm (distill train-lm)"
             )
+        if reader.meta.views is not None:
+            raise SoftLabelsError(VIEWS_NOT_TRAINABLE.format(path=reader.path))
         check_transfer(transfer, num_classes=reader.meta.num_classes, store=reader)
     except Exception:
         if reader is not store:
