@@ -3,6 +3,7 @@ are stored, so every view replays exactly from (the sample's input, the row's pa
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -411,3 +412,36 @@ def test_generate_needs_both_augment_and_views(tmp_path):
     with pytest.raises(SoftLabelsError, match="needs both an augmentation policy"):
         make_store(tmp_path / "x.zarr", teachers=TWO, augment=RRC)
     assert not (tmp_path / "x.zarr").exists()
+
+
+# -- FORMAT.md
+
+
+def _format_section() -> str:
+    text = (ROOT / "FORMAT.md").read_text()
+    return text.split("## Views stores (format version 4)")[1].split("\n## ")[0]
+
+
+def test_format_md_names_the_views_layout():
+    section = _format_section()
+    for name in (schema.VIEW_PARAMS, schema.VIEW, schema.ATTR_VIEWS, *RRC.param_names):
+        assert f"`{name}`" in section or f'"{name}"' in section, name
+    spec = RRC.to_attr()
+    for key in (*spec, "views_per_sample", "seed", "policy", "param_names", "input_shape"):
+        assert f"`{key}`" in section or f'"{key}"' in section, key
+    assert "`format_version` is 4" in section
+
+
+def test_format_md_numpy_view_matches_the_policy():
+    """The spec's numpy rebuild of an rrc-flip view agrees with the policy to float32 rounding."""
+    code = re.search(r"```python\n(.*?)```", _format_section(), re.S).group(1)
+    scope: dict = {}
+    exec(code, scope)
+    rng = np.random.default_rng(0)
+    for shape in ((1, 8, 8), (28, 28), (3, 6, 10), (64,)):
+        x = rng.random(shape, dtype=np.float32)
+        for s in range(20):
+            params = RRC.sample(view_rng(1, s, 0), shape)
+            mine = scope["rrc_flip_view"](x, params)
+            assert mine.shape == shape and mine.dtype == np.float32
+            np.testing.assert_allclose(mine, RRC.apply(x, params), rtol=0, atol=2e-6)
