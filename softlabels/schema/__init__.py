@@ -316,9 +316,10 @@ class StoreMeta:
             problems.append(f"{len(self.class_names)} class names for {self.num_classes} classes")
         views = 1 if self.views is None else self.views.views_per_sample
         if self.transfer.num_samples * views != self.num_samples:
+            times = "" if self.views is None else f" x {views} view(s)"
             problems.append(
-                f"transfer.num_samples {self.transfer.num_samples} x {views} view(s) != "
-                f"num_samples {self.num_samples}"
+                f"transfer.num_samples {self.transfer.num_samples}{times} != num_samples "
+                f"{self.num_samples}"
             )
         if self.views is not None:
             problems += self.views.problems()
