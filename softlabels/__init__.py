@@ -28,6 +28,7 @@ position of a set of token sequences (``pip install softlabels[lm]``)::
 __version__ = "0.3.0"
 
 from softlabels.audit import AuditOptions, audit_store  # noqa: E402
+from softlabels.augment import Policy, RandomResizedCropFlip  # noqa: E402
 from softlabels.dataset import ChunkSampler, SoftTargetDataset  # noqa: E402
 from softlabels.dataset_tokens import (  # noqa: E402
     SequenceSampler,
@@ -43,10 +44,13 @@ from softlabels.store import StoreReader, StoreWriter, open_store  # noqa: E402
 from softlabels.text import TokenSequences, load_text, load_tokens  # noqa: E402
 from softlabels.transfer import TransferSet, load_transfer  # noqa: E402
 from softlabels.verify import verify_store  # noqa: E402
+from softlabels.views import ViewTransfer, load_views_policy, view_input  # noqa: E402
 
 __all__ = [
     "AuditOptions",
     "ChunkSampler",
+    "Policy",
+    "RandomResizedCropFlip",
     "SequenceSampler",
     "SparseSpec",
     "SparseTargets",
@@ -57,6 +61,7 @@ __all__ = [
     "TokenSequences",
     "TokenTargetDataset",
     "TransferSet",
+    "ViewTransfer",
     "__version__",
     "audit_store",
     "collate_tokens",
@@ -65,6 +70,8 @@ __all__ = [
     "load_text",
     "load_tokens",
     "load_transfer",
+    "load_views_policy",
     "open_store",
     "verify_store",
+    "view_input",
 ]

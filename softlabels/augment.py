@@ -214,7 +214,7 @@ def check_policy(policy: Any, where: str) -> Policy:
     return policy
 
 
-def policy_from_attr(attr: dict[str, Any]) -> Policy:
+def policy_from_attr(attr: dict[str, Any]) -> RandomResizedCropFlip:
     """A built-in policy from the ``policy`` object of a store's ``views`` attribute. Other
     policies are never rebuilt from metadata: pass their ``module:function`` SPEC again."""
     name = attr.get("name")
