@@ -82,13 +82,15 @@ def verify_store(
             )
             return report
         report.add("complete", True, "complete flag set")
-        bad_sums, bad_rows, sparse_problems = store.scan_chunks()
+        bad_sums, bad_rows, sparse_problems, token_problems = store.scan_chunks()
         _check(report, "checksums", lambda: _checksum_detail(store, bad_sums))
         _check(report, "sample_index", lambda: (store.sample_index(), "a permutation of 0..N-1")[1])
         _check(report, "labels", lambda: (store.labels(), f"all in -1..{meta.num_classes - 1}")[1])
         _check(report, "finite", lambda: _finite_detail(bad_rows, store.is_sparse))
         if store.is_sparse:
             _check(report, "sparse", lambda: _sparse_detail(sparse_problems))
+        if store.meta.tokens is not None:
+            _check(report, "tokens", lambda: _token_detail(token_problems))
         if transfer is not None:
             _check(report, "transfer", lambda: _transfer_detail(store, transfer))
         if teachers:
@@ -126,6 +128,12 @@ def _sparse_detail(problems: list[str]) -> str:
     if problems:
         raise MismatchError("; ".join(problems[:5]))
     return "ids in range and ascending, inclusion probabilities in (0, 1], tails consistent"
+
+
+def _token_detail(problems: list[str]) -> str:
+    if problems:
+        raise MismatchError(f"rows off the shift convention: {'; '.join(problems[:5])}")
+    return "every row predicts the next row's input token within its sequence"
 
 
 def _transfer_detail(store: StoreReader, transfer: object) -> str:

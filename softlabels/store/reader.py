@@ -255,14 +255,16 @@ class StoreReader:
                 f"{exc}); the store is corrupt: run `softlabels verify` and regenerate it"
             ) from exc
 
-    def scan_chunks(self) -> tuple[list[int], list[int], list[str]]:
+    def scan_chunks(self) -> tuple[list[int], list[int], list[str], list[str]]:
         """One pass over every chunk: (chunks failing their checksum or undecodable, the first
-        rows holding NaN or Inf values, and for a sparse store what makes rows impossible)."""
+        rows holding NaN or Inf values, for a sparse store what makes rows impossible, and for
+        a token store what breaks the shift convention)."""
         if self.meta.checksums is None:
             raise IncompleteStoreError("store has no checksums yet: it was never finalised")
         bad_sums: list[int] = []
         bad_rows: list[int] = []
         sparse_problems: list[str] = []
+        token: list[str] = []
         for chunk in range(self.meta.num_chunks):
             try:
                 rows = self.read_chunk(chunk)
@@ -276,7 +278,11 @@ class StoreReader:
                 sparse_problems += sparse_replay.problems(
                     sparse_replay.decode(rows.arrays, self.meta), self.meta, rows.start
                 )
-        return bad_sums, bad_rows, sparse_problems
+            if self.meta.tokens is not None:
+                token += [
+                    f"chunk {chunk}: {p}" for p in token_problems(rows, self.meta.num_classes)
+                ]
+        return bad_sums, bad_rows, sparse_problems, token
 
     def verify_checksums(self) -> list[int]:
         """Indices of chunks whose data no longer matches the recorded checksum."""
@@ -302,8 +308,18 @@ def check_sample_index(index: np.ndarray, num_samples: int) -> None:
 
 
 def check_token_rows(rows: Rows, vocab: int, path: str) -> None:
-    """Token rows must follow the shift convention: inside a sequence, position rises by one
-    and each row's label is the next row's input token; a sequence starts at position 0."""
+    """Token rows must follow the shift convention (``token_problems``)."""
+    problems = token_problems(rows, vocab)
+    if problems:
+        raise StoreFormatError(
+            f"{path!r} is not a valid token store ({'; '.join(problems)}): row t must predict "
+            f"the token at t + 1; regenerate it"
+        )
+
+
+def token_problems(rows: Rows, vocab: int) -> list[str]:
+    """What breaks the shift convention in these rows: inside a sequence, position rises by
+    one and each row's label is the next row's input token; a sequence starts at position 0."""
     ids, pos, labels = rows.arrays[schema.INPUT_IDS], rows.arrays[schema.POSITION], rows.labels
     problems = []
     if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
@@ -314,11 +330,7 @@ def check_token_rows(rows: Rows, vocab: int, path: str) -> None:
     if (labels[:-1][same] != ids[1:][same]).any():
         bad = np.flatnonzero(same & (labels[:-1] != ids[1:]))[:5] + rows.start
         problems.append(f"labels that are not the next row's input token at rows {bad.tolist()}")
-    if problems:
-        raise StoreFormatError(
-            f"{path!r} is not a valid token store ({'; '.join(problems)}): row t must predict "
-            f"the token at t + 1; regenerate it"
-        )
+    return problems
 
 
 def check_labels(labels: np.ndarray, num_classes: int, *, offset: int = 0) -> None:
