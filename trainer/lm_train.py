@@ -40,7 +40,7 @@ from trainer.sparse_losses import top1
 
 @dataclass(frozen=True)
 class LMConfig:
-    temperature: float = 2.0
+    temperature: float = 1.0
     alpha: float = 0.5  # weight of the next-token CE term; 1 - alpha on the KD term
     epochs: int = 1
     batch_size: int = 8  # sequences
