@@ -89,7 +89,7 @@ def verify_store(
             )
             return report
         report.add("complete", True, "complete flag set")
-        bad_sums, bad_rows, sparse_problems, view_problems = store.scan_chunks()
+        bad_sums, bad_rows, sparse_problems, layout_problems = store.scan_chunks()
         _check(report, "checksums", lambda: _checksum_detail(store, bad_sums))
         index = "a permutation of 0..N-1"
         if meta.views is not None:
@@ -100,7 +100,9 @@ def verify_store(
         if store.is_sparse:
             _check(report, "sparse", lambda: _sparse_detail(sparse_problems))
         if meta.views is not None:
-            _check(report, "views", lambda: _views_detail(view_problems))
+            _check(report, "views", lambda: _views_detail(layout_problems))
+        if meta.tokens is not None:
+            _check(report, "tokens", lambda: _token_detail(layout_problems))
         if transfer is not None:
             _check(report, "transfer", lambda: _transfer_detail(store, transfer))
         if teachers:
@@ -144,6 +146,12 @@ def _views_detail(problems: list[str]) -> str:
     if problems:
         raise MismatchError("; ".join(problems[:5]))
     return "row r is view r % V of sample r // V; every view's parameters are valid"
+
+
+def _token_detail(problems: list[str]) -> str:
+    if problems:
+        raise MismatchError(f"rows off the shift convention: {'; '.join(problems[:5])}")
+    return "every row predicts the next row's input token within its sequence"
 
 
 def _transfer_detail(store: StoreReader, transfer: object) -> str:

@@ -183,3 +183,27 @@ def test_prompt_tokens_take_no_loss(setup, tmp_path):
     with pytest.raises(SoftLabelsError, match="needs .jsonl"):
         load_text(str(write_corpus(tmp_path / "c")), str(setup["tokenizer"]), prompt_field="p")
     store.close()
+
+
+def test_a_token_store_shared_over_http_trains_as_the_local_one(setup, tmp_path):
+    """Share a store as a directory behind a URL: the dataset reads it as it reads the local."""
+    import functools
+    import shutil
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from tests.test_remote import _Handler
+
+    shutil.copytree(setup["store"].path, tmp_path / "lm.zarr")
+    handler = functools.partial(_Handler, directory=str(tmp_path))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/lm.zarr"
+        remote = TokenTargetDataset(url, setup["seqs"], temperature=3.0)
+        local = TokenTargetDataset(setup["store"], setup["seqs"], temperature=3.0)
+        for s in (0, len(local) // 2, len(local) - 1):
+            for a, b in zip(remote[s][2], local[s][2], strict=True):
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+    finally:
+        httpd.shutdown()

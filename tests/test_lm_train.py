@@ -186,3 +186,34 @@ def test_readme_language_model_loop_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     assert torch.isfinite(scope["loss"]) and scope["loss"].grad_fn is not None
     assert isinstance(scope["batch"].target.ids, torch.Tensor)  # sparse targets, K per row
+
+
+def test_targets_that_fit_are_read_once_per_run(lm, monkeypatch, tmp_path):
+    """Within the memory budget every chunk is read and replayed once, whatever the epochs;
+    over it, chunks stream and are read again each epoch."""
+    reads: list[int] = []
+    store = generate_tokens(
+        [f"hf:{lm['teacher']}"],
+        lm["train"],
+        tmp_path / "s.zarr",
+        max_length=16,
+        chunk_rows=100,
+        sparse=SparseSpec(top_k=8),
+        progress=False,
+    )
+    assert store.meta.num_chunks > 10
+    original = type(store).read_verified_chunk
+    monkeypatch.setattr(
+        type(store), "read_verified_chunk", lambda self, c: reads.append(c) or original(self, c)
+    )
+    seqs = lm["train"].window(16, "window")
+    for budget, most in ((1 << 30, 1), (1, 4)):
+        reads.clear()
+        student = load_student("gpt", vocab_size=lm["train"].vocab_size, max_length=16, width=32)
+        config = LMConfig(epochs=2, cache_bytes=budget, buffer_chunks=1)
+        train_lm(student, store, seqs, config)
+        assert set(reads) == set(range(store.meta.num_chunks))
+        assert max(reads.count(c) for c in set(reads)) <= most
+        if most > 1:
+            assert len(reads) >= 2 * store.meta.num_chunks
+    store.close()

@@ -111,6 +111,11 @@ def test_token_rows_off_the_shift_are_refused(lm, tmp_path, damage, message):
     group.attrs["checksums"] = sums
     with open_store(out) as s, pytest.raises(StoreFormatError, match=message):
         s.load()
+    from softlabels.verify import verify_store
+
+    report = verify_store(str(out))  # checksums pass; the tokens check names the damage
+    assert not report.ok and "[FAIL] tokens" in report.render() and message in report.render()
+    assert "[ok] checksums" in report.render()
 
 
 def test_a_student_learns_from_a_sparse_token_store(lm, tmp_path):

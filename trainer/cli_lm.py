@@ -76,7 +76,12 @@ def _sequences(
     "max_length=, returning an nn.Module of (B, L) ids and an attention mask to (B, L, V)).",
 )
 @click.option(
-    "--temperature", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Distillation temperature T. A sparse store with sampled ids replays best at T <= its "
+    "proposal temperature (1 by default; BENCHMARKS.md, Language models).",
 )
 @click.option(
     "--alpha",
@@ -109,7 +114,13 @@ def _sequences(
     show_default=True,
     help="Layers of the built-in student.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Passes over the store's sequences.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -117,8 +128,10 @@ def _sequences(
     show_default=True,
     help="Sequences per step.",
 )
-@click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the order and the student."
+)
 @click.option(
     "--out",
     required=True,

@@ -40,7 +40,7 @@ from trainer.sparse_losses import top1
 
 @dataclass(frozen=True)
 class LMConfig:
-    temperature: float = 2.0
+    temperature: float = 1.0
     alpha: float = 0.5  # weight of the next-token CE term; 1 - alpha on the KD term
     epochs: int = 1
     batch_size: int = 8  # sequences
@@ -48,6 +48,7 @@ class LMConfig:
     seed: int = 0
     kd: bool = True  # False: next-token cross-entropy only (the baseline)
     buffer_chunks: int = 8  # store chunks shuffled together (memory: their targets)
+    cache_bytes: int = 1 << 31  # targets of every chunk kept across epochs when they fit
     chunk_rows: int = 4096  # without a store: the grouping of sequences, as a store's chunks
     estimator: str | None = None  # sparse stores: None (importance at T <= T_q, else bucket)
 
@@ -83,6 +84,17 @@ class _Sequences(Dataset):
         return ids, labels, None, keep
 
 
+def _cache_chunks(store: StoreReader, config: LMConfig) -> int:
+    """Every chunk when all targets fit in ``config.cache_bytes`` (each chunk is then read and
+    replayed once per run, not once per epoch); else enough for one shuffle group and its
+    sequences' tails in the next chunk."""
+    meta = store.meta
+    per_row = 8 + (meta.sparse.k * 12 if meta.sparse is not None else meta.num_classes * 4)
+    if meta.num_samples * per_row <= config.cache_bytes:
+        return meta.num_chunks
+    return config.buffer_chunks + 2
+
+
 def train_lm(
     student: nn.Module,
     store: StoreReader | None,
@@ -102,7 +114,13 @@ def train_lm(
     elif config.kd:
         raise SoftLabelsError("knowledge distillation needs a token store")
     data: TokenTargetDataset | _Sequences = (
-        TokenTargetDataset(store, seqs, temperature=config.temperature, estimator=config.estimator)
+        TokenTargetDataset(
+            store,
+            seqs,
+            temperature=config.temperature,
+            estimator=config.estimator,
+            cache_chunks=_cache_chunks(store, config),
+        )
         if store is not None and config.kd
         else _Sequences(seqs, store.meta.chunk_rows if store is not None else config.chunk_rows)
     )

@@ -24,8 +24,18 @@ def check_sample_index(index: np.ndarray, num_samples: int) -> None:
 
 
 def check_token_rows(rows: Rows, vocab: int, path: str) -> None:
-    """Token rows must follow the shift convention: inside a sequence, position rises by one
-    and each row's label is the next row's input token; a sequence starts at position 0."""
+    """Token rows must follow the shift convention (``token_problems``)."""
+    problems = token_problems(rows, vocab)
+    if problems:
+        raise StoreFormatError(
+            f"{path!r} is not a valid token store ({'; '.join(problems)}): row t must predict "
+            f"the token at t + 1; regenerate it"
+        )
+
+
+def token_problems(rows: Rows, vocab: int) -> list[str]:
+    """What breaks the shift convention in these rows: inside a sequence, position rises by
+    one and each row's label is the next row's input token; a sequence starts at position 0."""
     ids, pos, labels = rows.arrays[schema.INPUT_IDS], rows.arrays[schema.POSITION], rows.labels
     problems = []
     if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
@@ -36,11 +46,7 @@ def check_token_rows(rows: Rows, vocab: int, path: str) -> None:
     if (labels[:-1][same] != ids[1:][same]).any():
         bad = np.flatnonzero(same & (labels[:-1] != ids[1:]))[:5] + rows.start
         problems.append(f"labels that are not the next row's input token at rows {bad.tolist()}")
-    if problems:
-        raise StoreFormatError(
-            f"{path!r} is not a valid token store ({'; '.join(problems)}): row t must predict "
-            f"the token at t + 1; regenerate it"
-        )
+    return problems
 
 
 def check_labels(labels: np.ndarray, num_classes: int, *, offset: int = 0) -> None:

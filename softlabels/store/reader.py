@@ -25,7 +25,7 @@ from softlabels.sparse.replay import SparseTargets
 from softlabels.store.backends import HDF5Backend, ZarrBackend, open_backend, store_kind
 from softlabels.store.checks import check_labels as check_labels
 from softlabels.store.checks import check_sample_index as check_sample_index
-from softlabels.store.checks import check_token_rows, check_view_index
+from softlabels.store.checks import check_token_rows, check_view_index, token_problems
 from softlabels.store.rows import Rows, chunk_checksum, nonfinite_rows
 from softlabels.views import check_view_rows, view_row_problems
 
@@ -271,13 +271,13 @@ class StoreReader:
     def scan_chunks(self) -> tuple[list[int], list[int], list[str], list[str]]:
         """One pass over every chunk: (chunks failing their checksum or undecodable, the first
         rows holding NaN or Inf values, for a sparse store what makes rows impossible, and for a
-        views store which rows are not the view and parameters they should be)."""
+        token or views store what breaks its row layout: the shift convention, or the views)."""
         if self.meta.checksums is None:
             raise IncompleteStoreError("store has no checksums yet: it was never finalised")
         bad_sums: list[int] = []
         bad_rows: list[int] = []
         sparse_problems: list[str] = []
-        view_problems: list[str] = []
+        layout: list[str] = []
         for chunk in range(self.meta.num_chunks):
             try:
                 rows = self.read_chunk(chunk)
@@ -293,14 +293,18 @@ class StoreReader:
                 )
             if self.meta.views is not None:
                 a = rows.arrays
-                view_problems += view_row_problems(
+                layout += view_row_problems(
                     rows.start,
                     a[schema.SAMPLE_INDEX],
                     a[schema.VIEW],
                     a[schema.VIEW_PARAMS],
                     self.meta.views,
                 )
-        return bad_sums, bad_rows, sparse_problems, view_problems
+            if self.meta.tokens is not None:
+                layout += [
+                    f"chunk {chunk}: {p}" for p in token_problems(rows, self.meta.num_classes)
+                ]
+        return bad_sums, bad_rows, sparse_problems, layout
 
     def verify_checksums(self) -> list[int]:
         """Indices of chunks whose data no longer matches the recorded checksum."""
