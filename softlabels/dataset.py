@@ -23,13 +23,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from softlabels.errors import SoftLabelsError
 from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader, open_store
 from softlabels.text import TokenSequences
 from softlabels.transfer import as_transfer
-from softlabels.views import VIEWS_NOT_TRAINABLE
+
+
+def _holds_views(store: StoreReader | str) -> bool:
+    if isinstance(store, StoreReader):
+        return store.meta.views is not None
+    with open_store(store) as reader:
+        return reader.meta.views is not None
 
 
 class ChunkTargets:
@@ -85,13 +90,20 @@ class SoftTargetDataset(ChunkTargets, Dataset):
     """
 
     def __new__(cls, store: Any = None, transfer: Any = None, **options: Any) -> Any:
-        """With ``TokenSequences`` for ``transfer`` (a token store), a ``TokenTargetDataset``."""
+        """With ``TokenSequences`` for ``transfer`` (a token store), a ``TokenTargetDataset``;
+        for a views store, a ``ViewTargetDataset`` (one stored view per sample per epoch)."""
         if cls is SoftTargetDataset and isinstance(transfer, TokenSequences):
             from softlabels.dataset_tokens import TokenTargetDataset
 
             dataset = TokenTargetDataset.__new__(TokenTargetDataset)
             dataset.__init__(store, transfer, **options)
             return dataset
+        if cls is SoftTargetDataset and store is not None and _holds_views(store):
+            from softlabels.dataset_views import ViewTargetDataset
+
+            views = ViewTargetDataset.__new__(ViewTargetDataset)
+            views.__init__(store, transfer, **options)
+            return views
         return super().__new__(cls)
 
     def __init__(
@@ -102,8 +114,6 @@ class SoftTargetDataset(ChunkTargets, Dataset):
         reader = store if isinstance(store, StoreReader) else open_store(store)
         try:
             self.meta = reader.meta
-            if reader.meta.views is not None:
-                raise SoftLabelsError(VIEWS_NOT_TRAINABLE.format(path=reader.path))
             self.transfer = as_transfer(transfer, reader.meta.transfer.split)
             check_transfer(self.transfer, num_classes=reader.meta.num_classes, store=reader)
             self.sample_index = reader.sample_index()  # store row -> position

@@ -27,14 +27,6 @@ from softlabels.errors import MismatchError, SoftLabelsError, StoreFormatError
 from softlabels.schema import StoreMeta, ViewSpec
 from softlabels.transfer import TransferSet
 
-# Until stage two draws views per epoch, readers of soft targets per sample refuse views stores:
-# pairing a view's targets with the un-augmented input would train on the wrong pairs silently.
-VIEWS_NOT_TRAINABLE = (
-    "{path!r} is a views store (its rows are augmented views, V per sample): training on it "
-    "needs each row's view rebuilt from its stored view_params (softlabels.views.view_input); "
-    "the per-sample dataset and trainer do not do that yet, so use a plain store here"
-)
-
 
 def view_input(x: np.ndarray, params: np.ndarray, policy: Policy) -> np.ndarray:
     """The input of a views-store row: ``policy`` applied to its sample's float32 input ``x``

@@ -20,7 +20,6 @@ from click.testing import CliRunner
 from softlabels import schema
 from softlabels.augment import RandomResizedCropFlip, augment_spec, policy_from_attr, view_rng
 from softlabels.cli import main
-from softlabels.dataset import SoftTargetDataset
 from softlabels.errors import (
     MismatchError,
     SoftLabelsError,
@@ -395,15 +394,6 @@ def test_cli(store, tmp_path):
         main, ["verify", str(out), "--transfer", "digits", "--teacher", TWO[0], "--sample", "8"]
     )
     assert res.exit_code == 0 and "[ok] views" in res.output and "[ok] teachers" in res.output
-
-
-def test_training_readers_refuse_views_stores(store):
-    with pytest.raises(SoftLabelsError, match="is a views store"):
-        SoftTargetDataset(str(store), "digits", temperature=2.0)
-    from trainer.data import join
-
-    with pytest.raises(SoftLabelsError, match="is a views store"):
-        join(str(store), load_transfer("digits", "test"))
 
 
 def test_generate_needs_both_augment_and_views(tmp_path):

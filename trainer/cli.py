@@ -139,6 +139,14 @@ def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--weight-decay", type=float, default=0.0, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option(
+            "--views-per-epoch",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Views stores (generate --views): stored views each sample takes per epoch, "
+            "drawn by the seed and the epoch alone, each rebuilt from its stored parameters.",
+        ),
+        click.option(
             "--memory-budget-mb",
             type=float,
             default=1024.0,
