@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from softlabels import __version__, schema
-from softlabels.augment import Policy
+from softlabels.augment import Policy, augment_spec
 from softlabels.device import check_precision, resolve_device, runtime_record
 from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.ensemble import normalise_weights
@@ -131,7 +131,7 @@ def generate(
     precision: str = "fp32",
     workers: int = 0,
     sparse: SparseSpec | None = None,
-    augment: Policy | None = None,
+    augment: Policy | str | None = None,
     views: int | None = None,
     view_seed: int = 0,
 ) -> StoreReader:
@@ -157,7 +157,8 @@ def generate(
     workers: DataLoader worker processes reading the transfer set (0: the main process).
     sparse: a ``SparseSpec`` (top_k, sample, ...) to write a sparse store (format version 2):
         each row keeps K ids, the members' logits there and a tail summary. None: dense.
-    augment, views, view_seed: an augmentation policy (``softlabels.augment``) and V, to write a
+    augment, views, view_seed: an augmentation policy (``softlabels.augment``, or its SPEC such
+        as "rrc-flip") and V, to write a
         views store (format version 4): its rows are V views of every sample (row r is view
         r % V of sample r // V), each drawn from (view_seed, sample, view) alone, with the
         drawn parameters stored per row. Give both augment and views, or neither.
@@ -205,7 +206,8 @@ def generate(
             t.module.to(runtime.device)
         data = as_transfer(transfer, split)
         if augment is not None and opts.views is not None:
-            data = ViewTransfer(data, augment, views=opts.views, seed=opts.view_seed)
+            policy = augment_spec(augment) if isinstance(augment, str) else augment
+            data = ViewTransfer(data, policy, views=opts.views, seed=opts.view_seed)
         meta = build_meta(opts, loaded, data, probe_num_classes(loaded, data, runtime), runtime)
         writer = d.collective(lambda: _open_writer(out, meta, opts) if d.is_main else None)
         if d.broadcast(writer is not None):  # else a complete, matching store is already there
