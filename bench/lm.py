@@ -58,6 +58,7 @@ class LMBench:
     top_k: int = 48  # + ``sample`` sampled ids: K = 64 entries per token
     sample: int = 16
     estimator: str | None = None  # (b)'s replay; None: the default (importance at T <= T_q)
+    cache_bytes: int = 8 << 30  # the students keep every target in memory (the dense: ~4 GB)
 
 
 def log(msg: str) -> None:
@@ -186,6 +187,7 @@ def run(c: LMBench) -> dict[str, Any]:
         batch_size=16,
         lr=3e-3,
         estimator=c.estimator,
+        cache_bytes=c.cache_bytes,
     )
     held_out = open_store(out / "test-sparse.zarr")
     arms = {
