@@ -97,8 +97,18 @@ def test_sequences_from_another_tokenizer_are_refused(lm, tmp_path):
         (lambda g: g["input_ids"].__setitem__(slice(3, 4), 7), "not the next row's input token"),
         (lambda g: g["position"].__setitem__(slice(5, 6), 9), "neither continue a sequence"),
         (lambda g: g["labels"].__setitem__(slice(0, 1), 3), "not the next row's input token"),
+        (lambda g: _end_label(g, 3), "labels at sequence ends that are not -1"),
     ],
 )
+def _end_label(group, token: int) -> None:
+    """Give a sequence's last row (the row before a position 0, in the same 50-row chunk) a
+    next token."""
+    pos = group["position"][:]
+    ends = np.flatnonzero(pos[1:] == 0)
+    end = int(ends[(ends + 1) % 50 != 0][0])
+    group["labels"][end] = token
+
+
 def test_token_rows_off_the_shift_are_refused(lm, tmp_path, damage, message):
     out = tmp_path / "t.zarr"
     generate_tokens(
