@@ -91,15 +91,6 @@ def test_sequences_from_another_tokenizer_are_refused(lm, tmp_path):
         generate_tokens([lm["teacher"]], wide, tmp_path / "x.zarr", max_length=8, progress=False)
 
 
-@pytest.mark.parametrize(
-    "damage,message",
-    [
-        (lambda g: g["input_ids"].__setitem__(slice(3, 4), 7), "not the next row's input token"),
-        (lambda g: g["position"].__setitem__(slice(5, 6), 9), "neither continue a sequence"),
-        (lambda g: g["labels"].__setitem__(slice(0, 1), 3), "not the next row's input token"),
-        (lambda g: _end_label(g, 3), "labels at sequence ends that are not -1"),
-    ],
-)
 def _end_label(group, token: int) -> None:
     """Give a sequence's last row (the row before a position 0, in the same 50-row chunk) a
     next token."""
@@ -109,6 +100,15 @@ def _end_label(group, token: int) -> None:
     group["labels"][end] = token
 
 
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda g: g["input_ids"].__setitem__(slice(3, 4), 7), "not the next row's input token"),
+        (lambda g: g["position"].__setitem__(slice(5, 6), 9), "neither continue a sequence"),
+        (lambda g: g["labels"].__setitem__(slice(0, 1), 3), "not the next row's input token"),
+        (lambda g: _end_label(g, 3), "labels at sequence ends that are not -1"),
+    ],
+)
 def test_token_rows_off_the_shift_are_refused(lm, tmp_path, damage, message):
     out = tmp_path / "t.zarr"
     generate_tokens(
