@@ -399,6 +399,7 @@ def test_the_distill_lm_pipeline_runs_at_tiny_size(tmp_path):
     ):
         assert np.isfinite(res[key]) and res[key] > 0, key
     assert res["bytes_per_token"] < res["dense_bytes_per_token"]
+    assert all(len(v) == 3 for v in res["step_seconds"].values())
     for runs in res["students"].values():
         for r in runs:
             assert 0 <= r["teacher_agreement"] <= 1 and r["teacher_kl"] > 0
