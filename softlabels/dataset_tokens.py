@@ -85,8 +85,9 @@ class TokenTargetDataset(ChunkTargets, Dataset):
     """Sequence s of ``sequences`` (windowed as the store's) with its rows' targets at T.
 
     store: a path, an fsspec URL, or an open ``StoreReader`` (not closed by the dataset).
-    estimator: for a sparse store, how sampled ids stand in for the tail ("bucket", the
-        default, "importance" or "ht"; ``softlabels.sparse.replay``).
+    estimator: for a sparse store, how sampled ids stand in for the tail ("bucket",
+        "importance" or "ht"; None: importance at T <= the store's proposal temperature, bucket
+        above it; ``softlabels.sparse.replay``).
     """
 
     def __init__(

@@ -17,8 +17,9 @@ Sources:
 
 ``window(max_length, mode)`` bounds the sequence length: "truncate" drops what is beyond it,
 "window" cuts a document into consecutive windows (each window's first token then has no left
-context), "pack" joins the documents into one stream cut into windows of exactly max_length,
-keeping where each document starts (``starts``). Nothing is downloaded: tokenizers and models
+context), "pack" joins the documents into one stream cut into windows of exactly max_length
+(the models attend across the documents joined in a window, as in usual packed training; the
+documents' starts are kept in ``starts``, in memory only). Nothing is downloaded: tokenizers and models
 are local files.
 """
 

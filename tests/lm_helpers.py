@@ -94,3 +94,22 @@ def bigram_student(*, vocab_size: int, max_length: int):
 def not_a_module(*, vocab_size: int, max_length: int) -> dict:
     """A student function returning the wrong thing."""
     return {"vocab_size": vocab_size}
+
+
+def tied_student(*, vocab_size: int, max_length: int):
+    """A module:function student whose output head shares the embedding's weight."""
+    import torch
+    from torch import nn
+
+    class _Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab_size, 16)
+            self.head = nn.Linear(16, vocab_size, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.head(self.embed(input_ids)).float()
+
+    torch.manual_seed(0)
+    return _Tied()

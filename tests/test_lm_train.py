@@ -217,3 +217,91 @@ def test_targets_that_fit_are_read_once_per_run(lm, monkeypatch, tmp_path):
         if most > 1:
             assert len(reads) >= 2 * store.meta.num_chunks
     store.close()
+
+
+# -- found in review
+
+
+def test_train_lm_cuts_raw_sequences_as_the_store_did(lm):
+    """The README's path: sequences straight from load_text, longer than the store's windows."""
+    assert lm["train"].lengths().max() > 16  # the store cut them to 16
+    student = load_student("gpt", vocab_size=lm["train"].vocab_size, max_length=16, width=32)
+    history = train_lm(
+        student, lm["store"], lm["train"], LMConfig(), eval_seqs=lm["test"], eval_store=lm["dense"]
+    )
+    assert np.isfinite(history[0]["eval_ppl"]) and "teacher_kl" in history[0]
+
+
+def test_a_wrong_eval_store_is_refused_before_training(lm):
+    student = load_student("gpt", vocab_size=lm["train"].vocab_size, max_length=16, width=32)
+    calls = []
+    student.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(MismatchError, match="not the store's sequences|fingerprints differ"):
+        train_lm(
+            student,
+            lm["store"],
+            lm["train"],
+            LMConfig(),
+            eval_seqs=lm["test"],
+            eval_store=lm["store"],
+        )  # the train store given as the eval store
+    assert len(calls) <= 1  # the vocabulary probe only: no training step ran
+
+
+def test_an_estimator_the_store_cannot_use_is_refused_without_a_traceback(lm, tmp_path):
+    result = _train_cli(lm, tmp_path / "r", "--estimator", "importance")  # a top-k-only store
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "keeps its top 8 ids only: use 'bucket'" in result.output
+
+
+def test_a_corpus_without_a_test_split_names_the_way_out(lm, tmp_path):
+    args = ["train-lm", "--store", str(lm["store"].path), "--text", str(lm["corpus"] / "train.txt")]
+    args += ["--tokenizer", str(lm["tokenizer"]), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(distill, args)
+    assert result.exit_code == 2 and "--eval-split none" in result.output
+    result = CliRunner().invoke(distill, [*args, "--eval-split", "none"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_student_with_tied_weights_is_saved(lm, tmp_path):
+    from safetensors.torch import load_model
+
+    from tests.lm_helpers import tied_student
+
+    spec = "tests.lm_helpers:tied_student"
+    result = _train_cli(lm, tmp_path / "r", "--student", spec, "--eval-split", "none")
+    assert result.exit_code == 0, result.output
+    fresh = load_student(spec, vocab_size=lm["train"].vocab_size, max_length=16)
+    load_model(fresh, str(tmp_path / "r" / "student.safetensors"))
+    assert fresh.head.weight is fresh.embed.weight
+    assert not torch.equal(
+        fresh.embed.weight,
+        tied_student(vocab_size=lm["train"].vocab_size, max_length=16).embed.weight,
+    )
+
+
+def test_prompts_longer_than_the_windows_train_or_say_why(lm, tmp_path):
+    docs = tmp_path / "train.jsonl"
+    long = " ".join(["the quick brown fox jumps over the lazy dog"] * 4)
+    docs.write_text(
+        "\n".join(json.dumps({"prompt": long, "text": f"answer {i}"}) for i in range(12))
+    )
+    seqs = load_text(str(docs), str(lm["tokenizer"]), prompt_field="prompt")
+    store = generate_tokens(
+        [f"hf:{lm['teacher']}"], seqs, tmp_path / "p.zarr", max_length=16, progress=False
+    )
+    cut = seqs.window(16, "window")
+    assert (np.add.reduceat(cut.loss_mask, cut.offsets[:-1]) == 0).any()  # all-prompt windows
+    student = load_student("gpt", vocab_size=lm["train"].vocab_size, max_length=16, width=32)
+    history = train_lm(student, store, seqs, LMConfig(batch_size=1))
+    assert np.isfinite(history[0]["train_loss"])
+    seqs.loss_mask[:] = False  # nothing left to learn from
+    with pytest.raises(SoftLabelsError, match="no row takes a loss"):
+        train_lm(student, store, seqs, LMConfig())
+    store.close()
+
+
+def test_any_width_builds_a_student():
+    for width in (8, 50, 100):
+        model = load_student("gpt", vocab_size=30, max_length=8, width=width)
+        assert model(torch.zeros((1, 3), dtype=torch.long)).shape == (1, 3, 30)

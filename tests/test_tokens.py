@@ -91,12 +91,22 @@ def test_sequences_from_another_tokenizer_are_refused(lm, tmp_path):
         generate_tokens([lm["teacher"]], wide, tmp_path / "x.zarr", max_length=8, progress=False)
 
 
+def _end_label(group, token: int) -> None:
+    """Give a sequence's last row (the row before a position 0, in the same 50-row chunk) a
+    next token."""
+    pos = group["position"][:]
+    ends = np.flatnonzero(pos[1:] == 0)
+    end = int(ends[(ends + 1) % 50 != 0][0])
+    group["labels"][end] = token
+
+
 @pytest.mark.parametrize(
     "damage,message",
     [
         (lambda g: g["input_ids"].__setitem__(slice(3, 4), 7), "not the next row's input token"),
         (lambda g: g["position"].__setitem__(slice(5, 6), 9), "neither continue a sequence"),
         (lambda g: g["labels"].__setitem__(slice(0, 1), 3), "not the next row's input token"),
+        (lambda g: _end_label(g, 3), "labels at sequence ends that are not -1"),
     ],
 )
 def test_token_rows_off_the_shift_are_refused(lm, tmp_path, damage, message):
@@ -389,6 +399,7 @@ def test_the_distill_lm_pipeline_runs_at_tiny_size(tmp_path):
     ):
         assert np.isfinite(res[key]) and res[key] > 0, key
     assert res["bytes_per_token"] < res["dense_bytes_per_token"]
+    assert all(len(v) == 3 for v in res["step_seconds"].values())
     for runs in res["students"].values():
         for r in runs:
             assert 0 <= r["teacher_agreement"] <= 1 and r["teacher_kl"] > 0

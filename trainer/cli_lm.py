@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from softlabels.errors import SpecError
 from softlabels.lm import check_tokenizers, teacher_tokenizer
 from softlabels.store import open_store
 from softlabels.text import TokenSequences, load_text, load_tokens
@@ -183,7 +184,12 @@ def train_lm_cmd(
         check_sequences(reader, seqs)
         evals = None
         if eval_split != "none":
-            test = _sequences(*load, "test", text_field, prompt_field)
+            try:
+                test = _sequences(*load, "test", text_field, prompt_field)
+            except SpecError as exc:
+                raise click.UsageError(
+                    f"no test split to evaluate on ({exc}); give one, or --eval-split none"
+                ) from exc
             evals = test.window(spec.max_length, spec.window)
         check_tokenizers({student: teacher_tokenizer(student)}, train, role="student")
         held_out = None if eval_store is None else stack.enter_context(open_store(eval_store))
@@ -206,8 +212,9 @@ def train_lm_cmd(
             estimator=estimator,
         )
         history = train_lm(model, reader, seqs, config, eval_seqs=evals, eval_store=held_out)
-    saved = save_student(model, Path(out))
+    Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "metrics.json").write_text(json.dumps(history, indent=2))
+    saved = save_student(model, Path(out))
     last = history[-1]
     ppl = f", eval perplexity {last['eval_ppl']:.2f}" if "eval_ppl" in last else ""
     if "teacher_agreement" in last:

@@ -29,11 +29,16 @@ def gpt_student(vocab_size: int, *, max_length: int, width: int = 64, layers: in
         n_positions=max_length,
         n_embd=width,
         n_layer=layers,
-        n_head=max(1, width // 32),
+        n_head=_heads(width),
         bos_token_id=0,
         eos_token_id=0,
     )
     return CausalLM(GPT2LMHeadModel(config))
+
+
+def _heads(width: int) -> int:
+    """Attention heads of about 32 dimensions each, dividing the width."""
+    return max(h for h in range(1, max(1, width // 32) + 1) if width % h == 0)
 
 
 def load_student(
@@ -68,10 +73,10 @@ def save_student(student: nn.Module, folder: Path) -> Path:
         target = folder / "student"
         student.model.save_pretrained(str(target), safe_serialization=True)
         return target
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     target = folder / "student.safetensors"
-    save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()}, str(target))
+    save_model(student, str(target))  # shared (tied) weights are written once
     return target
 
 

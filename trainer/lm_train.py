@@ -28,9 +28,10 @@ from softlabels.dataset_tokens import (
     check_token_store,
     collate_tokens,
     sequence_item,
+    token_spec,
 )
 from softlabels.errors import MismatchError, SoftLabelsError
-from softlabels.sparse import SparseTargets
+from softlabels.sparse import ESTIMATORS, SparseTargets
 from softlabels.store import StoreReader
 from softlabels.text import TokenSequences
 from trainer.lm_students import gpt_student
@@ -92,7 +93,7 @@ def _cache_chunks(store: StoreReader, config: LMConfig) -> int:
     per_row = 8 + (meta.sparse.k * 12 if meta.sparse is not None else meta.num_classes * 4)
     if meta.num_samples * per_row <= config.cache_bytes:
         return meta.num_chunks
-    return config.buffer_chunks + 2
+    return 2 * config.buffer_chunks  # a group, and the chunks its sequences run into
 
 
 def train_lm(
@@ -104,15 +105,27 @@ def train_lm(
     eval_seqs: TokenSequences | None = None,
     eval_store: StoreReader | None = None,
 ) -> list[dict[str, Any]]:
-    """Train ``student`` on ``seqs`` (windowed as the store's) from ``store``; per epoch, the
-    mean training loss, its seconds and, with ``eval_seqs``, their perplexity and next-token
-    accuracy (and, with ``eval_store``, a token store of ``eval_seqs``, agreement and KL with
-    the teacher). ``store=None`` trains on next-token cross-entropy alone (a baseline)."""
+    """Train ``student`` on ``seqs`` from ``store``; per epoch, the mean training loss, its
+    seconds and, with ``eval_seqs``, their perplexity and next-token accuracy (and, with
+    ``eval_store``, a token store of ``eval_seqs``, agreement and KL with the teacher).
+    ``store=None`` trains on next-token cross-entropy alone (a baseline). The sequences are cut
+    as the store's were (its ``max_length`` and window mode); without a store, give them cut
+    to the student's context. Every store is checked before the first step."""
     if store is not None:
+        spec = token_spec(store)
+        seqs = seqs.window(spec.max_length, spec.window)
         check_sequences(store, seqs)
         check_vocabulary(student, store)
+        check_estimator(store, config.estimator)
     elif config.kd:
         raise SoftLabelsError("knowledge distillation needs a token store")
+    if eval_store is not None:
+        if eval_seqs is None:
+            raise SoftLabelsError("an eval store needs the sequences it was made from")
+        spec = token_spec(eval_store)
+        eval_seqs = eval_seqs.window(spec.max_length, spec.window)
+        check_sequences(eval_store, eval_seqs)
+        check_vocabulary(student, eval_store)
     data: TokenTargetDataset | _Sequences = (
         TokenTargetDataset(
             store,
@@ -137,18 +150,44 @@ def train_lm(
         sampler.set_epoch(epoch)
         t0, losses = time.perf_counter(), []
         for batch in loader:
+            if len(batch.labels) == 0:  # every row of these sequences predicts a prompt token
+                continue
             logits = batch.select(student(batch.ids, attention_mask=batch.mask))  # (rows, V)
             loss = loss_fn(logits, batch.target, batch.labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+        if not losses:
+            raise SoftLabelsError(
+                "no row takes a loss: every row predicts a prompt token (prompts longer than "
+                "the windows?); use longer windows or shorter prompts"
+            )
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         record["epoch_seconds"] = time.perf_counter() - t0
         if eval_seqs is not None:
             record.update(evaluate_lm(student, eval_seqs, teacher=eval_store))
         history.append(record)
     return history
+
+
+def check_estimator(store: StoreReader, estimator: str | None) -> None:
+    """An estimator applies to sparse stores, and all but bucket to those with sampled ids."""
+    if estimator is None:
+        return
+    if estimator not in ESTIMATORS:
+        raise SoftLabelsError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    sparse = store.meta.sparse
+    if sparse is None:
+        raise SoftLabelsError(
+            f"estimator {estimator!r} applies to sparse stores; {store.path!r} is dense: leave "
+            f"the estimator unset"
+        )
+    if estimator != "bucket" and not sparse.sample:
+        raise SoftLabelsError(
+            f"estimator {estimator!r} reweights sampled ids, and {store.path!r} keeps its top "
+            f"{sparse.top_k} ids only: use 'bucket'"
+        )
 
 
 def _kl_estimator(store: StoreReader) -> str | None:
@@ -169,6 +208,9 @@ def evaluate_lm(
     the stored ids plus the rest merged into one bucket: exact ids, no sampling noise, and a
     lower bound of the full KL)."""
     student.eval()
+    if teacher is not None:
+        spec = token_spec(teacher)
+        seqs = seqs.window(spec.max_length, spec.window)
     data: TokenTargetDataset | _Sequences = (
         _Sequences(seqs, 4096)
         if teacher is None
@@ -177,9 +219,13 @@ def evaluate_lm(
     kl_fn = HintonKD(0.0, temperature=1.0)
     nll, correct, agree, kl, count = 0.0, 0, 0, 0.0, 0
     for batch in DataLoader(data, batch_size, collate_fn=collate_tokens):
+        if len(batch.labels) == 0:
+            continue
         logits = batch.select(student(batch.ids, attention_mask=batch.mask)).float()
         known, target = batch.labels >= 0, batch.target
         logits, y = logits[known], batch.labels[known]
+        if len(y) == 0:
+            continue
         log_p = torch.log_softmax(logits, -1)
         nll += float(-log_p.gather(1, y[:, None]).sum())
         correct += int((log_p.argmax(1) == y).sum())

@@ -46,6 +46,10 @@ def token_problems(rows: Rows, vocab: int) -> list[str]:
     if (labels[:-1][same] != ids[1:][same]).any():
         bad = np.flatnonzero(same & (labels[:-1] != ids[1:]))[:5] + rows.start
         problems.append(f"labels that are not the next row's input token at rows {bad.tolist()}")
+    ends = np.flatnonzero((pos[1:] == 0) & (labels[:-1] != -1))  # the row before a start
+    if len(ends):
+        rows_ = (ends[:5] + rows.start).tolist()
+        problems.append(f"labels at sequence ends that are not -1 (no next token) at rows {rows_}")
     return problems
 
 
