@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.common import put_section
 from softlabels.generate_tokens import generate_tokens
 from softlabels.lm import load_hf, sequence_logits
 from softlabels.schema import SparseSpec
@@ -347,15 +348,7 @@ def report_section(res: dict[str, Any]) -> str:
 
 def write_section(res: dict[str, Any], report: Path) -> None:
     """Put the section into ``report``, replacing an earlier one."""
-    text = report.read_text() if report.exists() else "# Benchmarks\n"
-    section = report_section(res)
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        tail = rest.split("\n## ", 1)
-        text = head + section + ("\n## " + tail[1] if len(tail) > 1 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    report.write_text(text)
+    put_section(report, SECTION, report_section(res))
 
 
 def main() -> None:
