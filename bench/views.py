@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.common import put_section
 from softlabels.augment import augment_spec, view_rng
 from softlabels.dataset_views import StoredViews
 from softlabels.generate import generate
@@ -295,15 +296,7 @@ def _labels(c: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def write_section(res: dict[str, Any], report: Path) -> None:
-    text = report.read_text() if report.exists() else "# Benchmarks\n"
-    section = report_section(res)
-    if SECTION in text:
-        head, rest = text.split(SECTION, 1)
-        tail = rest.split("\n## ", 1)
-        text = head + section + ("\n## " + tail[1] if len(tail) > 1 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    report.write_text(text)
+    put_section(report, SECTION, report_section(res))
 
 
 def main() -> None:
