@@ -342,8 +342,46 @@ def report_section(res: dict[str, Any]) -> str:
         f"**{res['kd_step_over_ce_step']:.3f}×** (dense store: "
         f"{res['kd_dense_step_over_ce_step']:.3f}×).",
         "",
+        *goals(res),
     ]
     return "\n".join(lines)
+
+
+def goals(res: dict[str, Any]) -> list[str]:
+    """The issue's targets against this run's figures."""
+    gap = res["ppl_ce"] - res["ppl_kd_sparse"]
+    noise = res["ppl_ce_std"] + res["ppl_kd_sparse_std"]
+    rel = res["ppl_kd_sparse"] / res["ppl_kd_dense"] - 1 if res.get("ppl_kd_dense") else None
+    rows = [
+        (
+            "(b) beats (a) by more than the seed noise",
+            f"{gap:.1f} lower (noise {noise:.1f})",
+            gap > noise,
+        ),
+        (
+            "(b) within 2% of (c)",
+            "n/a" if rel is None else f"{100 * rel:+.2f}%",
+            rel is not None and rel <= 0.02,
+        ),
+        (
+            "bytes per token at k = 64 ≤ 128",
+            f"{res['bytes_per_token']:.1f}",
+            res["bytes_per_token"] <= 128,
+        ),
+        (
+            "KD step ≤ 1.10× a CE step",
+            f"{res['kd_step_over_ce_step']:.3f}×",
+            res["kd_step_over_ce_step"] <= 1.10,
+        ),
+        (
+            "stage one ≤ 1.05× the bare forward pass",
+            f"{res['stage1_over_inference']:.2f}×",
+            res["stage1_over_inference"] <= 1.05,
+        ),
+    ]
+    out = ["| goal | this run | met |", "|---|---|---|"]
+    out += [f"| {goal} | {value} | {'yes' if ok else '**no**'} |" for goal, value, ok in rows]
+    return [*out, ""]
 
 
 def write_section(res: dict[str, Any], report: Path) -> None:
