@@ -41,6 +41,7 @@ from softlabels.schema import SparseSpec
 from softlabels.store import open_store
 from softlabels.teachers import load_teacher
 from softlabels.transfer import TransferSet, load_transfer
+from softlabels.views import rebuild_views
 from trainer.build import build_student
 from trainer.config import TrainConfig
 from trainer.data import InMemoryTargets, ViewTargets
@@ -156,12 +157,10 @@ def online_batches(
         order = _perm(seed, epoch, len(base))
         for i in range(0, len(order), c.batch_size):
             pos = order[i : i + c.batch_size]
-            x = np.stack(
-                [
-                    policy.apply(x, policy.sample(view_rng(10_000 + seed, int(s), epoch), shape))
-                    for s, x in zip(pos, base.gather(pos), strict=True)
-                ]
+            params = np.stack(
+                [policy.sample(view_rng(10_000 + seed, int(s), epoch), shape) for s in pos]
             )
+            x = rebuild_views(base, policy, pos, params)  # in one batch, as stored views are
             xs = torch.from_numpy(x.astype(np.float32))
             target = None
             if teacher is not None:

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from softlabels.errors import SpecError
 
@@ -77,9 +75,10 @@ class RandomResizedCropFlip:
     """torchvision's RandomResizedCrop box draw, then a horizontal flip with probability ``flip``.
 
     Parameters (all integers, exact in float32): top, left, height, width of the crop box in
-    input pixels, and flip (0 or 1). ``apply`` crops, resizes the box back to H x W with bilinear
-    interpolation (torch ``interpolate``, align_corners=False, antialias=False, float32 on the
-    CPU), then reverses the columns if flip is 1.
+    input pixels, and flip (0 or 1). ``apply`` resizes the box to H x W by bilinear
+    interpolation with half-pixel centres and no antialiasing (as torch's ``interpolate`` with
+    align_corners=False, here in float32 numpy, so that a batch of views, ``apply_batch``, is
+    bit for bit the views made one at a time), then reverses the columns if flip is 1.
     """
 
     scale: tuple[float, float] = (0.35, 1.0)
@@ -123,20 +122,34 @@ class RandomResizedCropFlip:
         return (h - ch) // 2, (w - cw) // 2, ch, cw
 
     def apply(self, x: np.ndarray, params: np.ndarray) -> np.ndarray:
-        shape = x.shape
+        return self.apply_batch(np.asarray(x)[None], np.asarray(params)[None])[0]
+
+    def apply_batch(self, xs: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """(R, *shape) float32 views of R inputs under their (R, 5) parameters, each exactly what
+        ``apply`` gives it alone: elementwise float32 numpy, the same operations in the same
+        order for every row (FORMAT.md, "Views stores", is this computation)."""
+        xs = np.asarray(xs, dtype=np.float32)
+        shape, r = xs.shape[1:], len(xs)
         h, w = image_hw(tuple(shape))
-        bad = self.bad_rows(np.asarray(params, dtype=np.float64)[None], tuple(shape))
+        p = np.asarray(params, dtype=np.float64).reshape(r, len(self.param_names))
+        bad = self.bad_rows(p, tuple(shape))
         if len(bad):
-            raise ValueError(
-                f"{RRC_FLIP} parameters {np.asarray(params).tolist()} do not fit {shape}"
-            )
-        top, left, height, width, flip = (int(v) for v in params)
-        img = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).reshape(-1, h, w))
-        crop = img[None, :, top : top + height, left : left + width]  # (1, C, height, width)
-        out = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0]
-        if flip:
-            out = out.flip(-1)
-        return np.ascontiguousarray(out.numpy().reshape(shape), dtype=np.float32)
+            raise ValueError(f"{RRC_FLIP} parameters {p[bad[0]].tolist()} do not fit {shape}")
+        top, left, height, width, flip = (p[:, k].astype(np.int64) for k in range(5))
+        img = xs.reshape(r, -1, h, w)
+        r0, r1, wr = _taps(h, height)  # (R, H) source rows inside the box, and weights
+        c0, c1, wc = _taps(w, width)
+        n, ch = np.arange(r)[:, None, None], np.arange(img.shape[1])[None, :, None]
+        rows = img[n, ch, (top[:, None] + r0)[:, None, :]] * (1 - wr)[:, None, :, None]
+        rows = rows + img[n, ch, (top[:, None] + r1)[:, None, :]] * wr[:, None, :, None]
+        n4 = np.arange(r)[:, None, None, None]
+        cols0 = (left[:, None] + c0)[:, None, None, :]
+        cols1 = (left[:, None] + c1)[:, None, None, :]
+        ch4, rr = np.arange(img.shape[1])[None, :, None, None], np.arange(h)[None, None, :, None]
+        out = rows[n4, ch4, rr, cols0] * (1 - wc)[:, None, None, :]
+        out = out + rows[n4, ch4, rr, cols1] * wc[:, None, None, :]
+        out[flip == 1] = out[flip == 1][..., ::-1]
+        return np.ascontiguousarray(out.reshape(xs.shape), dtype=np.float32)
 
     def bad_rows(self, params: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
         """Rows of (R, 5) ``params`` that are not a whole-pixel box inside the image with
@@ -155,6 +168,14 @@ class RandomResizedCropFlip:
             "ratio": list(self.ratio),
             "flip": self.flip,
         }
+
+
+def _taps(n_out: int, n_in: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear, half-pixel centres (align_corners=False): for each of R boxes of ``n_in``
+    pixels and output pixel i, the two source pixels and the float32 weight of the second."""
+    src = np.maximum((np.arange(n_out)[None, :] + 0.5) * (n_in[:, None] / n_out) - 0.5, 0)
+    lo = np.floor(src).astype(np.int64)
+    return lo, np.minimum(lo + 1, n_in[:, None] - 1), (src - lo).astype(np.float32)
 
 
 BUILTIN_POLICIES = {RRC_FLIP: RandomResizedCropFlip}

@@ -29,7 +29,7 @@ from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader, open_store
 from softlabels.transfer import TransferSet, as_transfer
-from softlabels.views import load_views_policy, view_input
+from softlabels.views import load_views_policy, rebuild_views
 
 
 def view_choice(seed: int, epoch: int, draw: int, num_samples: int, views: int) -> np.ndarray:
@@ -83,12 +83,7 @@ class StoredViews:
     def inputs(self, rows: np.ndarray) -> np.ndarray:
         """(R, *input_shape) float32: the rows' views rebuilt from their stored parameters."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), *self.base.input_shape), dtype=np.float32)
-        if len(rows):
-            xs = self.base.gather(rows // self.views)
-            for i, (x, p) in enumerate(zip(xs, self.params[rows], strict=True)):
-                out[i] = view_input(x, p, self.policy)
-        return out
+        return rebuild_views(self.base, self.policy, rows // self.views, self.params[rows])
 
     def labels(self, rows: np.ndarray) -> np.ndarray:
         return self.base_labels[np.asarray(rows) // self.views]

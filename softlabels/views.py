@@ -38,14 +38,16 @@ def rebuild_views(
     base: TransferSet, policy: Policy, samples: np.ndarray, params: np.ndarray
 ) -> np.ndarray:
     """(R, *input_shape) float32 inputs of R rows, from their samples' positions in ``base``
-    and their (R, P) parameters."""
+    and their (R, P) parameters; in one batch where the policy offers ``apply_batch`` (whose
+    rows must be exactly ``apply``'s)."""
     if len(samples) == 0:
         return np.empty((0, *base.input_shape), dtype=np.float32)
-    first = int(samples.min())
-    block = base.take(first, int(samples.max()) + 1)  # samples of a row block are contiguous
-    return np.stack(
-        [view_input(block[s - first], p, policy) for s, p in zip(samples, params, strict=True)]
-    )
+    xs = base.gather(np.asarray(samples, dtype=np.int64))
+    params = np.asarray(params, dtype=np.float32)
+    batch = getattr(policy, "apply_batch", None)
+    if batch is not None:
+        return np.asarray(batch(xs, params), dtype=np.float32)
+    return np.stack([view_input(x, p, policy) for x, p in zip(xs, params, strict=True)])
 
 
 class _ViewItems:

@@ -16,6 +16,8 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from softlabels import schema
 from softlabels.augment import RandomResizedCropFlip, augment_spec, policy_from_attr, view_rng
@@ -423,7 +425,11 @@ def test_format_md_names_the_views_layout():
 
 
 def test_format_md_numpy_view_matches_the_policy():
-    """The spec's numpy rebuild of an rrc-flip view agrees with the policy to float32 rounding."""
+    """The spec's numpy rebuild of an rrc-flip view is the policy's, bit for bit, and agrees
+    with torch's bilinear interpolate to float32 rounding."""
+    import torch
+    import torch.nn.functional as F
+
     code = re.search(r"```python\n(.*?)```", _format_section(), re.S).group(1)
     scope: dict = {}
     exec(code, scope)
@@ -434,4 +440,28 @@ def test_format_md_numpy_view_matches_the_policy():
             params = RRC.sample(view_rng(1, s, 0), shape)
             mine = scope["rrc_flip_view"](x, params)
             assert mine.shape == shape and mine.dtype == np.float32
-            np.testing.assert_allclose(mine, RRC.apply(x, params), rtol=0, atol=2e-6)
+            np.testing.assert_array_equal(mine, RRC.apply(x, params))
+            top, left, height, width, flip = (int(v) for v in params)
+            h, w = (shape[-2], shape[-1]) if len(shape) > 1 else (8, 8)
+            box = torch.from_numpy(
+                x.reshape(-1, h, w)[None, :, top : top + height, left : left + width].copy()
+            )
+            ref = F.interpolate(box, size=(h, w), mode="bilinear", align_corners=False)[0]
+            ref = (ref.flip(-1) if flip else ref).numpy().reshape(shape)
+            np.testing.assert_allclose(mine, ref, rtol=0, atol=2e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 9),
+    shape=st.sampled_from([(1, 8, 8), (28, 28), (3, 6, 10), (64,)]),
+    seed=st.integers(0, 2**31),
+)
+def test_a_batch_of_views_is_each_view_made_alone(rows, shape, seed):
+    """apply_batch, which stage one and stage two use, gives each row exactly apply's view."""
+    rng = np.random.default_rng(seed)
+    xs = rng.random((rows, *shape), dtype=np.float32)
+    params = np.stack([RRC.sample(view_rng(seed, i, 0), shape) for i in range(rows)])
+    batch = RRC.apply_batch(xs, params)
+    for i in range(rows):
+        np.testing.assert_array_equal(batch[i], RRC.apply(xs[i], params[i]))
