@@ -281,8 +281,37 @@ def report_section(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | {m['rows']:,} | {m['seconds']:.1f} | {m['bytes_per_row']:.1f} |")
     top = next(n for n in s1 if "-top" in n)
     parts = ", ".join(f"{k} {v:.1f}" for k, v in s1[top]["bytes_by_array"].items())
-    lines += ["", f"Bytes per view of `{top}` by array: {parts}.", ""]
+    lines += ["", f"Bytes per view of `{top}` by array: {parts}.", "", *goals(res), ""]
     return "\n".join(lines)
+
+
+def goals(res: dict[str, Any]) -> list[str]:
+    """The issue's targets against this run's figures."""
+    summary, s1 = res["summary"], res["stage1"]
+    online = summary["b_online_augmented"]
+    best = max(
+        (n for n in summary if n.startswith("c_views")), key=lambda n: summary[n]["accuracy_mean"]
+    )
+    c = summary[best]
+    gap = c["accuracy_mean"] - online["accuracy_mean"]
+    noise = c["accuracy_std"] + online["accuracy_std"]
+    ratio = c["epoch_seconds_median"] / online["epoch_seconds_median"]
+    top = next(n for n in s1 if "-top" in n)
+    rows = [
+        (
+            f"(c) at its best V ({best.removeprefix('c_views')}) matches (b) within the seed noise",
+            f"{100 * gap:+.2f} points (noise {100 * noise:.2f})",
+            abs(gap) <= noise,
+        ),
+        ("(c)'s epoch ≤ 1/5 of (b)'s", f"{ratio:.2f}×", ratio <= 0.2),
+        (
+            "≤ 32 bytes per view with a top-k store",
+            f"{s1[top]['bytes_per_row']:.1f} ({top})",
+            s1[top]["bytes_per_row"] <= 32,
+        ),
+    ]
+    out = ["| goal | this run | met |", "|---|---|---|"]
+    return out + [f"| {g} | {v} | {'yes' if ok else '**no**'} |" for g, v, ok in rows]
 
 
 def _labels(c: dict[str, Any]) -> list[tuple[str, str]]:
