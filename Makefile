@@ -22,7 +22,7 @@ TEST_STORE  := $(DIGITS)/softlabels-$(LABELLED)-test.$(FORMAT)
 TEACHERS    := $(DIGITS)/teacher1-$(LABELLED).pt $(DIGITS)/teacher2-$(LABELLED).pt $(DIGITS)/teacher3-$(LABELLED).pt
 QUIET       ?= --quiet
 
-.PHONY: help venv test lint softlabels distill bench reliability clean
+.PHONY: help venv test lint softlabels distill distill-lm bench reliability clean
 help:
 	@echo "make distill    digits, 10% labelled: teachers -> store -> hard-label vs distilled students, 5 seeds"
 	@echo "make softlabels train 3 digits teachers if missing, write $(STORE) (FORMAT=h5 for HDF5)"
@@ -30,6 +30,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "make reliability  fault-injection campaign and hostile-store checks (RELIABILITY.md)"
 	@echo "make bench      speed and accuracy on Fashion-MNIST (writes BENCHMARKS.md, bench/results.json)"
+	@echo "make distill-lm a GPT teacher -> sparse token store -> students (writes data/lm/results.json)"
 	@echo "Variables: FORMAT=zarr|h5 TEMPERATURE=2 (or 1,2,4,8,20) ALPHA=0.1 EPOCHS=30 SEEDS=0-4 LABELLED=0.1"
 	@echo "           DEVICE=cpu|cuda (make bench: stage one at bf16 and the students on that device)"
 
@@ -37,7 +38,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,lm]'
 	touch $@
 
 test: $(STAMP)
@@ -101,6 +102,20 @@ bench: $(STAMP)
 	  fi; \
 	fi
 	$(BIN)/python -m bench.run --data $(FASHION_MNIST_DIR) --device $(DEVICE)
+
+# ---- language models (bench/lm.py; the README's "Language models") --------------------------
+PYDOCS ?= /usr/share/doc/python3.11/html/_sources
+distill-lm: $(STAMP)
+	@if [ ! -d $(PYDOCS) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$(PYDOCS)" = /usr/share/doc/python3.11/html/_sources ]; then \
+	    apt-get update -qq && apt-get install -y -qq python3.11-doc; \
+	  else \
+	    echo "No text corpus in $(PYDOCS). Install it (Debian, as root): apt-get install python3.11-doc"; \
+	    echo "or point PYDOCS at a folder of .rst.txt files: make distill-lm PYDOCS=/path"; \
+	    exit 1; \
+	  fi; \
+	fi
+	$(BIN)/python -m bench.lm --docs $(PYDOCS) --out data/lm --report BENCHMARKS.md
 
 # ---- reliability (see RELIABILITY.md) --------------------------------------------------------
 reliability: $(STAMP)

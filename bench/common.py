@@ -176,3 +176,16 @@ def student_config(c: BenchConfig, out: str, **kw: Any) -> TrainConfig:
         device=c.device,
     )
     return replace(base, **kw)
+
+
+def put_section(report: Path, title: str, section: str) -> None:
+    """Put ``section`` (starting with the heading ``title``) into the markdown file ``report``,
+    replacing the section of that title (up to the next "## " heading) if there is one."""
+    text = report.read_text() if report.exists() else "# Benchmarks\n"
+    if title in text:
+        head, rest = text.split(title, 1)
+        tail = rest.split("\n## ", 1)
+        text = head + section + ("\n## " + tail[1] if len(tail) > 1 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    report.write_text(text)

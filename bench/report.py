@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from bench.sparse_report import section as sparse_section
+from bench.views import report_section as views_section
 
 
 def _ms(values: list[dict[str, float]], key: str, scale: float = 1.0) -> str:
@@ -254,6 +255,8 @@ def write_report(res: dict[str, Any], out: Path, report: Path) -> None:
     ]
     if "sparse" in res:
         lines += sparse_section(res, out)
+    if "views" in res:
+        lines += ["", *views_section(res["views"]).splitlines()]
     lines.append(SCALING)
     lines += [
         "## Reading these figures",

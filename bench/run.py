@@ -40,6 +40,7 @@ from bench.speed import (
     storage_matrix,
     synthetic_stream,
 )
+from bench.views import run_views
 from softlabels.store import open_store
 from softlabels.transfer import TransferSet, load_transfer
 from trainer.train import train
@@ -195,6 +196,8 @@ def run(c: BenchConfig) -> dict[str, Any]:
     res["small_data"] = {"fraction": c.small_fraction, "hard": small_hard, "soft": small_soft}
     log("sparse stores of a large-C teacher (bench/sparse.py)")
     res["sparse"] = run_sparse(c)
+    log("stored augmentation views (bench/views.py)")
+    res["views"] = run_views(c)
 
     res.update(summary(c, res))
     res["bench_seconds"] = time.perf_counter() - started
@@ -277,6 +280,17 @@ def run_sparse_only(c: BenchConfig) -> dict[str, Any]:
     return res
 
 
+def run_views_only(c: BenchConfig) -> dict[str, Any]:
+    """The views section again, merged into the last full run's results (``views_date``)."""
+    started = time.perf_counter()
+    res = json.loads((Path(c.out) / "results.json").read_text())
+    res["views"] = run_views(c)
+    res["views_date"] = dt.date.today().isoformat()
+    res["views_machine"] = machine()
+    res["bench_seconds"] = time.perf_counter() - started
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -305,6 +319,12 @@ def main() -> None:
         help="Rerun the sparse-store section only (bench/sparse.py) and update its key in an "
         "existing results.json.",
     )
+    p.add_argument(
+        "--only-views",
+        action="store_true",
+        help="Rerun the stored-views section only (bench/views.py) and update its key in an "
+        "existing results.json.",
+    )
     a = p.parse_args()
     precision = a.precision or ("bf16" if a.device.startswith("cuda") else "fp32")
     c = BenchConfig(
@@ -319,9 +339,11 @@ def main() -> None:
     )
     if a.quick:
         c = replace(c, **QUICK)
-    if a.only_speed and a.only_sparse:
-        p.error("--only-speed and --only-sparse: pick one")
-    results = run_speed_only(c) if a.only_speed else run_sparse_only(c) if a.only_sparse else run(c)
+    if a.only_speed + a.only_sparse + a.only_views > 1:
+        p.error("--only-speed, --only-sparse and --only-views: pick one")
+    only = {"speed": a.only_speed, "sparse": a.only_sparse, "views": a.only_views}
+    runner = {"speed": run_speed_only, "sparse": run_sparse_only, "views": run_views_only}
+    results = next((runner[k] for k, on in only.items() if on), run)(c)
     Path(c.out).mkdir(parents=True, exist_ok=True)
     (Path(c.out) / "results.json").write_text(json.dumps(results, indent=2))
     from bench.report import write_report

@@ -113,7 +113,7 @@ def run_sparse(c: BenchConfig) -> dict[str, Any]:
                 **_students(base, path, work / "runs" / name, c.seeds),
             }
         )
-        if spec.sample:  # the default estimator is "bucket"; "importance" for comparison
+        if spec.sample:  # at T = 4 > T_q the default is "bucket"; "importance" to compare
             importance = _students(
                 replace(base, estimator="importance"), path, work / "runs" / f"{name}-i", c.seeds
             )

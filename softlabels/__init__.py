@@ -15,32 +15,63 @@ For a large output space, a sparse store (format version 2) keeps K ids per row:
     softlabels.generate([teacher], dataset, "top64.zarr", sparse=softlabels.SparseSpec(top_k=64))
     store.soft_targets(positions, 4.0)  # SparseTargets(ids, log_probs, log_tail): K per row
     softlabels.audit_store("top64.zarr", against="teachers.zarr")  # what it costs, measured
+
+For language models, a token store (format version 3) holds the next-token targets of every
+position of a set of token sequences (``pip install softlabels[lm]``)::
+
+    seqs = softlabels.load_text("docs/", "tokenizer.json")  # or load_tokens("ids.npz")
+    softlabels.generate_tokens(["hf:teacher"], seqs, "lm.zarr", max_length=256,
+                               sparse=softlabels.SparseSpec(top_k=64, sample=16))
+    ds = softlabels.SoftTargetDataset("lm.zarr", seqs, temperature=2.0)  # item s: sequence s
 """
 
 __version__ = "0.3.0"
 
 from softlabels.audit import AuditOptions, audit_store  # noqa: E402
+from softlabels.augment import Policy, RandomResizedCropFlip  # noqa: E402
 from softlabels.dataset import ChunkSampler, SoftTargetDataset  # noqa: E402
+from softlabels.dataset_tokens import (  # noqa: E402
+    SequenceSampler,
+    TokenBatch,
+    TokenTargetDataset,
+    collate_tokens,
+)
 from softlabels.generate import generate  # noqa: E402
+from softlabels.generate_tokens import generate_tokens  # noqa: E402
 from softlabels.schema import SparseSpec  # noqa: E402
 from softlabels.sparse import SparseTargets  # noqa: E402
 from softlabels.store import StoreReader, StoreWriter, open_store  # noqa: E402
+from softlabels.text import TokenSequences, load_text, load_tokens  # noqa: E402
 from softlabels.transfer import TransferSet, load_transfer  # noqa: E402
 from softlabels.verify import verify_store  # noqa: E402
+from softlabels.views import ViewTransfer, load_views_policy, view_input  # noqa: E402
 
 __all__ = [
     "AuditOptions",
     "ChunkSampler",
+    "Policy",
+    "RandomResizedCropFlip",
+    "SequenceSampler",
     "SparseSpec",
     "SparseTargets",
     "SoftTargetDataset",
     "StoreReader",
     "StoreWriter",
+    "TokenBatch",
+    "TokenSequences",
+    "TokenTargetDataset",
     "TransferSet",
+    "ViewTransfer",
     "__version__",
     "audit_store",
+    "collate_tokens",
     "generate",
+    "generate_tokens",
+    "load_text",
+    "load_tokens",
     "load_transfer",
+    "load_views_policy",
     "open_store",
     "verify_store",
+    "view_input",
 ]

@@ -10,6 +10,8 @@ import click
 
 from softlabels import schema
 from softlabels.audit import AuditOptions, audit_store, format_audit
+from softlabels.augment import Policy, augment_spec
+from softlabels.cli_lm import generate_lm_cmd
 from softlabels.clihelp import (
     FriendlyGroup,
     device_option,
@@ -17,6 +19,7 @@ from softlabels.clihelp import (
     parse_temperatures,
     precision_option,
     sparse_options,
+    views_options,
 )
 from softlabels.device import PRECISIONS
 from softlabels.generate import DEFAULT_CHUNK_ROWS, generate
@@ -116,6 +119,7 @@ def main() -> None:
     help="Precision of the teachers' forward pass (autocast); logits are kept in float32.",
 )
 @sparse_options()
+@views_options()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_cmd(
     teachers: tuple[str, ...],
@@ -134,6 +138,9 @@ def generate_cmd(
     device: str,
     precision: str,
     sparse: SparseSpec | None,
+    augment: Policy | None,
+    views: int | None,
+    view_seed: int,
     quiet: bool,
 ) -> None:
     """Run the teacher(s) over a transfer set once and write their logits to a store.
@@ -141,6 +148,10 @@ def generate_cmd(
     With --top-k K the store is sparse: per row the K largest logits (plus --sample S sampled
     ids), every member's logits there, and a summary of the rest that replays the tail's mass at
     any temperature; `softlabels audit` measures what that costs against a dense store.
+
+    With --views V --augment SPEC the rows are V augmented views of every sample (row r is view
+    r % V of sample r // V), each with its augmentation parameters stored, so any view's input
+    can be rebuilt exactly (softlabels.views.view_input).
 
     With --resume the same command line is safe to repeat (a requeued job): it creates the
     store if there is none, finishes a partial one, and does nothing if the store is already
@@ -169,10 +180,15 @@ def generate_cmd(
         precision=precision,
         workers=workers,
         sparse=sparse,
+        augment=augment,
+        views=views,
+        view_seed=view_seed,
     )
     with store:
         meta = store.meta
     layout = "" if meta.sparse is None else f", sparse K={meta.sparse.k} ({meta.sparse.policy})"
+    if meta.views is not None:
+        layout += f", {meta.views.views_per_sample} views per sample ({meta.views.policy_name})"
     click.echo(
         f"wrote {out}: {meta.num_samples} rows x {meta.num_classes} classes, "
         f"{meta.num_members} teacher(s), combine={meta.combine}, dtype={meta.dtype}{layout}"
@@ -201,6 +217,12 @@ def inspect_cmd(store: str, as_json: bool) -> None:
     "--sample", type=click.IntRange(min=1), default=64, show_default=True, help="Rows to re-run."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing the rows.")
+@click.option(
+    "--augment",
+    default=None,
+    help="For a views store made by a module:function policy: that SPEC again, to rebuild the "
+    "views --teacher re-runs on (built-in policies are rebuilt from the store).",
+)
 @device_option("Where --teacher re-runs: ")
 @precision_option(
     tuple(PRECISIONS),
@@ -214,6 +236,7 @@ def verify_cmd(
     teachers: tuple[str, ...],
     sample: int,
     seed: int,
+    augment: str | None,
     device: str,
     precision: str | None,
 ) -> None:
@@ -230,6 +253,7 @@ def verify_cmd(
         seed=seed,
         device=device,
         precision=precision,
+        augment=None if augment is None else augment_spec(augment),
     )
     click.echo(report.render())
     if not report.ok:
@@ -358,6 +382,8 @@ def combine_cmd(
     )
     click.echo(f"wrote {out}: {meta.num_members} members, combine={meta.combine}")
 
+
+main.add_command(generate_lm_cmd)
 
 if __name__ == "__main__":
     main()

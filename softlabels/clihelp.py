@@ -174,3 +174,52 @@ def sparse_options() -> Callable[[Any], Any]:
         return wrapper
 
     return decorate
+
+
+def views_options() -> Callable[[Any], Any]:
+    """--views V, --augment SPEC and --view-seed S, passed to the command as ``augment`` (the
+    policy SPEC parsed into a policy object, or None), ``views`` (V or None) and ``view_seed``."""
+    opts = [
+        click.option(
+            "--views",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Write a views store (format version 4): V augmented views of every sample, "
+            "each view's augmentation parameters stored with its targets. Needs --augment.",
+        ),
+        click.option(
+            "--augment",
+            default=None,
+            help="Augmentation policy of --views: rrc-flip[:scale=LO-HI,ratio=LO-HI,flip=P] "
+            "(random-resized crop, then horizontal flip; default scale=0.35-1, "
+            "ratio=0.75-1.3333, flip=0.5) or module:function returning a policy object "
+            "(softlabels.augment.Policy).",
+        ),
+        click.option(
+            "--view-seed",
+            type=click.IntRange(min=0, max=2**63 - 1),
+            default=0,
+            show_default=True,
+            help="Seed of the views' parameters (with the sample and view number: reproducible).",
+        ),
+    ]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            from softlabels.augment import augment_spec
+
+            if (kw["views"] is None) != (kw["augment"] is None):
+                raise click.UsageError(
+                    "--views and --augment go together: give both (e.g. --views 4 --augment "
+                    "rrc-flip) or neither"
+                )
+            if kw["augment"] is not None:
+                kw["augment"] = augment_spec(kw["augment"])
+            return f(*args, **kw)
+
+        for opt in reversed(opts):
+            wrapper = opt(wrapper)
+        return wrapper
+
+    return decorate

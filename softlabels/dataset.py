@@ -26,10 +26,57 @@ from torch.utils.data import Dataset, Sampler
 from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader, open_store
+from softlabels.text import TokenSequences
 from softlabels.transfer import as_transfer
 
 
-class SoftTargetDataset(Dataset):
+def _holds_views(store: StoreReader | str) -> bool:
+    if isinstance(store, StoreReader):
+        return store.meta.views is not None
+    with open_store(store) as reader:
+        return reader.meta.views is not None
+
+
+class ChunkTargets:
+    """Targets at ``temperature`` a whole store chunk at a time, the last ``cache_chunks`` kept,
+    through this process's own store handle (a forked DataLoader worker opens its own; the
+    object pickles without the open file). Users set ``path``, ``temperature``,
+    ``cache_chunks`` and call ``_init_cache(reader)``."""
+
+    path: str
+    temperature: float
+    cache_chunks: int
+    estimator: str | None = None  # for a sparse store (``softlabels.sparse.replay``)
+
+    def _init_cache(self, reader: StoreReader | None) -> None:
+        self._reader, self._pid = reader, os.getpid()
+        self._cache: OrderedDict[int, torch.Tensor | SparseTargets] = OrderedDict()
+
+    def _chunk_targets(self, chunk: int) -> torch.Tensor | SparseTargets:
+        if chunk in self._cache:
+            self._cache.move_to_end(chunk)
+            return self._cache[chunk]
+        rows = self._store().read_verified_chunk(chunk)
+        targets = self._store().soft_targets(rows, self.temperature, estimator=self.estimator)
+        self._cache[chunk] = targets
+        if len(self._cache) > self.cache_chunks:
+            self._cache.popitem(last=False)
+        return targets
+
+    def _store(self) -> StoreReader:
+        """This process's own handle (a forked worker must not share its parent's file)."""
+        if self._reader is None or self._pid != os.getpid():
+            self._reader, self._pid = open_store(self.path), os.getpid()
+            self._cache.clear()
+        return self._reader
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_reader"], state["_cache"] = None, OrderedDict()
+        return state
+
+
+class SoftTargetDataset(ChunkTargets, Dataset):
     """Item i is ``(x_i, y_i, target_i)`` for transfer-set position i: the float32 input, the
     int label (-1 where unknown) and the teacher's log soft targets at ``temperature``: shape
     (C,) for a dense store; for a sparse store ``SparseTargets`` of K ids, their log-probs and
@@ -37,8 +84,27 @@ class SoftTargetDataset(Dataset):
 
     store: a path, an fsspec URL, or an open ``StoreReader`` (not closed by the dataset).
     transfer: the transfer set the store was made from: a map-style Dataset of ``(x, y)`` or
-        ``x``, a ``TransferSet``, or a SPEC string (its split is the store's).
+        ``x``, a ``TransferSet``, or a SPEC string (its split is the store's). For a token
+        store, its ``TokenSequences``: the dataset is then a ``TokenTargetDataset``, whose item
+        s is sequence s (see ``softlabels.dataset_tokens``).
     """
+
+    def __new__(cls, store: Any = None, transfer: Any = None, **options: Any) -> Any:
+        """With ``TokenSequences`` for ``transfer`` (a token store), a ``TokenTargetDataset``;
+        for a views store, a ``ViewTargetDataset`` (one stored view per sample per epoch)."""
+        if cls is SoftTargetDataset and isinstance(transfer, TokenSequences):
+            from softlabels.dataset_tokens import TokenTargetDataset
+
+            dataset = TokenTargetDataset.__new__(TokenTargetDataset)
+            dataset.__init__(store, transfer, **options)
+            return dataset
+        if cls is SoftTargetDataset and store is not None and _holds_views(store):
+            from softlabels.dataset_views import ViewTargetDataset
+
+            views = ViewTargetDataset.__new__(ViewTargetDataset)
+            views.__init__(store, transfer, **options)
+            return views
+        return super().__new__(cls)
 
     def __init__(
         self, store: StoreReader | str, transfer: Any, *, temperature: float, cache_chunks: int = 64
@@ -58,9 +124,7 @@ class SoftTargetDataset(Dataset):
         self.path, self.temperature, self.cache_chunks = reader.path, temperature, cache_chunks
         self.row_of = np.argsort(self.sample_index, kind="stable")  # position -> store row
         self.labels = self.transfer.label_array()
-        self._reader: StoreReader | None = reader
-        self._pid = os.getpid()
-        self._cache: OrderedDict[int, torch.Tensor | SparseTargets] = OrderedDict()
+        self._init_cache(reader)
 
     def __len__(self) -> int:
         return self.meta.num_samples
@@ -74,29 +138,6 @@ class SoftTargetDataset(Dataset):
         target = targets.take(r) if isinstance(targets, SparseTargets) else targets[r]
         x = torch.from_numpy(self.transfer.take(i, i + 1)[0])
         return x, int(self.labels[i]), target
-
-    def _chunk_targets(self, chunk: int) -> torch.Tensor | SparseTargets:
-        if chunk in self._cache:
-            self._cache.move_to_end(chunk)
-            return self._cache[chunk]
-        rows = self._store().read_verified_chunk(chunk)
-        targets = self._store().soft_targets(rows, self.temperature)
-        self._cache[chunk] = targets
-        if len(self._cache) > self.cache_chunks:
-            self._cache.popitem(last=False)
-        return targets
-
-    def _store(self) -> StoreReader:
-        """This process's own handle (a forked worker must not share its parent's file)."""
-        if self._reader is None or self._pid != os.getpid():
-            self._reader, self._pid = open_store(self.path), os.getpid()
-            self._cache.clear()
-        return self._reader
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_reader"], state["_cache"] = None, OrderedDict()
-        return state
 
 
 class ChunkSampler(Sampler[int]):

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from softlabels import __version__, schema
+from softlabels.augment import Policy, augment_spec
 from softlabels.device import check_precision, resolve_device, runtime_record
 from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.ensemble import normalise_weights
@@ -44,6 +45,7 @@ from softlabels.store import (
 )
 from softlabels.teachers import Teacher, as_teacher
 from softlabels.transfer import TransferSet, as_transfer
+from softlabels.views import ViewTransfer
 
 DEFAULT_CHUNK_ROWS = 4096
 
@@ -66,6 +68,8 @@ class GenerateOptions:
     precision: str = "fp32"
     workers: int = 0
     sparse: SparseSpec | None = None
+    views: int | None = None  # views per sample, with an augmentation policy
+    view_seed: int = 0
 
     def validate(self, num_teachers: int) -> None:
         if num_teachers < 1:
@@ -86,6 +90,10 @@ class GenerateOptions:
             raise SoftLabelsError("combine 'single' needs exactly one teacher")
         if self.workers < 0:
             raise SoftLabelsError(f"workers must be >= 0, got {self.workers}")
+        if self.views is not None and self.views < 1:
+            raise SoftLabelsError(f"views per sample must be at least 1, got {self.views}")
+        if self.view_seed < 0:
+            raise SoftLabelsError(f"the view seed must be >= 0, got {self.view_seed}")
         check_precision(self.precision)
         check_sparse(self.sparse, self.dtype, None)
 
@@ -123,6 +131,9 @@ def generate(
     precision: str = "fp32",
     workers: int = 0,
     sparse: SparseSpec | None = None,
+    augment: Policy | str | None = None,
+    views: int | None = None,
+    view_seed: int = 0,
 ) -> StoreReader:
     """Run the teacher(s) over a transfer set once and write their logits to a store at ``out``
     (PATH.zarr, PATH.h5, or a Zarr fsspec URL). Returns the finished store, opened: close it, or
@@ -146,6 +157,11 @@ def generate(
     workers: DataLoader worker processes reading the transfer set (0: the main process).
     sparse: a ``SparseSpec`` (top_k, sample, ...) to write a sparse store (format version 2):
         each row keeps K ids, the members' logits there and a tail summary. None: dense.
+    augment, views, view_seed: an augmentation policy (``softlabels.augment``, or its SPEC such
+        as "rrc-flip") and V, to write a
+        views store (format version 4): its rows are V views of every sample (row r is view
+        r % V of sample r // V), each drawn from (view_seed, sample, view) alone, with the
+        drawn parameters stored per row. Give both augment and views, or neither.
 
     Under ``torchrun`` each rank computes the chunks c with c % world == rank and writes them
     into the one Zarr store; rank 0 creates (or checks) the store first and finalises it last.
@@ -165,8 +181,15 @@ def generate(
         precision=precision,
         workers=workers,
         sparse=sparse,
+        views=views,
+        view_seed=view_seed,
     )
     opts.validate(len(teachers))
+    if (augment is None) != (views is None):
+        raise SoftLabelsError(
+            "a views store needs both an augmentation policy (augment, --augment) and the "
+            "number of views per sample (views, --views); give both or neither"
+        )
     store_kind(out)
     out = str(out)
     device = resolve_device(opts.device)
@@ -182,6 +205,9 @@ def generate(
         for t in loaded:
             t.module.to(runtime.device)
         data = as_transfer(transfer, split)
+        if augment is not None and opts.views is not None:
+            policy = augment_spec(augment) if isinstance(augment, str) else augment
+            data = ViewTransfer(data, policy, views=opts.views, seed=opts.view_seed)
         meta = build_meta(opts, loaded, data, probe_num_classes(loaded, data, runtime), runtime)
         writer = d.collective(lambda: _open_writer(out, meta, opts) if d.is_main else None)
         if d.broadcast(writer is not None):  # else a complete, matching store is already there
@@ -270,6 +296,8 @@ def build_meta(
     )
     names = transfer.class_names or tuple(str(i) for i in range(num_classes))
     check_sparse(opts.sparse, opts.dtype, num_classes)
+    views = transfer.spec() if isinstance(transfer, ViewTransfer) else None
+    base = transfer.base if isinstance(transfer, ViewTransfer) else transfer  # what was viewed
     return StoreMeta(
         num_samples=len(transfer),
         num_classes=num_classes,
@@ -278,10 +306,10 @@ def build_meta(
         weights=normalise_weights(opts.weights, len(teachers)),
         teachers=tuple(t.info for t in teachers),
         transfer=TransferInfo(
-            name=transfer.name,
-            split=transfer.split,
-            num_samples=len(transfer),
-            fingerprint=transfer.fingerprint(),
+            name=base.name,
+            split=base.split,
+            num_samples=len(base),
+            fingerprint=base.fingerprint(),
         ),
         dtype=opts.dtype,
         chunk_rows=min(opts.chunk_rows, len(transfer)),
@@ -289,4 +317,5 @@ def build_meta(
         producer=f"softlabels {__version__}",
         runtime=runtime_record(runtime.device, runtime.precision),
         sparse=opts.sparse,
+        views=views,
     )

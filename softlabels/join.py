@@ -52,7 +52,13 @@ def _store_diffs(transfer: TransferSet, store: StoreReader) -> list[str]:
         diffs.append(
             f"split: store has {meta.transfer.split!r}, transfer set is {transfer.split!r}"
         )
-    if len(transfer) != meta.num_samples:
+    if meta.views is not None and len(transfer) != meta.transfer.num_samples:
+        diffs.append(
+            f"N: store holds {meta.views.views_per_sample} views of each of "
+            f"{meta.transfer.num_samples} samples, transfer set has {len(transfer)}"
+        )
+        return diffs
+    if meta.views is None and len(transfer) != meta.num_samples:
         diffs.append(f"N: store has {meta.num_samples} rows, transfer set has {len(transfer)}")
         return diffs  # positions cannot be compared
     fingerprint = transfer.fingerprint()

@@ -163,7 +163,7 @@ class _ChunkAssembler:
             sample_index=np.arange(start, stop, dtype=np.int64),
             labels=self.transfer.label_array(start, stop),  # not the whole array per chunk
             start=start,
-        )
+        ).replace(**self.transfer.row_arrays(start, stop))  # e.g. a views store's view_params
 
 
 class BackgroundWriter:

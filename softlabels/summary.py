@@ -3,6 +3,7 @@ read chunk by chunk (memory is bounded by the chunk size, not by N)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,7 @@ def inspect_store(path: str) -> dict[str, Any]:
             "array_bytes": store.array_nbytes(),
             "layout": meta.layout,
             "sparse": None if meta.sparse is None else meta.sparse.to_attr(),
+            "views": None if meta.views is None else meta.views.to_attr(),
             "bytes_per_entry": None
             if size is None or meta.sparse is None
             else size / (meta.num_samples * meta.sparse.k),
@@ -156,6 +158,15 @@ def format_inspect(info: dict[str, Any]) -> str:
         lines.append(f"  teacher {i}       {t['name']}  sha256 {t['sha256'][:16]}...{acc_text}")
     tr = info["transfer"]
     lines.append(f"  transfer        {tr['name']} [{tr['split']}]  {tr['fingerprint'][:23]}...")
+    views = info.get("views")
+    if views is not None:
+        args = {k: v for k, v in views["policy"].items() if k != "name"}
+        lines.append(
+            f"  views           {views['views_per_sample']} per sample (row r: view r % "
+            f"{views['views_per_sample']} of sample r // {views['views_per_sample']}), policy "
+            f"{views['policy']['name']} {json.dumps(args)}, seed {views['seed']}, params "
+            f"{views['param_names']}"
+        )
     if info["teacher_accuracy"] is not None:
         lines.append(
             f"  top-1 accuracy  {info['teacher_accuracy']:.2%} on {info['labelled_rows']} labelled rows"

@@ -1,4 +1,5 @@
-"""Teacher SPECs: a checkpoint written by this project's trainer, or ``module:function``."""
+"""Teacher SPECs: a checkpoint written by this project's trainer, ``module:function``, or
+``hf:DIR`` (a local transformers causal LM, safetensors only)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from softlabels.checkpoint import load_model
 from softlabels.errors import SpecError, TeacherError
+from softlabels.lm import HF_PREFIX, load_hf
 from softlabels.schema import TeacherInfo
 from softlabels.transfer import import_callable
 
@@ -57,7 +59,9 @@ def as_teacher(teacher: nn.Module | str) -> Teacher:
 def load_teacher(spec: str) -> Teacher:
     """Resolve a teacher SPEC to a module in eval mode, with its provenance."""
     arch: dict[str, Any] | None
-    if os.path.isfile(spec):
+    if spec.startswith(HF_PREFIX):
+        module, arch, name = load_hf(spec), None, spec
+    elif os.path.isfile(spec):
         module, arch = load_model(spec)
         name = os.path.splitext(os.path.basename(spec))[0]
     elif ":" in spec and os.path.sep not in spec.split(":")[0]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import torch
@@ -89,7 +89,9 @@ def combine_stores(
     Each input contributes its members (its ``member_logits``, or its ``logits`` for a single
     teacher). ``weights`` are per input store; a member's weight is its store's weight times its
     weight inside that store. ``sparse`` writes dense inputs as a sparse store. Sparse inputs
-    pool only where that is exact: see ``_check_sparse_combinable``.
+    pool only where that is exact: see ``_check_sparse_combinable``. Token stores combine only
+    with token stores cut the same way (equal ``tokens`` attributes, input_ids and positions),
+    whose ``tokens`` attribute and per-row arrays the result keeps.
     """
     if len(paths) < 2:
         raise SoftLabelsError("combine needs at least two stores")
@@ -133,8 +135,9 @@ def combine_stores(
             for chunk in range(meta.num_chunks):
                 start, stop = meta.chunk_bounds(chunk)
                 parts = [s.read(start, stop) for s in stores]
+                tokens = _token_arrays(parts, stores)
                 if meta.sparse is not None and parts[0].is_sparse:
-                    writer.write_chunk(chunk, _pool_sparse(parts, start))
+                    writer.write_chunk(chunk, _pool_sparse(parts, start).replace(**tokens))
                     continue
                 members = np.concatenate([_members(p) for p in parts], axis=1).astype(np.float32)
                 logits = (
@@ -142,7 +145,7 @@ def combine_stores(
                 )
                 labels = np.max(np.stack([p.labels for p in parts]), axis=0)
                 rows = Rows.dense(logits, members, parts[0].sample_index, labels, start=start)
-                writer.write_chunk(chunk, rows)
+                writer.write_chunk(chunk, rows.replace(**tokens))
             return writer.finalize()
     finally:
         for s in stores:
@@ -162,6 +165,43 @@ def _fresh_writer(
     except BaseException:
         remove_store(path)
         raise
+
+
+def _token_arrays(parts: list[Rows], stores: list[StoreReader]) -> dict[str, np.ndarray]:
+    """A token store's per-row input_ids and position, or a views store's view_params and view,
+    the same in every input (empty for a plain store). The combined store is removed when this
+    refuses mid-way."""
+    out: dict[str, np.ndarray] = {}
+    for name in (schema.INPUT_IDS, schema.POSITION, schema.VIEW_PARAMS, schema.VIEW):
+        first = parts[0].array(name)
+        if first is None:
+            continue
+        for part, store in zip(parts[1:], stores[1:], strict=True):
+            differ = np.flatnonzero((part.arrays[name] != first).reshape(len(first), -1).any(1))
+            if len(differ):
+                raise MismatchError(
+                    f"cannot combine {stores[0].path!r} with {store.path!r}: per-row {name} "
+                    f"differs (first at row {parts[0].start + int(differ[0])}); they were not "
+                    f"made from the same token sequences or views"
+                )
+        out[name] = first
+    return out
+
+
+def _token_diffs(a: StoreReader, b: StoreReader) -> list[str]:
+    """How the ``tokens`` attributes of two stores differ: one a token store and the other
+    not, or each TokenSpec field that differs."""
+    ta, tb = a.meta.tokens, b.meta.tokens
+    if (ta is None) != (tb is None):
+        token, other = (a, b) if ta is not None else (b, a)
+        return [f"{token.path!r} is a token store and {other.path!r} is not"]
+    if ta is None or tb is None or ta == tb:
+        return []
+    return [
+        f"tokens.{f.name} differs ({getattr(ta, f.name)!r} vs {getattr(tb, f.name)!r})"
+        for f in fields(ta)
+        if getattr(ta, f.name) != getattr(tb, f.name)
+    ]
 
 
 def _members(rows: Rows) -> np.ndarray:
@@ -224,7 +264,9 @@ def _check_sparse_combinable(
 def _check_combinable(stores: list[StoreReader]) -> None:
     a = stores[0]
     for b in stores[1:]:
-        diffs = []
+        diffs = _token_diffs(a, b)
+        if b.meta.views != a.meta.views:  # same policy, seed and V: then the same view_params
+            diffs.append("views attributes differ (views stores combine only with the same views)")
         if b.meta.transfer.fingerprint != a.meta.transfer.fingerprint:
             diffs.append("transfer fingerprints differ")
         if b.meta.transfer.split != a.meta.transfer.split:

@@ -126,6 +126,11 @@ class TransferSet:
             return np.full(stop - start, -1, dtype=np.int64)
         return self.labels[start:stop].astype(np.int64, copy=False)
 
+    def row_arrays(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Per-row store arrays beyond the targets, labels and positions for rows [start, stop)
+        (a ``softlabels.views.ViewTransfer`` adds its views' parameters); none here."""
+        return {}
+
     def fingerprint(self) -> str:
         """'sha256:<hex>' over the float32 little-endian input bytes, in order."""
         if self._fingerprint is None:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from softlabels import schema
+from softlabels.augment import Policy
 from softlabels.device import resolve_device
 from softlabels.ensemble import combined_logits
 from softlabels.errors import MismatchError, SoftLabelsError
@@ -18,7 +20,8 @@ from softlabels.pipeline import Runtime, forward_teachers
 from softlabels.sparse import replay as sparse_replay
 from softlabels.store import StoreReader, open_store
 from softlabels.teachers import as_teacher
-from softlabels.transfer import as_transfer
+from softlabels.transfer import TransferSet, as_transfer
+from softlabels.views import load_views_policy, view_input
 
 
 @dataclass
@@ -52,10 +55,14 @@ def verify_store(
     atol: float | None = None,
     device: str = "auto",
     precision: str | None = None,
+    augment: Policy | None = None,
 ) -> VerifyReport:
     """Check a store's format, completeness, checksums, index, labels and finiteness;
     optionally that ``transfer`` (SPEC, TransferSet or Dataset) is the one it was made from, and
-    that re-running ``teachers`` on ``sample`` random rows reproduces its logits."""
+    that re-running ``teachers`` on ``sample`` random rows reproduces its logits.
+
+    A views store's rows are re-run on views rebuilt from their stored parameters, by its
+    built-in policy or by ``augment`` (needed for a module:function policy)."""
     report = VerifyReport(str(path))
     try:
         store = open_store(path, allow_incomplete=True)
@@ -82,13 +89,20 @@ def verify_store(
             )
             return report
         report.add("complete", True, "complete flag set")
-        bad_sums, bad_rows, sparse_problems = store.scan_chunks()
+        bad_sums, bad_rows, sparse_problems, layout_problems = store.scan_chunks()
         _check(report, "checksums", lambda: _checksum_detail(store, bad_sums))
-        _check(report, "sample_index", lambda: (store.sample_index(), "a permutation of 0..N-1")[1])
+        index = "a permutation of 0..N-1"
+        if meta.views is not None:
+            index = f"row r is a view of sample r // {meta.views.views_per_sample}"
+        _check(report, "sample_index", lambda: (store.sample_index(), index)[1])
         _check(report, "labels", lambda: (store.labels(), f"all in -1..{meta.num_classes - 1}")[1])
         _check(report, "finite", lambda: _finite_detail(bad_rows, store.is_sparse))
         if store.is_sparse:
             _check(report, "sparse", lambda: _sparse_detail(sparse_problems))
+        if meta.views is not None:
+            _check(report, "views", lambda: _views_detail(layout_problems))
+        if meta.tokens is not None:
+            _check(report, "tokens", lambda: _token_detail(layout_problems))
         if transfer is not None:
             _check(report, "transfer", lambda: _transfer_detail(store, transfer))
         if teachers:
@@ -96,7 +110,7 @@ def verify_store(
                 report,
                 "teachers",
                 lambda: _rerun_detail(
-                    store, transfer, teachers, sample, seed, atol, device, precision
+                    store, transfer, teachers, sample, seed, atol, device, precision, augment
                 ),
             )
     return report
@@ -128,6 +142,18 @@ def _sparse_detail(problems: list[str]) -> str:
     return "ids in range and ascending, inclusion probabilities in (0, 1], tails consistent"
 
 
+def _views_detail(problems: list[str]) -> str:
+    if problems:
+        raise MismatchError("; ".join(problems[:5]))
+    return "row r is view r % V of sample r // V; every view's parameters are valid"
+
+
+def _token_detail(problems: list[str]) -> str:
+    if problems:
+        raise MismatchError(f"rows off the shift convention: {'; '.join(problems[:5])}")
+    return "every row predicts the next row's input token within its sequence"
+
+
 def _transfer_detail(store: StoreReader, transfer: object) -> str:
     data = as_transfer(transfer, store.meta.transfer.split)
     check_transfer(data, num_classes=store.meta.num_classes, store=store)
@@ -155,6 +181,7 @@ def _rerun_detail(
     atol: float | None,
     device: str,
     precision: str | None,
+    augment: Policy | None = None,
 ) -> str:
     meta = store.meta
     recorded = (meta.runtime or {}).get("precision", "fp32")
@@ -175,7 +202,7 @@ def _rerun_detail(
     positions = np.sort(
         rng.choice(meta.num_samples, size=min(sample, meta.num_samples), replace=False)
     )
-    x = torch.from_numpy(data.gather(positions)).to(runtime.device)
+    x = torch.from_numpy(_inputs(store, data, positions, augment)).to(runtime.device)
     for t in loaded:
         t.module.to(runtime.device)
     fresh = forward_teachers(loaded, x, runtime).cpu()  # (S, M, C)
@@ -196,6 +223,26 @@ def _rerun_detail(
         f"re-ran {len(loaded)} teacher(s) at {precision} on {runtime.device.type}, "
         f"{len(positions)} random rows: max rel. error {err:.2g} <= {tol:g} (tolerance for "
         f"{meta.dtype} logits computed at {recorded})"
+    )
+
+
+def _inputs(
+    store: StoreReader, data: TransferSet, rows: np.ndarray, augment: Policy | None
+) -> np.ndarray:
+    """The inputs the teachers saw at store ``rows``: for a views store, each row's view rebuilt
+    from its sample's input and its stored parameters."""
+    if store.meta.views is None:
+        return data.gather(rows)
+    if len(data) != store.meta.transfer.num_samples:
+        raise MismatchError(
+            f"the store holds views of {store.meta.transfer.num_samples} samples, the transfer "
+            f"set has {len(data)}"
+        )
+    policy = load_views_policy(store.meta, augment)
+    block = store.rows_at(rows)  # in a views store, positions are store rows
+    params, samples = block.arrays[schema.VIEW_PARAMS], block.sample_index
+    return np.stack(
+        [view_input(x, p, policy) for x, p in zip(data.gather(samples), params, strict=True)]
     )
 
 

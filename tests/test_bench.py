@@ -44,8 +44,19 @@ def test_bench_quick(tmp_path):
     assert all(len(s["accuracy_per_seed"]) == 2 for s in sparse["stores"])
     assert set(sparse["stores"][0]["audit_random_student"]) == {"1", "2", "4", "8", "1.5", "3", "6"}
     assert [st["batch_size"] for st in sparse["step_time"]] == [128, 512, 128]
+    views = res["views"]
+    assert set(views["summary"]) == {
+        "a_offline_plain",
+        "b_online_augmented",
+        "c_views2",
+        "c_views4",
+        "d_hard_augmented",
+    }
+    assert views["stage1"]["views4"]["rows"] == 4 * views["stage1"]["plain"]["rows"] == 1200
+    assert all(len(r) == 2 for r in views["runs"].values())
     write_report(res, tmp_path, tmp_path / "BENCHMARKS.md")
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "stage2_over_ideal" in text and "smoke run" in text and "Scaling to many GPUs" in text
+    assert "## Stored augmentation views" in text and "| (c) offline KD, 4 stored views |" in text
     assert "\n## Scaling" in text and (tmp_path / "sweep.png").exists()
     json.dumps(res)

@@ -50,6 +50,9 @@ def test_every_schema_name_is_in_format_md():
         schema.LAYOUT_SPARSE,
         schema.TAIL_KIND,
         schema.PROPOSAL_KIND,
+        schema.INPUT_IDS,
+        schema.POSITION,
+        schema.ATTR_TOKENS,
     ]
     names += list(schema.REQUIRED_ATTRS) + list(schema.COMBINE_RULES) + list(schema.DTYPES)
     for name in names:

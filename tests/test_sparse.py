@@ -139,6 +139,31 @@ def test_systematic_sampling_includes_each_id_with_its_probability():
     assert ht.mean() == pytest.approx(g[rest].sum(), rel=0.01)
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    classes=st.integers(2, 400),
+    spread=st.floats(0.05, 12.0),
+    seed=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
+def test_all_rows_at_once_draw_what_each_row_alone_draws(rows, classes, spread, seed, data):
+    """The vectorised draw equals the one-row reference bit for bit (the stored ids of every
+    sparse store, the test vector's included, depend on it)."""
+    sample = data.draw(st.integers(1, classes - 1))
+    rng = np.random.default_rng(seed)
+    lw = rng.standard_normal((rows, classes)) * spread
+    lw[rng.random((rows, classes)) < 0.1] = -np.inf  # ids of the top, never drawn
+    lw[:, 0] = 0.0
+    if sample > (np.isfinite(lw).sum(axis=1)).min():
+        sample = int(np.isfinite(lw).sum(axis=1).min())
+    log_scale = select.capped_log_scale(lw, sample).astype(np.float32)
+    pi = select.draw_probabilities(lw, log_scale, sample)
+    u = rng.random(rows)
+    want = np.stack([select.systematic(pi[i], float(u[i]), sample) for i in range(rows)])
+    np.testing.assert_array_equal(select.systematic_rows(pi, u, sample), want)
+
+
 def test_sampling_depends_only_on_seed_and_position():
     z = np.random.default_rng(0).standard_normal((50, 80))
     top = select.top_ids(z, 4)
@@ -228,10 +253,16 @@ def test_estimators_spread_the_tail_over_sampled_ids(tmp_path):
         rows = np.arange(16)
         bucket = s.soft_targets(rows, 2.0, estimator="bucket")
         imp = s.soft_targets(rows, 2.0, estimator="importance")
-        default = s.soft_targets(rows, 2.0)
+        default = s.soft_targets(rows, 2.0)  # above the proposal's T_q = 1: bucket
         ht = s.soft_targets(rows, 2.0, estimator="ht")
         with pytest.raises(ValueError, match="estimator must be one of"):
             s.soft_targets(rows, 2.0, estimator="magic")
+        at_tq = s.soft_targets(rows, 1.0)  # at T_q and below: importance
+        imp_at_tq = s.soft_targets(rows, 1.0, estimator="importance")
+        assert all(torch.equal(a, b) for a, b in zip(at_tq, imp_at_tq, strict=True))
+        assert not torch.equal(
+            at_tq.log_probs, s.soft_targets(rows, 1.0, estimator="bucket").log_probs
+        )
     assert all(torch.equal(a, b) for a, b in zip(default, bucket, strict=True))
     total = lambda t: t.log_probs.exp().sum(1) + t.log_tail.exp()  # noqa: E731
     np.testing.assert_allclose(total(bucket).numpy(), 1, atol=1e-5)

@@ -249,7 +249,7 @@ def test_literal_bytes_hash_to_literal_checksums(chunk):
 
 def test_checksum_order_is_the_documented_one():
     dense = tuple(n for n in schema.CHECKSUM_ORDER if n in ORDER)
-    assert dense == ORDER and schema.CHECKSUM_ORDER.index(schema.LABELS) == 8
+    assert dense == ORDER and schema.CHECKSUM_ORDER.index(schema.LABELS) == 10
 
 
 # ---- (2) and (3) the committed stores ----------------------------------------------------------

@@ -5,9 +5,20 @@ exported here (``HintonKD``, ``SoftCE``, ``LogitMatching``). The built-in recipe
 ``trainer.train`` (one run; it accepts an opened store), and ``trainer.compare.compare`` runs the
 `make distill` experiment. The only thing read from stage one is the store, and the only thing
 asked of it is ``StoreReader.soft_targets``: the teacher's log soft targets at T.
+Language-model students train from token stores with ``trainer.train_lm`` (`distill train-lm`).
 """
 
+from trainer.lm_train import LMConfig, evaluate_lm, train_lm
 from trainer.modules import HintonKD, LogitMatching, SoftCE
 from trainer.train import TrainConfig, train
 
-__all__ = ["HintonKD", "LogitMatching", "SoftCE", "TrainConfig", "train"]
+__all__ = [
+    "HintonKD",
+    "LMConfig",
+    "LogitMatching",
+    "SoftCE",
+    "TrainConfig",
+    "evaluate_lm",
+    "train",
+    "train_lm",
+]

@@ -18,6 +18,7 @@ from softlabels.clihelp import (
     precision_option,
 )
 from softlabels.sparse import ESTIMATORS
+from trainer.cli_lm import train_lm_cmd
 from trainer.compare import CompareConfig, compare
 from trainer.train import LOSSES, TrainConfig, format_table, train_sweep
 
@@ -115,7 +116,7 @@ def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Sparse stores only: how the tail is replayed (bucket: exact ids, the tail's "
             "mass in one bucket shaped like the student's; ht: sampled ids reweighted, "
             "unbiased but noisy; importance: the tail's mass spread over the sampled ids). "
-            "Default: bucket.",
+            "Default: importance at T <= the store's proposal temperature, bucket above it.",
         ),
         click.option(
             "--alpha",
@@ -137,6 +138,14 @@ def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--weight-decay", type=float, default=0.0, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--views-per-epoch",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Views stores (generate --views): stored views each sample takes per epoch, "
+            "drawn by the seed and the epoch alone, each rebuilt from its stored parameters.",
+        ),
         click.option(
             "--memory-budget-mb",
             type=float,
@@ -250,6 +259,8 @@ def compare_cmd(**kw: Any) -> None:
     click.echo(results["table"])
     click.echo(f"wrote {results_path}")
 
+
+main.add_command(train_lm_cmd)
 
 if __name__ == "__main__":
     main()

@@ -46,6 +46,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     memory_budget_mb: float = 1024.0
+    views_per_epoch: int = 1  # views stores: stored views each sample takes per epoch
     save: str | None = None  # extra copy of the final model, e.g. data/digits/teacher1.pt
     resume: bool = False
     overwrite: bool = False
@@ -66,6 +67,8 @@ class TrainConfig:
             raise SoftLabelsError(str(exc)) from exc
         if self.estimator is not None and self.estimator not in ESTIMATORS:
             raise SoftLabelsError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.views_per_epoch < 1:
+            raise SoftLabelsError(f"views per epoch must be at least 1, got {self.views_per_epoch}")
         if self.loss not in LOSSES:
             raise SoftLabelsError(f"loss must be one of {tuple(LOSSES)}, got {self.loss!r}")
         for name in ("epochs", "batch_size"):

@@ -24,7 +24,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from softlabels.dataset_views import StoredViews
 from softlabels.distributed import Dist
+from softlabels.errors import SoftLabelsError
 from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
 from softlabels.store import Rows, StoreReader, open_store
@@ -41,6 +43,12 @@ def join(store: StoreReader | str, transfer: TransferSet) -> StoreReader:
     count, labels. A reader passed in is returned (checked), not reopened."""
     reader = open_store(store) if isinstance(store, str) else store
     try:
+        if reader.meta.tokens is not None:
+            raise SoftLabelsError(
+                f"{reader.path!r} is a token store (its rows are token positions of a language "
+                f"model's sequences): train language-model students from it with "
+                f"trainer.train_lm (distill train-lm)"
+            )
         check_transfer(transfer, num_classes=reader.meta.num_classes, store=reader)
     except Exception:
         if reader is not store:
@@ -200,6 +208,56 @@ def _prefetch(
 
 
 TargetSource = HardLabelSource | InMemoryTargets | StreamingTargets
+
+
+class ViewRows:
+    """A views store's rows as the trainer's data: ``gather(rows)`` rebuilds the rows' views
+    from their stored parameters; ``label_array()`` is per row (the sample's label)."""
+
+    def __init__(self, views: StoredViews) -> None:
+        self.views = views
+        self.name = views.base.name
+
+    def __len__(self) -> int:
+        return views_per_epoch_rows(self.views)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        return self.views.inputs(rows)
+
+    def label_array(self) -> np.ndarray:
+        return np.repeat(self.views.base_labels, self.views.views)
+
+
+def views_per_epoch_rows(views: StoredViews, shard: Dist = SINGLE) -> int:
+    """Rows this rank trains on per epoch: views_per_epoch of each of its samples."""
+    return len(shard.take(np.arange(views.num_samples))) * views.per_epoch
+
+
+class ViewTargets:
+    """This rank's samples, each taking ``views.per_epoch`` stored views per epoch (drawn by
+    ``StoredViews.rows``, which no batch layout changes), with every row's targets at
+    ``temperature`` computed once; rows shuffled each epoch."""
+
+    def __init__(
+        self,
+        store: StoreReader,
+        views: StoredViews,
+        temperature: float,
+        batch_size: int,
+        seed: int,
+        shard: Dist = SINGLE,
+        estimator: str | None = None,
+    ) -> None:
+        self.views, self.batch_size, self.seed = views, batch_size, seed
+        self.samples = shard.take(np.arange(views.num_samples))
+        rows = np.arange(store.meta.num_samples)
+        self.targets = store.soft_targets(rows, temperature, estimator=estimator)
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        drawn = self.views.rows(epoch).reshape(self.views.per_epoch, self.views.num_samples)
+        rows = drawn[:, self.samples].ravel()
+        rows = rows[np.random.default_rng([self.seed, epoch]).permutation(len(rows))]
+        return _batches(rows, take(self.targets, torch.from_numpy(rows)), self.batch_size)
 
 
 def make_target_source(

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from softlabels import faults
 from softlabels.checkpoint import load_checkpoint, save_checkpoint
+from softlabels.dataset_views import StoredViews
 from softlabels.device import autocast, resolve_device
 from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.errors import SoftLabelsError
@@ -34,7 +35,15 @@ from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, as_transfer
 from trainer.build import build_loss, build_student, check_student, resolve_num_classes
 from trainer.config import LOSSES, RunResult, TrainConfig
-from trainer.data import TargetSource, join, make_target_source, steps_per_epoch
+from trainer.data import (
+    TargetSource,
+    ViewRows,
+    ViewTargets,
+    join,
+    make_target_source,
+    steps_per_epoch,
+    views_per_epoch_rows,
+)
 from trainer.evaluate import evaluate
 from trainer.report import format_table, plot_curves, write_metrics
 
@@ -164,6 +173,11 @@ def _run(
             f"the store has {store.meta.num_chunks} chunk(s), fewer than the {d.world} processes; "
             f"regenerate it with smaller chunks (--chunk-rows)"
         )
+    if eval_store is not None and eval_store.meta.views is not None:
+        raise SoftLabelsError(
+            f"{eval_store.path!r} holds augmented views; evaluate against a plain store of the "
+            f"eval split (generate without views)"
+        )
     num_classes = resolve_num_classes(config, data, store)
     out = d.collective(lambda: _prepare_out(config) if d.is_main else Path(config.out))
     if d.is_main:
@@ -178,11 +192,21 @@ def _run(
     rank_batch = config.batch_size // d.world
     budget = int(config.memory_budget_mb * 2**20)
     temperature = loss_fn.target_temperature
-    source = make_target_source(
-        store, temperature, len(data), rank_batch, config.seed, budget, d, config.estimator
-    )
-    steps = steps_per_epoch(store, len(data), rank_batch, d) if d.world > 1 else None
-    labels_all = torch.from_numpy(data.label_array()).to(device)
+    rows: TransferSet | ViewRows = data
+    if store is not None and store.meta.views is not None:  # one stored view per sample
+        views = StoredViews(store, data, seed=config.seed, views_per_epoch=config.views_per_epoch)
+        rows = ViewRows(views)
+        source: TargetSource = ViewTargets(
+            store, views, temperature, rank_batch, config.seed, d, config.estimator
+        )
+        per_rank = [views_per_epoch_rows(views, Dist(r, d.world)) for r in range(d.world)]
+        steps = min(-(-n // rank_batch) for n in per_rank) if d.world > 1 else None
+    else:
+        source = make_target_source(
+            store, temperature, len(data), rank_batch, config.seed, budget, d, config.estimator
+        )
+        steps = steps_per_epoch(store, len(data), rank_batch, d) if d.world > 1 else None
+    labels_all = torch.from_numpy(rows.label_array()).to(device)
     teacher_eval = None
     if eval_store is not None and eval_data is not None and d.is_main:
         teacher_eval = eval_store.soft_targets(np.arange(len(eval_data)), 1.0)  # on the CPU
@@ -212,7 +236,7 @@ def _run(
             optimizer,
             loss_fn,
             source,
-            data,
+            rows,
             labels_all,
             epoch,
             max_steps=steps,

@@ -1,4 +1,4 @@
-"""The soft-label store format, versions 1 and 2: every name in FORMAT.md, in one place
+"""The soft-label store format, versions 1 to 4: every name in FORMAT.md, in one place
 (this package; ``sparse.py`` holds the ``sparse`` attribute, ``fields.py`` typed JSON reads).
 
 This module is the machine-readable half of the format contract; FORMAT.md is the
@@ -20,6 +20,9 @@ as before; version 2 adds the ``layout`` attribute and the sparse layout (K entr
     value_offsets        (N, M)     float32  fixed point only: value = offset - step * code
     tail                 (N, G, A)  float32  T_a * logsumexp(z / T_a) outside the support
     inclusion_log_scale  (N,)       float32  sampled stores only: pi = min(1, exp(s + zbar / T_q))
+
+Version 3 (token stores) adds ``input_ids`` and ``position``; version 4 (views stores, rows are
+(sample, view) pairs) adds ``view_params`` (N, P) float32 and ``view`` (N,) int32.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from softlabels.schema.fields import (  # re-exported: the HDF5 attribute codec
 )
 from softlabels.schema.fields import encode_h5_attr as encode_h5_attr
 from softlabels.schema.fields import int_field, list_field
+from softlabels.schema.provenance import TeacherInfo as TeacherInfo
+from softlabels.schema.provenance import TransferInfo as TransferInfo
+from softlabels.schema.provenance import runtime_attr, teacher_attr, transfer_attr
 from softlabels.schema.sparse import (  # re-exported: the format's names live here
     DEFAULT_TAIL_TEMPERATURES as DEFAULT_TAIL_TEMPERATURES,
 )
@@ -42,11 +48,20 @@ from softlabels.schema.sparse import DEFAULT_VALUE_STEP as DEFAULT_VALUE_STEP
 from softlabels.schema.sparse import PROPOSAL_KIND as PROPOSAL_KIND
 from softlabels.schema.sparse import TAIL_KIND as TAIL_KIND
 from softlabels.schema.sparse import SparseSpec
+from softlabels.schema.tokens import TokenSpec
+from softlabels.schema.views import ViewSpec
 
 FORMAT_NAME = "softlabels"
 FORMAT_VERSION = 1  # dense stores
 SPARSE_FORMAT_VERSION = 2  # sparse stores (the `layout` attribute appears in version 2)
-FORMAT_VERSIONS = (FORMAT_VERSION, SPARSE_FORMAT_VERSION)
+TOKENS_FORMAT_VERSION = 3  # token stores: rows are token positions (the `tokens` attribute)
+VIEWS_FORMAT_VERSION = 4  # views stores: rows are (sample, view) pairs (the `views` attribute)
+FORMAT_VERSIONS = (
+    FORMAT_VERSION,
+    SPARSE_FORMAT_VERSION,
+    TOKENS_FORMAT_VERSION,
+    VIEWS_FORMAT_VERSION,
+)
 LAYOUT_DENSE = "dense"
 LAYOUT_SPARSE = "sparse"
 
@@ -61,6 +76,12 @@ VALUES = "values"
 VALUE_OFFSETS = "value_offsets"
 TAIL = "tail"
 INCLUSION_LOG_SCALE = "inclusion_log_scale"
+# Token stores: the token at each row and its index within its sequence.
+INPUT_IDS = "input_ids"
+POSITION = "position"
+# Views stores: each row's augmentation parameters and its view number within its sample.
+VIEW_PARAMS = "view_params"
+VIEW = "view"
 MAX_CODE = 65535  # largest fixed-point code (uint16)
 MAX_CLASSES = 2**31  # ids are int32
 # Writer-private commit journal: (n_chunks, 32) uint8, one SHA-256 row per chunk, written
@@ -76,6 +97,10 @@ CHECKSUM_ORDER = (
     VALUE_OFFSETS,
     TAIL,
     INCLUSION_LOG_SCALE,
+    INPUT_IDS,
+    POSITION,
+    VIEW_PARAMS,
+    VIEW,
     SAMPLE_INDEX,
     LABELS,
 )
@@ -102,6 +127,8 @@ ATTR_RUNTIME = "runtime"
 # Version 2: "dense" or "sparse"; with "sparse", the object ATTR_SPARSE (``SparseSpec``).
 ATTR_LAYOUT = "layout"
 ATTR_SPARSE = "sparse"
+ATTR_TOKENS = "tokens"  # version 3: rows are token positions (``TokenSpec``)
+ATTR_VIEWS = "views"  # version 4: rows are (sample, view) pairs (``ViewSpec``)
 
 # In HDF5 every root attribute value is stored as a JSON-encoded UTF-8 string.
 REQUIRED_ATTRS = (
@@ -130,26 +157,6 @@ DTYPES = ("float32", "float16")
 FINGERPRINT_PREFIX = "sha256:"
 
 
-@dataclass(frozen=True)
-class TeacherInfo:
-    """One ensemble member: what it was and which exact weights produced its logits."""
-
-    name: str
-    spec: str | None  # checkpoint path or module:function; None for an in-memory nn.Module
-    architecture: dict[str, Any] | None  # {"name": ..., "kwargs": {...}} for built-in models
-    sha256: str  # over the state_dict, see softlabels.teachers.weights_sha256
-
-
-@dataclass(frozen=True)
-class TransferInfo:
-    """The transfer set whose inputs produced the rows, identified by content."""
-
-    name: str  # the transfer SPEC, e.g. "digits" or "fashion-mnist:/usr/share/..."
-    split: str  # "train" or "test"
-    num_samples: int
-    fingerprint: str  # "sha256:<hex>" over the float32 inputs in order
-
-
 def tail_groups(combine: str, members: int) -> int:
     """G: one tail summary per member, plus one of the mean logits for a geometric ensemble."""
     return members + 1 if combine == COMBINE_GEOMETRIC and members > 1 else members
@@ -174,6 +181,8 @@ class StoreMeta:
     complete: bool = False
     runtime: dict[str, str] | None = None  # device type, precision, torch version
     sparse: SparseSpec | None = None  # None: a dense store (format version 1)
+    tokens: TokenSpec | None = None  # rows are token positions (format version 3)
+    views: ViewSpec | None = None  # rows are (sample, view) pairs (format version 4)
     format: str = field(default=FORMAT_NAME)
 
     @property
@@ -182,6 +191,10 @@ class StoreMeta:
 
     @property
     def format_version(self) -> int:
+        if self.views is not None:  # an older reader must not read view rows as samples
+            return VIEWS_FORMAT_VERSION
+        if self.tokens is not None:  # a version-2 reader must not read token rows as samples
+            return TOKENS_FORMAT_VERSION
         return FORMAT_VERSION if self.sparse is None else SPARSE_FORMAT_VERSION
 
     @property
@@ -204,11 +217,16 @@ class StoreMeta:
         attrs[ATTR_CHECKSUMS] = None if self.checksums is None else list(self.checksums)
         if self.runtime is None:
             del attrs[ATTR_RUNTIME]  # optional: absent rather than null
-        del attrs[ATTR_SPARSE]
+        del attrs[ATTR_SPARSE], attrs[ATTR_TOKENS], attrs[ATTR_VIEWS]
         attrs[ATTR_FORMAT_VERSION] = self.format_version
-        if self.sparse is not None:  # dense stores keep exactly their version-1 attributes
-            attrs[ATTR_LAYOUT] = LAYOUT_SPARSE
+        if self.format_version != FORMAT_VERSION:  # dense stores keep their version-1 attributes
+            attrs[ATTR_LAYOUT] = self.layout
+        if self.sparse is not None:
             attrs[ATTR_SPARSE] = self.sparse.to_attr()
+        if self.tokens is not None:
+            attrs[ATTR_TOKENS] = self.tokens.to_attr()
+        if self.views is not None:
+            attrs[ATTR_VIEWS] = self.views.to_attr()
         return attrs
 
     @classmethod
@@ -227,6 +245,14 @@ class StoreMeta:
                 f"or regenerate the store"
             )
         layout = attrs.get(ATTR_LAYOUT, LAYOUT_DENSE if version == FORMAT_VERSION else None)
+        if (version == TOKENS_FORMAT_VERSION) != (attrs.get(ATTR_TOKENS) is not None):
+            raise StoreFormatError(
+                "a store carries the 'tokens' attribute exactly when its format_version is 3"
+            )
+        if (version == VIEWS_FORMAT_VERSION) != (attrs.get(ATTR_VIEWS) is not None):
+            raise StoreFormatError(
+                "a store carries the 'views' attribute exactly when its format_version is 4"
+            )
         if version == FORMAT_VERSION and ATTR_LAYOUT in attrs:
             raise StoreFormatError("a version-1 store must not carry a 'layout' attribute")
         if layout not in (LAYOUT_DENSE, LAYOUT_SPARSE):
@@ -243,8 +269,8 @@ class StoreMeta:
                 class_names=tuple(str(c) for c in list_field(attrs, ATTR_CLASS_NAMES)),
                 combine=str(attrs[ATTR_COMBINE]),
                 weights=tuple(float(w) for w in list_field(attrs, ATTR_WEIGHTS)),
-                teachers=tuple(_teacher(t) for t in list_field(attrs, ATTR_TEACHERS)),
-                transfer=_transfer(attrs[ATTR_TRANSFER]),
+                teachers=tuple(teacher_attr(t) for t in list_field(attrs, ATTR_TEACHERS)),
+                transfer=transfer_attr(attrs[ATTR_TRANSFER]),
                 dtype=str(attrs[ATTR_DTYPE]),
                 chunk_rows=int_field(attrs, ATTR_CHUNK_ROWS, minimum=1),
                 created_at=str(attrs[ATTR_CREATED_AT]),
@@ -253,10 +279,16 @@ class StoreMeta:
                 if attrs[ATTR_CHECKSUMS] is None
                 else tuple(str(c) for c in list_field(attrs, ATTR_CHECKSUMS)),
                 complete=attrs[ATTR_COMPLETE] is True,
-                runtime=_runtime(attrs.get(ATTR_RUNTIME)),
+                runtime=runtime_attr(attrs.get(ATTR_RUNTIME)),
                 sparse=None
                 if layout == LAYOUT_DENSE
                 else SparseSpec.from_attr(attrs.get(ATTR_SPARSE)),
+                tokens=None
+                if attrs.get(ATTR_TOKENS) is None
+                else TokenSpec.from_attr(attrs[ATTR_TOKENS]),
+                views=None
+                if attrs.get(ATTR_VIEWS) is None
+                else ViewSpec.from_attr(attrs[ATTR_VIEWS]),
             )
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise StoreFormatError(f"store root attributes are malformed: {exc}") from exc
@@ -282,10 +314,17 @@ class StoreMeta:
             problems.append(f"combine {self.combine!r} with {len(self.teachers)} teacher(s)")
         if len(self.class_names) != self.num_classes:
             problems.append(f"{len(self.class_names)} class names for {self.num_classes} classes")
-        if self.transfer.num_samples != self.num_samples:
+        views = 1 if self.views is None else self.views.views_per_sample
+        if self.transfer.num_samples * views != self.num_samples:
+            times = "" if self.views is None else f" x {views} view(s)"
             problems.append(
-                f"transfer.num_samples {self.transfer.num_samples} != num_samples {self.num_samples}"
+                f"transfer.num_samples {self.transfer.num_samples}{times} != num_samples "
+                f"{self.num_samples}"
             )
+        if self.views is not None:
+            problems += self.views.problems()
+            if self.tokens is not None:
+                problems.append("a store cannot hold both token rows and view rows")
         if not self.transfer.fingerprint.startswith(FINGERPRINT_PREFIX):
             problems.append(f"transfer fingerprint must start with {FINGERPRINT_PREFIX!r}")
         if self.checksums is not None and len(self.checksums) != self.num_chunks:
@@ -337,6 +376,17 @@ def array_layout(meta: StoreMeta, *, journal: bool = False) -> tuple[ArraySpec, 
         specs.append(ArraySpec(TAIL, (n, g, a), (r, g, a), "float32", True))
         if sp.sample:
             specs.append(ArraySpec(INCLUSION_LOG_SCALE, (n,), (r,), "float32", True))
+    if meta.tokens is not None:
+        specs += [
+            ArraySpec(INPUT_IDS, (n,), (r,), "int32", True),
+            ArraySpec(POSITION, (n,), (r,), "int32", True),
+        ]
+    if meta.views is not None:
+        p = len(meta.views.param_names)
+        specs += [
+            ArraySpec(VIEW_PARAMS, (n, p), (r, p), "float32", True),
+            ArraySpec(VIEW, (n,), (r,), "int32", True),
+        ]
     specs += [
         ArraySpec(SAMPLE_INDEX, (n,), (r,), "int64", True),
         ArraySpec(LABELS, (n,), (r,), "int64", True),
@@ -348,36 +398,3 @@ def array_layout(meta: StoreMeta, *, journal: bool = False) -> tuple[ArraySpec, 
             )
         )
     return tuple(specs)
-
-
-def _teacher(entry: Any) -> TeacherInfo:
-    if not isinstance(entry, dict):
-        raise ValueError(f"teacher entry must be an object, got {entry!r}")
-    arch = entry.get("architecture")
-    if arch is not None and not isinstance(arch, dict):
-        raise ValueError("teacher architecture must be an object or null")
-    return TeacherInfo(
-        name=str(entry["name"]),
-        spec=None if entry["spec"] is None else str(entry["spec"]),
-        architecture=arch,
-        sha256=str(entry["sha256"]),
-    )
-
-
-def _runtime(entry: Any) -> dict[str, str] | None:
-    if entry is None:
-        return None
-    if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
-        raise ValueError(f"runtime must be an object of strings or null, got {entry!r}")
-    return {str(k): v for k, v in entry.items()}
-
-
-def _transfer(entry: Any) -> TransferInfo:
-    if not isinstance(entry, dict):
-        raise ValueError(f"transfer must be an object, got {entry!r}")
-    return TransferInfo(
-        name=str(entry["name"]),
-        split=str(entry["split"]),
-        num_samples=int_field(entry, "num_samples", minimum=1),
-        fingerprint=str(entry["fingerprint"]),
-    )

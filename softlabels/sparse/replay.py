@@ -17,10 +17,13 @@ plus the tail's (``tail.log_partition``). The estimators differ in the sampled i
 * ``ht``: sampled ids get p_j / pi_j, the bucket is empty: unbiased for every id, but the
   total mass is only 1 on average.
 
-The unbiased estimators pay in variance, about (tail mass)^2 / S per row: at T = 1, where the
-tail is light, they match ``bucket``; at T = 4 on a 1000-class teacher (half the mass in the
-tail) their gradients point 80 degrees away and students trained on them lose accuracy
-(BENCHMARKS.md), so ``bucket`` is the default for every store.
+The unbiased estimators pay in variance, which grows as the replay temperature moves above the
+proposal's T_q (the sampled ids were drawn for T_q; at a higher T their weights p_j / pi_j
+spread out). At T = 4 on a 1000-class teacher drawn at T_q = 1, their gradients point 80
+degrees away and students lose accuracy; at T = 1 on a language model, the bucket's tail shape
+(the student's own) costs the student 42% in perplexity and both unbiased estimators match the
+dense store (BENCHMARKS.md). So the default is ``importance`` at T <= T_q on a store with
+sampled ids, and ``bucket`` otherwise.
 """
 
 from __future__ import annotations
@@ -73,8 +76,12 @@ class Decoded:
     inclusion: np.ndarray  # (B, K) pi: 1 for the top ids
 
 
-def default_estimator(meta: StoreMeta) -> str:
-    """``bucket`` for every store (see the module docstring for why)."""
+def default_estimator(meta: StoreMeta, temperature: float) -> str:
+    """``importance`` at T <= T_q on a store with sampled ids, else ``bucket`` (see the module
+    docstring for why)."""
+    sp = meta.sparse
+    if sp is not None and sp.sample and temperature <= sp.proposal_temperature:
+        return "importance"
     return "bucket"
 
 
@@ -156,7 +163,7 @@ def replay(
     """The soft targets of decoded rows at ``temperature`` (see the module docstring)."""
     sp = meta.sparse
     assert sp is not None
-    estimator = estimator or default_estimator(meta)
+    estimator = estimator or default_estimator(meta, temperature)
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if estimator != "bucket" and not sp.sample:

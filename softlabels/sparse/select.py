@@ -18,6 +18,7 @@ device ran the teachers.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from softlabels import schema
 from softlabels.errors import SparseValueRangeError
@@ -139,8 +140,21 @@ def sample_ids(
     log_scale = capped_log_scale(lw, sample).astype(np.float32)
     pi = draw_probabilities(lw, log_scale, sample)
     u = uniforms(seed, sample_index)
-    ids = np.stack([systematic(pi[i], u[i], sample) for i in range(len(pi))])
-    return ids.astype(np.int64), log_scale
+    return systematic_rows(pi, u, sample), log_scale
+
+
+def systematic_rows(pi: np.ndarray, u: np.ndarray, sample: int) -> np.ndarray:
+    """``systematic`` for every row at once: (R, S) int64. The cumulative sums run along each
+    row as ``np.cumsum`` does for one row, and the search compares exactly, so each row's ids
+    are those ``systematic(pi[i], u[i], sample)`` draws; rows whose rounding needs its repair
+    take it row by row."""
+    cum = np.cumsum(pi, axis=1)
+    points = np.minimum(u[:, None] + np.arange(sample), np.nextafter(cum[:, -1:], -np.inf))
+    ids = torch.searchsorted(torch.from_numpy(cum), torch.from_numpy(points), right=True).numpy()
+    bad = (np.diff(ids, axis=1) <= 0).any(axis=1) | (ids[:, -1] >= pi.shape[1])
+    for i in np.flatnonzero(bad):
+        ids[i] = systematic(pi[i], float(u[i]), sample)
+    return ids.astype(np.int64)
 
 
 def inclusion(log_weight: np.ndarray, log_scale: np.ndarray) -> np.ndarray:

@@ -23,7 +23,11 @@ from softlabels.schema import StoreMeta
 from softlabels.sparse import replay as sparse_replay
 from softlabels.sparse.replay import SparseTargets
 from softlabels.store.backends import HDF5Backend, ZarrBackend, open_backend, store_kind
+from softlabels.store.checks import check_labels as check_labels
+from softlabels.store.checks import check_sample_index as check_sample_index
+from softlabels.store.checks import check_token_rows, check_view_index, token_problems
 from softlabels.store.rows import Rows, chunk_checksum, nonfinite_rows
+from softlabels.views import check_view_rows, view_row_problems
 
 Backend = ZarrBackend | HDF5Backend
 
@@ -183,6 +187,10 @@ class StoreReader:
         if self.is_sparse:
             decoded = sparse_replay.decode(rows.arrays, self.meta)
             sparse_replay.check(decoded, self.meta, rows.start, self.path)
+        if self.meta.tokens is not None:
+            check_token_rows(rows, self.meta.num_classes, self.path)
+        if self.meta.views is not None:
+            check_view_rows(rows.start, rows.arrays, self.meta.views, self.path)
         return rows
 
     def iter_chunks(self) -> Iterator[Rows]:
@@ -190,16 +198,18 @@ class StoreReader:
             yield self.read_chunk(chunk)
 
     def load(self) -> Rows:
-        """Every row, checksum-verified, in transfer-position order (row i is position i).
-        Read once and kept: later calls, and ``soft_targets`` of positions, reuse it."""
+        """Every row, checksum-verified, in transfer-position order (row i is position i; in a
+        views store, store order: row r is view r % V of sample r // V). Read once and kept:
+        later calls, and ``soft_targets`` of positions, reuse it."""
         if self._loaded is None:
             rows = Rows.concat([self.read_verified_chunk(c) for c in range(self.meta.num_chunks)])
-            check_sample_index(rows.sample_index, self.meta.num_samples)
+            self._check_index(rows.sample_index)
             self._loaded = rows.take(np.argsort(rows.sample_index, kind="stable"))
         return self._loaded
 
     def rows_at(self, positions: np.ndarray) -> Rows:
-        """The rows of transfer positions ``positions``, in that order (verified chunks)."""
+        """The rows of transfer positions ``positions``, in that order (verified chunks). In a
+        views store, where each sample has V rows, ``positions`` are store rows."""
         if self._loaded is not None:
             return self._loaded.take(positions)
         if self._row_of is None:
@@ -216,10 +226,15 @@ class StoreReader:
         return gathered.take(np.argsort(np.concatenate(where), kind="stable"))
 
     def sample_index(self) -> np.ndarray:
-        """The whole (N,) sample_index, checked to be a permutation of 0..N-1 (read-only)."""
-        return self._whole(
-            schema.SAMPLE_INDEX, lambda a: check_sample_index(a, self.meta.num_samples)
-        )
+        """The whole (N,) sample_index, checked to be a permutation of 0..N-1 (read-only); in a
+        views store, checked to be r // V at every row r."""
+        return self._whole(schema.SAMPLE_INDEX, self._check_index)
+
+    def _check_index(self, index: np.ndarray) -> None:
+        if self.meta.views is None:
+            check_sample_index(index, self.meta.num_samples)
+        else:
+            check_view_index(index, self.meta.views.views_per_sample, self.path)
 
     def labels(self) -> np.ndarray:
         """The whole (N,) labels array, checked to hold only -1..C-1 (read-only)."""
@@ -253,14 +268,16 @@ class StoreReader:
                 f"{exc}); the store is corrupt: run `softlabels verify` and regenerate it"
             ) from exc
 
-    def scan_chunks(self) -> tuple[list[int], list[int], list[str]]:
+    def scan_chunks(self) -> tuple[list[int], list[int], list[str], list[str]]:
         """One pass over every chunk: (chunks failing their checksum or undecodable, the first
-        rows holding NaN or Inf values, and for a sparse store what makes rows impossible)."""
+        rows holding NaN or Inf values, for a sparse store what makes rows impossible, and for a
+        token or views store what breaks its row layout: the shift convention, or the views)."""
         if self.meta.checksums is None:
             raise IncompleteStoreError("store has no checksums yet: it was never finalised")
         bad_sums: list[int] = []
         bad_rows: list[int] = []
         sparse_problems: list[str] = []
+        layout: list[str] = []
         for chunk in range(self.meta.num_chunks):
             try:
                 rows = self.read_chunk(chunk)
@@ -274,7 +291,20 @@ class StoreReader:
                 sparse_problems += sparse_replay.problems(
                     sparse_replay.decode(rows.arrays, self.meta), self.meta, rows.start
                 )
-        return bad_sums, bad_rows, sparse_problems
+            if self.meta.views is not None:
+                a = rows.arrays
+                layout += view_row_problems(
+                    rows.start,
+                    a[schema.SAMPLE_INDEX],
+                    a[schema.VIEW],
+                    a[schema.VIEW_PARAMS],
+                    self.meta.views,
+                )
+            if self.meta.tokens is not None:
+                layout += [
+                    f"chunk {chunk}: {p}" for p in token_problems(rows, self.meta.num_classes)
+                ]
+        return bad_sums, bad_rows, sparse_problems, layout
 
     def verify_checksums(self) -> list[int]:
         """Indices of chunks whose data no longer matches the recorded checksum."""
@@ -283,30 +313,6 @@ class StoreReader:
 
 def _reopen(path: str, allow_incomplete: bool) -> StoreReader:
     return open_store(path, allow_incomplete=allow_incomplete)
-
-
-def check_sample_index(index: np.ndarray, num_samples: int) -> None:
-    if index.shape != (num_samples,):
-        raise StoreFormatError(f"sample_index has shape {index.shape}, expected ({num_samples},)")
-    if len(index) and (index.min() < 0 or index.max() >= num_samples):
-        bad = np.flatnonzero((index < 0) | (index >= num_samples))[:10]
-        raise StoreFormatError(
-            f"sample_index is out of range [0, {num_samples}) at rows {bad.tolist()}"
-        )
-    counts = np.bincount(index, minlength=num_samples)
-    if (counts != 1).any():
-        dup = np.flatnonzero(counts > 1)[:10]
-        raise StoreFormatError(f"sample_index repeats transfer positions {dup.tolist()}")
-
-
-def check_labels(labels: np.ndarray, num_classes: int, *, offset: int = 0) -> None:
-    """Stored labels are 0..C-1, or -1 for "no label"; refuse anything else."""
-    bad = np.flatnonzero((labels < -1) | (labels >= num_classes))
-    if len(bad):
-        raise StoreFormatError(
-            f"store labels must be -1..{num_classes - 1}, but rows {(bad[:10] + offset).tolist()} "
-            f"hold {labels[bad[:10]].tolist()}; the store is invalid: regenerate it"
-        )
 
 
 def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> StoreReader:

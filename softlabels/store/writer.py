@@ -42,6 +42,8 @@ RUN_FIELDS = (
     "chunk_rows",
     "runtime",
     "sparse",
+    "tokens",
+    "views",
 )
 
 

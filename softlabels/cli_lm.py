@@ -1,0 +1,127 @@
+"""`softlabels generate-lm`: next-token targets of causal-LM teachers over token sequences."""
+
+from __future__ import annotations
+
+import click
+
+from softlabels.clihelp import sparse_options
+from softlabels.schema import SparseSpec
+from softlabels.text import WINDOW_MODES, load_text, load_tokens
+
+
+@click.command("generate-lm")
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    required=True,
+    help="hf:DIR (a local transformers causal LM, safetensors weights) or module:function. "
+    "Repeat for an ensemble; the members must share one vocabulary.",
+)
+@click.option(
+    "--text",
+    default=None,
+    help="Documents: a .txt/.jsonl file, or a folder with train.* and test.*.",
+)
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="With --text: a tokenizer.json or a transformers tokenizer folder.",
+)
+@click.option(
+    "--text-field", default="text", show_default=True, help="The .jsonl field holding the document."
+)
+@click.option(
+    "--prompt-field",
+    default=None,
+    help="A .jsonl field holding a prompt that precedes the text (tokenised apart, then "
+    "joined); the store holds every row, and distill train-lm --prompt-field masks the prompt.",
+)
+@click.option(
+    "--tokens",
+    default=None,
+    help="Instead of --text: pre-tokenised input_ids/offsets in an .npz, .zarr or .h5.",
+)
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option(
+    "--max-length", type=click.IntRange(min=2), required=True, help="Longest sequence, in tokens."
+)
+@click.option(
+    "--window",
+    type=click.Choice(WINDOW_MODES),
+    default="window",
+    show_default=True,
+    help="Longer documents: truncate (drop the rest), window (consecutive windows), or pack "
+    "(documents joined, cut into windows of exactly --max-length).",
+)
+@click.option("--out", required=True, help="Output store: PATH.zarr or PATH.h5.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Sequences per forward pass.",
+)
+@click.option("--resume", is_flag=True, help="Finish an interrupted store.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+@sparse_options()
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def generate_lm_cmd(
+    teachers: tuple[str, ...],
+    text: str | None,
+    tokenizer: str | None,
+    text_field: str,
+    prompt_field: str | None,
+    tokens: str | None,
+    split: str,
+    max_length: int,
+    window: str,
+    out: str,
+    chunk_rows: int,
+    batch_size: int,
+    resume: bool,
+    overwrite: bool,
+    sparse: SparseSpec | None,
+    quiet: bool,
+) -> None:
+    """Run causal-LM teachers over token sequences once and write a token store: row t holds
+    the teachers' distribution over the token at t + 1 (with --top-k, sparse)."""
+    from softlabels.generate_tokens import generate_tokens
+
+    if (text is None) == (tokens is None):
+        raise click.UsageError("give --text (with --tokenizer) or --tokens, one of them")
+    if text is not None and tokenizer is None:
+        raise click.UsageError("--text needs --tokenizer (a tokenizer.json or a tokenizer folder)")
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other; pick one")
+    if text is not None:
+        seqs = load_text(
+            text,
+            tokenizer,  # type: ignore[arg-type]
+            split=split,
+            text_field=text_field,
+            prompt_field=prompt_field,
+        )
+    else:
+        seqs = load_tokens(tokens, split=split)  # type: ignore[arg-type]
+    store = generate_tokens(
+        list(teachers),
+        seqs,
+        out,
+        max_length=max_length,
+        window=window,
+        sparse=sparse,
+        chunk_rows=chunk_rows,
+        batch_size=batch_size,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    with store:
+        meta = store.meta
+    layout = "dense" if meta.sparse is None else f"sparse K={meta.sparse.k}"
+    click.echo(
+        f"wrote {out}: {meta.num_samples} token rows over {meta.num_classes} ids, {layout}, "
+        f"{meta.num_members} teacher(s)"
+    )

@@ -1,0 +1,194 @@
+"""Stage one for language models: run causal-LM teachers over token sequences once and write a
+token store, whose rows are token positions (row t: the teacher's distribution over token t+1).
+
+Data path: TokenSequences.window(max_length) -> per chunk of rows, every sequence overlapping
+it, run whole (its context) in batches padded with an attention mask -> the members' logits at
+the chunk's rows -> a background writer thread -> StoreWriter.write_chunk, which sparsifies them
+for a sparse store (so sparsifying one chunk overlaps the teachers' next). A
+sequence crossing a chunk edge runs once per chunk it touches; each chunk always runs the same
+batches, so a resumed run is bitwise equal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from softlabels import __version__, schema
+from softlabels.distributed import Dist, init_from_env, shutdown
+from softlabels.ensemble import combined_logits, normalise_weights
+from softlabels.errors import MismatchError, SoftLabelsError
+from softlabels.generate import GenerateOptions, _open_writer, check_sparse
+from softlabels.lm import check_tokenizers, sequence_logits, teacher_tokenizer
+from softlabels.pipeline import BackgroundWriter
+from softlabels.schema import SparseSpec, StoreMeta, TokenSpec, TransferInfo
+from softlabels.store import StoreReader, StoreWriter, open_store, store_kind
+from softlabels.store.rows import Rows
+from softlabels.teachers import Teacher, as_teacher
+from softlabels.text import TokenSequences
+
+
+def generate_tokens(
+    teachers: Sequence[nn.Module | str],
+    sequences: TokenSequences,
+    out: str | os.PathLike[str],
+    *,
+    max_length: int,
+    window: str = "window",
+    combine: str | None = None,
+    weights: Sequence[float] | None = None,
+    sparse: SparseSpec | None = None,
+    chunk_rows: int = 4096,
+    batch_size: int = 8,
+    compress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> StoreReader:
+    """Write the next-token targets of ``teachers`` (causal LMs: ``hf:DIR``, or modules mapping
+    (B, L) token ids and an attention mask to (B, L, V) logits) over ``sequences``, cut to
+    ``max_length`` by ``window``. Returns the finished store, opened."""
+    opts = GenerateOptions(
+        combine=combine,
+        weights=None if weights is None else tuple(weights),
+        split=sequences.split,
+        chunk_rows=chunk_rows,
+        batch_size=batch_size,
+        compress=compress,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        sparse=sparse,
+    )
+    opts.validate(len(teachers))
+    seqs = sequences.window(max_length, window)
+    d = init_from_env(torch.device("cpu"))
+    try:
+        if d.world > 1 and store_kind(out) != "zarr":
+            raise SoftLabelsError("distributed generation writes Zarr: write PATH.zarr")
+        loaded = [as_teacher(t) for t in teachers]
+        meta = token_meta(opts, loaded, seqs, max_length, window)
+        writer = d.collective(lambda: _open_writer(str(out), meta, opts) if d.is_main else None)
+        if d.broadcast(writer is not None):  # else a complete, matching store is already there
+            if not d.is_main:
+                writer = StoreWriter.attach(out, meta, verify=False)
+            assert writer is not None
+            with writer:
+                d.collective(lambda: _write(writer, loaded, seqs, opts, d))
+                d.collective(lambda: writer.finalize() if d.is_main else None)
+    finally:
+        shutdown(d)
+    return open_store(out)
+
+
+def head_size(teachers: list[Teacher], seqs: TokenSequences) -> int:
+    """The teachers' common output size V, checked against the sequences' ids; the teachers'
+    own tokenizers, where their folders carry one, must agree with each other and the sequences'."""
+    check_tokenizers({t.info.name: teacher_tokenizer(t.info.spec) for t in teachers}, seqs)
+    probe = [np.zeros(2, dtype=np.int64)]  # token 0 exists in every vocabulary
+    sizes = [sequence_logits(t.module, probe)[0].shape[-1] for t in teachers]
+    if len(set(sizes)) > 1:
+        detail = ", ".join(f"{t.info.name}: {v}" for t, v in zip(teachers, sizes, strict=True))
+        raise MismatchError(f"the teachers' vocabularies differ ({detail}); they must share one")
+    if seqs.ids.max() >= sizes[0]:
+        raise MismatchError(
+            f"token id {int(seqs.ids.max())} is outside the teachers' {sizes[0]}-token "
+            f"vocabulary: the sequences were made with another tokenizer"
+        )
+    return sizes[0]
+
+
+def token_meta(
+    opts: GenerateOptions,
+    teachers: list[Teacher],
+    seqs: TokenSequences,
+    max_length: int,
+    window: str,
+) -> StoreMeta:
+    vocab = head_size(teachers, seqs)
+    check_sparse(opts.sparse, opts.dtype, vocab)
+    combine = opts.combine or (
+        schema.COMBINE_SINGLE if len(teachers) == 1 else schema.COMBINE_ARITHMETIC
+    )
+    return StoreMeta(
+        num_samples=seqs.num_tokens,
+        num_classes=vocab,
+        class_names=tuple(str(i) for i in range(vocab)),
+        combine=combine,
+        weights=normalise_weights(opts.weights, len(teachers)),
+        teachers=tuple(t.info for t in teachers),
+        transfer=TransferInfo(seqs.name, seqs.split, seqs.num_tokens, seqs.fingerprint()),
+        dtype=opts.dtype,
+        chunk_rows=min(opts.chunk_rows, seqs.num_tokens),
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        producer=f"softlabels {__version__}",
+        sparse=opts.sparse,
+        tokens=TokenSpec(
+            tokenizer=seqs.tokenizer,
+            tokenizer_vocab_size=seqs.vocab_size,
+            max_length=max_length,
+            window=window,
+            special_tokens=dict(seqs.special_tokens),
+            pad_id=seqs.special_tokens.get("<pad>", 0),
+        ),
+    )
+
+
+def _write(
+    writer: StoreWriter,
+    teachers: list[Teacher],
+    seqs: TokenSequences,
+    opts: GenerateOptions,
+    d: Dist,
+) -> None:
+    """This rank's pending chunks (``Dist.take``, the one sharding rule)."""
+    meta = writer.meta
+    labels = seqs.next_tokens()
+    seq_of_row = np.searchsorted(seqs.offsets, np.arange(seqs.num_tokens), side="right") - 1
+    position = (np.arange(seqs.num_tokens) - seqs.offsets[seq_of_row]).astype(np.int32)
+    weights = torch.tensor(meta.weights, dtype=torch.float64)
+    pending = d.take(np.array(writer.pending_chunks(), dtype=np.int64)).tolist()
+    total = sum(b - a for a, b in map(meta.chunk_bounds, pending))
+    bar = tqdm(total=total, unit="tokens", desc="teacher targets", disable=not opts.progress)
+    with bar, BackgroundWriter(writer) as background:  # sparsifies and writes on its thread
+        for chunk in pending:
+            a, b = meta.chunk_bounds(chunk)
+            first, last = int(seq_of_row[a]), int(seq_of_row[b - 1])
+            members = np.stack(
+                [
+                    _rows(t.module, seqs, first, last, opts.batch_size, meta.tokens.pad_id)
+                    for t in teachers
+                ],
+                axis=1,
+            )[a - seqs.offsets[first] : b - seqs.offsets[first]]
+            logits = combined_logits(torch.from_numpy(members).double(), weights, meta.combine)
+            rows = Rows.dense(
+                logits.float().numpy(),
+                members if len(teachers) > 1 else None,
+                np.arange(a, b, dtype=np.int64),
+                labels[a:b],
+                start=a,
+            ).replace(
+                **{schema.INPUT_IDS: seqs.ids[a:b].astype(np.int32), schema.POSITION: position[a:b]}
+            )
+            background.put(chunk, rows)
+            bar.update(b - a)
+
+
+def _rows(
+    module: nn.Module, seqs: TokenSequences, first: int, last: int, batch: int, pad_id: int
+) -> np.ndarray:
+    """Every row of sequences first..last (inclusive), each sequence run whole: (R, V)."""
+    out = []
+    for s in range(first, last + 1, batch):
+        group = [seqs.sequence(i) for i in range(s, min(s + batch, last + 1))]
+        out += sequence_logits(module, group, pad_id=pad_id)
+    if not out:
+        raise SoftLabelsError("no sequence overlaps this chunk; please report this")
+    return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,130 @@
+"""Causal language models as teachers: ``hf:DIR`` loads a local ``transformers`` model.
+
+Only safetensors weights are loaded (``use_safetensors=True``, ``local_files_only=True``): a
+teacher never unpickles and never downloads. ``CausalLM`` maps int64 token ids (B, L) and an
+attention mask to float32 logits (B, L, V), where V is the size of the model's output head
+(which may be padded beyond the tokenizer's vocabulary: it is recorded, not assumed).
+
+A teacher's folder may carry its tokenizer (``tokenizer.json``, or the files ``AutoTokenizer``
+loads); ``check_tokenizers`` refuses an ensemble whose members' tokenizers differ, or sequences
+made with another tokenizer than theirs. A teacher without one is checked by head size only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from softlabels.errors import MismatchError, TeacherError
+from softlabels.text import TokenSequences, Vocabulary, load_tokenizer
+
+HF_PREFIX = "hf:"
+# The files AutoTokenizer loads a slow or fast tokenizer from (besides tokenizer.json).
+TOKENIZER_FILES = ("tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
+
+
+class CausalLM(nn.Module):
+    """A ``transformers`` causal LM returning only its logits, in float32."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return out.logits.float()
+
+
+def load_hf(spec: str) -> CausalLM:
+    """The model in the local directory of ``hf:DIR``, in eval mode."""
+    folder = Path(spec.removeprefix(HF_PREFIX))
+    if not (folder / "config.json").is_file():
+        raise TeacherError(f"{spec!r}: {str(folder)!r} is not a transformers model directory")
+    if not any(folder.glob("*.safetensors")):
+        raise TeacherError(
+            f"{spec!r} has no .safetensors weights; models are never unpickled here, so "
+            f"convert it (model.save_pretrained(DIR, safe_serialization=True))"
+        )
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True
+        )
+    except (OSError, ValueError) as exc:
+        raise TeacherError(f"{spec!r} could not be loaded as a causal LM: {exc}") from exc
+    return CausalLM(model).eval()
+
+
+@torch.inference_mode()
+def sequence_logits(
+    module: nn.Module, sequences: list[np.ndarray], *, pad_id: int = 0
+) -> list[np.ndarray]:
+    """The logits (L_i, V) float32 of each sequence, run as one right-padded batch with an
+    attention mask, so padding never changes a real position's logits beyond float rounding."""
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.int64))
+        mask[i, : len(s)] = 1
+    device = next(module.parameters()).device
+    logits = module(ids.to(device), attention_mask=mask.to(device)).cpu().numpy()
+    return [logits[i, : len(s)] for i, s in enumerate(sequences)]
+
+
+def teacher_tokenizer(spec: str | None) -> Vocabulary | None:
+    """The tokenizer in an ``hf:DIR`` teacher's folder: its ``tokenizer.json`` if there is one,
+    else what ``AutoTokenizer`` loads there; None for another SPEC or a folder without one."""
+    if spec is None or not spec.startswith(HF_PREFIX):
+        return None
+    folder = Path(spec.removeprefix(HF_PREFIX))
+    if (folder / "tokenizer.json").is_file():
+        source = folder / "tokenizer.json"
+    elif any((folder / name).is_file() for name in TOKENIZER_FILES):
+        source = folder
+    else:
+        return None
+    try:
+        return load_tokenizer(str(source)).vocabulary
+    except Exception as exc:  # the tokenizers library raises plain Exception
+        raise TeacherError(
+            f"{spec!r}: its tokenizer ({str(source)!r}) could not be loaded: {exc}; fix or "
+            f"remove the tokenizer files"
+        ) from exc
+
+
+def check_tokenizers(
+    members: Mapping[str, Vocabulary | None], sequences: TokenSequences, *, role: str = "teacher"
+) -> None:
+    """Refuse members (name -> tokenizer, None when unknown) whose tokenizers differ, or that
+    differ from the tokenizer the sequences were made with, naming the difference. ``role``
+    names the members in messages ("teacher", "student")."""
+    known = [(name, vocab) for name, vocab in members.items() if vocab is not None]
+    for name, vocab in known[1:]:
+        diff = known[0][1].difference(vocab)
+        if diff is not None:
+            raise MismatchError(
+                f"the {role}s must share one tokenizer, but theirs differ ({known[0][0]} vs "
+                f"{name}: {diff})"
+            )
+    if not known or sequences.tokenizer is None:
+        return
+    name, vocab = known[0]
+    ours = sequences.vocabulary or Vocabulary(sequences.tokenizer, {}, sequences.special_tokens)
+    diff = ours.difference(vocab)
+    if diff is not None:
+        raise MismatchError(
+            f"the sequences were made with another tokenizer than {name}'s (sequences vs "
+            f"{role}: {diff}); make them with the {role}'s tokenizer, in its folder"
+        )

@@ -1,0 +1,222 @@
+"""`distill train-lm`: a causal-LM student from a token store (or next-token CE alone)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+
+from softlabels.errors import SpecError
+from softlabels.lm import check_tokenizers, teacher_tokenizer
+from softlabels.store import open_store
+from softlabels.text import TokenSequences, load_text, load_tokens
+from trainer.lm_students import BUILTIN, load_student, save_student
+from trainer.lm_train import LMConfig, check_sequences, train_lm
+
+
+def _sequences(
+    text: str | None,
+    tokenizer: str | None,
+    tokens: str | None,
+    split: str,
+    text_field: str,
+    prompt_field: str | None,
+) -> TokenSequences:
+    if (text is None) == (tokens is None):
+        raise click.UsageError("give --text (with --tokenizer) or --tokens, one of them")
+    if text is not None:
+        if tokenizer is None:
+            raise click.UsageError("--text needs --tokenizer")
+        return load_text(
+            text, tokenizer, split=split, text_field=text_field, prompt_field=prompt_field
+        )
+    if prompt_field is not None:
+        raise click.UsageError("--prompt-field applies to --text .jsonl documents")
+    return load_tokens(tokens, split=split)  # type: ignore[arg-type]
+
+
+@click.command("train-lm")
+@click.option("--store", required=True, help="Token store written by `softlabels generate-lm`.")
+@click.option(
+    "--text", default=None, help="The documents the store was made from (file or split folder)."
+)
+@click.option("--tokenizer", default=None, help="With --text: the store's tokenizer.")
+@click.option(
+    "--tokens", default=None, help="Instead of --text: the pre-tokenised .npz, .zarr or .h5."
+)
+@click.option(
+    "--text-field", default="text", show_default=True, help="The .jsonl field holding the text."
+)
+@click.option(
+    "--prompt-field",
+    default=None,
+    help="The .jsonl field holding a prompt that precedes the text: rows predicting a prompt "
+    "token take no loss (give the same field generate-lm was given).",
+)
+@click.option(
+    "--eval-split",
+    type=click.Choice(["test", "none"]),
+    default="test",
+    show_default=True,
+    help="Report perplexity and next-token accuracy on the test split after each epoch.",
+)
+@click.option(
+    "--eval-store",
+    default=None,
+    help="A token store of the test split (generate-lm --split test): also report agreement "
+    "and KL with the teacher.",
+)
+@click.option(
+    "--student",
+    default=BUILTIN,
+    show_default=True,
+    help="'gpt' (the built-in GPT-2, sized by --width/--layers), hf:DIR (a local transformers "
+    "causal LM, safetensors weights) or module:function (called with vocab_size= and "
+    "max_length=, returning an nn.Module of (B, L) ids and an attention mask to (B, L, V)).",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Distillation temperature T. A sparse store with sampled ids replays best at T <= its "
+    "proposal temperature (1 by default; BENCHMARKS.md, Language models).",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of the next-token CE; 1 - alpha on KD.",
+)
+@click.option(
+    "--estimator",
+    type=click.Choice(["bucket", "importance", "ht"]),
+    default=None,
+    help="Sparse stores with sampled ids: how they stand in for the tail. Default: importance "
+    "at T <= the proposal's temperature, bucket above it.",
+)
+@click.option(
+    "--ce-only", is_flag=True, help="The baseline: next-token cross-entropy only, no soft targets."
+)
+@click.option(
+    "--width",
+    type=click.IntRange(min=8),
+    default=64,
+    show_default=True,
+    help="Width of the built-in student.",
+)
+@click.option(
+    "--layers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Layers of the built-in student.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Passes over the store's sequences.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Sequences per step.",
+)
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the order and the student."
+)
+@click.option(
+    "--out",
+    required=True,
+    help="Output folder: metrics.json and the student (OUT/student, a transformers folder, "
+    "or OUT/student.safetensors).",
+)
+def train_lm_cmd(
+    store: str,
+    text: str | None,
+    tokenizer: str | None,
+    tokens: str | None,
+    text_field: str,
+    prompt_field: str | None,
+    eval_split: str,
+    eval_store: str | None,
+    student: str,
+    temperature: float,
+    alpha: float,
+    estimator: str | None,
+    ce_only: bool,
+    width: int,
+    layers: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    out: str,
+) -> None:
+    """Train a causal-LM student on a token store's sequences: KD from its soft targets at T
+    plus next-token CE (or CE alone), with validation perplexity on the test split.
+
+    \b
+    softlabels generate-lm --teacher hf:teacher --text docs/ --tokenizer tok.json \\
+        --max-length 256 --top-k 64 --sample 16 --out lm.zarr
+    distill train-lm --store lm.zarr --text docs/ --tokenizer tok.json --out runs/kd
+    """
+    import torch
+
+    if eval_store is not None and eval_split == "none":
+        raise click.UsageError("--eval-store evaluates on the test split; drop --eval-split none")
+    with ExitStack() as stack:
+        reader = stack.enter_context(open_store(store))
+        spec = reader.meta.tokens
+        if spec is None:
+            raise click.UsageError(f"{store} is not a token store; make one with generate-lm")
+        load = (text, tokenizer, tokens)
+        train = _sequences(*load, reader.meta.transfer.split, text_field, prompt_field)
+        seqs = train.window(spec.max_length, spec.window)
+        check_sequences(reader, seqs)
+        evals = None
+        if eval_split != "none":
+            try:
+                test = _sequences(*load, "test", text_field, prompt_field)
+            except SpecError as exc:
+                raise click.UsageError(
+                    f"no test split to evaluate on ({exc}); give one, or --eval-split none"
+                ) from exc
+            evals = test.window(spec.max_length, spec.window)
+        check_tokenizers({student: teacher_tokenizer(student)}, train, role="student")
+        held_out = None if eval_store is None else stack.enter_context(open_store(eval_store))
+        torch.manual_seed(seed)
+        model = load_student(
+            student,
+            vocab_size=reader.meta.num_classes,
+            max_length=spec.max_length,
+            width=width,
+            layers=layers,
+        )
+        config = LMConfig(
+            temperature=temperature,
+            alpha=alpha,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            kd=not ce_only,
+            estimator=estimator,
+        )
+        history = train_lm(model, reader, seqs, config, eval_seqs=evals, eval_store=held_out)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "metrics.json").write_text(json.dumps(history, indent=2))
+    saved = save_student(model, Path(out))
+    last = history[-1]
+    ppl = f", eval perplexity {last['eval_ppl']:.2f}" if "eval_ppl" in last else ""
+    if "teacher_agreement" in last:
+        ppl += f", agreement {last['teacher_agreement']:.3f}, KL {last['teacher_kl']:.4f}"
+    click.echo(f"trained {epochs} epoch(s): train loss {last['train_loss']:.4f}{ppl}; {saved}")

@@ -1,0 +1,246 @@
+"""Stage two for language models: train a causal-LM student from a token store.
+
+Data path: ``TokenTargetDataset`` (a token store joined with its sequences; targets at T read a
+verified chunk at a time, so a store larger than memory streams) -> ``SequenceSampler`` (chunks
+shuffled in groups, sequences shuffled within a group) -> ``collate_tokens`` (padded ids, the
+attention mask, and labels and targets flattened to the real positions) -> the student's logits
+(B, L, V) at the real positions -> ``HintonKD`` (the sparse or dense KD term at T plus the
+next-token cross-entropy on the store's labels: row t predicts the token at t + 1). Padding never
+enters a loss; with a loss mask (prompt tokens, ``TokenSequences.loss_mask``) the masked rows are
+dropped from both terms.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from softlabels.dataset_tokens import (
+    SequenceSampler,
+    TokenTargetDataset,
+    check_token_store,
+    collate_tokens,
+    sequence_item,
+    token_spec,
+)
+from softlabels.errors import MismatchError, SoftLabelsError
+from softlabels.sparse import ESTIMATORS, SparseTargets
+from softlabels.store import StoreReader
+from softlabels.text import TokenSequences
+from trainer.lm_students import gpt_student
+from trainer.modules import HardCE, HintonKD
+from trainer.sparse_losses import top1
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    temperature: float = 1.0
+    alpha: float = 0.5  # weight of the next-token CE term; 1 - alpha on the KD term
+    epochs: int = 1
+    batch_size: int = 8  # sequences
+    lr: float = 3e-3
+    seed: int = 0
+    kd: bool = True  # False: next-token cross-entropy only (the baseline)
+    buffer_chunks: int = 8  # store chunks shuffled together (memory: their targets)
+    cache_bytes: int = 1 << 31  # targets of every chunk kept across epochs when they fit
+    chunk_rows: int = 4096  # without a store: the grouping of sequences, as a store's chunks
+    estimator: str | None = None  # sparse stores: None (importance at T <= T_q, else bucket)
+
+
+def check_sequences(store: StoreReader, seqs: TokenSequences) -> None:
+    """The store must be a token store of exactly these sequences (same windowing)."""
+    check_token_store(store, seqs)
+
+
+def check_vocabulary(student: nn.Module, store: StoreReader) -> None:
+    """The student's head must have the store's teachers' size (padded sizes included)."""
+    probe = student(torch.zeros((1, 2), dtype=torch.long), attention_mask=torch.ones((1, 2)))
+    if probe.shape[-1] != store.meta.num_classes:
+        raise MismatchError(
+            f"the student predicts {probe.shape[-1]} tokens and the store's teachers "
+            f"{store.meta.num_classes}: give the student the teachers' vocabulary size"
+        )
+
+
+class _Sequences(Dataset):
+    """Sequences without targets (cross-entropy alone), shaped as ``TokenTargetDataset``."""
+
+    def __init__(self, seqs: TokenSequences, chunk_rows: int) -> None:
+        self.seqs, self.labels = seqs, torch.from_numpy(seqs.next_tokens())
+        self.chunk_rows = chunk_rows
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __getitem__(self, s: int) -> tuple[torch.Tensor, torch.Tensor, None, torch.Tensor]:
+        a, b = int(self.seqs.offsets[s]), int(self.seqs.offsets[s + 1])
+        ids, labels, keep = sequence_item(self.seqs, self.labels, a, b)
+        return ids, labels, None, keep
+
+
+def _cache_chunks(store: StoreReader, config: LMConfig) -> int:
+    """Every chunk when all targets fit in ``config.cache_bytes`` (each chunk is then read and
+    replayed once per run, not once per epoch); else enough for one shuffle group and its
+    sequences' tails in the next chunk."""
+    meta = store.meta
+    per_row = 8 + (meta.sparse.k * 12 if meta.sparse is not None else meta.num_classes * 4)
+    if meta.num_samples * per_row <= config.cache_bytes:
+        return meta.num_chunks
+    return 2 * config.buffer_chunks  # a group, and the chunks its sequences run into
+
+
+def train_lm(
+    student: nn.Module,
+    store: StoreReader | None,
+    seqs: TokenSequences,
+    config: LMConfig,
+    *,
+    eval_seqs: TokenSequences | None = None,
+    eval_store: StoreReader | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``student`` on ``seqs`` from ``store``; per epoch, the mean training loss, its
+    seconds and, with ``eval_seqs``, their perplexity and next-token accuracy (and, with
+    ``eval_store``, a token store of ``eval_seqs``, agreement and KL with the teacher).
+    ``store=None`` trains on next-token cross-entropy alone (a baseline). The sequences are cut
+    as the store's were (its ``max_length`` and window mode); without a store, give them cut
+    to the student's context. Every store is checked before the first step."""
+    if store is not None:
+        spec = token_spec(store)
+        seqs = seqs.window(spec.max_length, spec.window)
+        check_sequences(store, seqs)
+        check_vocabulary(student, store)
+        check_estimator(store, config.estimator)
+    elif config.kd:
+        raise SoftLabelsError("knowledge distillation needs a token store")
+    if eval_store is not None:
+        if eval_seqs is None:
+            raise SoftLabelsError("an eval store needs the sequences it was made from")
+        spec = token_spec(eval_store)
+        eval_seqs = eval_seqs.window(spec.max_length, spec.window)
+        check_sequences(eval_store, eval_seqs)
+        check_vocabulary(student, eval_store)
+    data: TokenTargetDataset | _Sequences = (
+        TokenTargetDataset(
+            store,
+            seqs,
+            temperature=config.temperature,
+            estimator=config.estimator,
+            cache_chunks=_cache_chunks(store, config),
+        )
+        if store is not None and config.kd
+        else _Sequences(seqs, store.meta.chunk_rows if store is not None else config.chunk_rows)
+    )
+    sampler = SequenceSampler(data, buffer_chunks=config.buffer_chunks, seed=config.seed)
+    loader = DataLoader(data, config.batch_size, sampler=sampler, collate_fn=collate_tokens)
+    torch.manual_seed(config.seed)
+    loss_fn: nn.Module = (
+        HintonKD(config.alpha, temperature=config.temperature) if config.kd else HardCE()
+    )
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
+    history = []
+    for epoch in range(config.epochs):
+        student.train()
+        sampler.set_epoch(epoch)
+        t0, losses = time.perf_counter(), []
+        for batch in loader:
+            if len(batch.labels) == 0:  # every row of these sequences predicts a prompt token
+                continue
+            logits = batch.select(student(batch.ids, attention_mask=batch.mask))  # (rows, V)
+            loss = loss_fn(logits, batch.target, batch.labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        if not losses:
+            raise SoftLabelsError(
+                "no row takes a loss: every row predicts a prompt token (prompts longer than "
+                "the windows?); use longer windows or shorter prompts"
+            )
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        record["epoch_seconds"] = time.perf_counter() - t0
+        if eval_seqs is not None:
+            record.update(evaluate_lm(student, eval_seqs, teacher=eval_store))
+        history.append(record)
+    return history
+
+
+def check_estimator(store: StoreReader, estimator: str | None) -> None:
+    """An estimator applies to sparse stores, and all but bucket to those with sampled ids."""
+    if estimator is None:
+        return
+    if estimator not in ESTIMATORS:
+        raise SoftLabelsError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    sparse = store.meta.sparse
+    if sparse is None:
+        raise SoftLabelsError(
+            f"estimator {estimator!r} applies to sparse stores; {store.path!r} is dense: leave "
+            f"the estimator unset"
+        )
+    if estimator != "bucket" and not sparse.sample:
+        raise SoftLabelsError(
+            f"estimator {estimator!r} reweights sampled ids, and {store.path!r} keeps its top "
+            f"{sparse.top_k} ids only: use 'bucket'"
+        )
+
+
+def _kl_estimator(store: StoreReader) -> str | None:
+    return "bucket" if store.meta.sparse is not None else None
+
+
+@torch.no_grad()
+def evaluate_lm(
+    student: nn.Module,
+    seqs: TokenSequences,
+    *,
+    teacher: StoreReader | None = None,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Perplexity and next-token accuracy over every position that has a next token; with
+    ``teacher``, a token store of ``seqs``: agreement (the student's top token is the teacher's)
+    and KL(teacher || student) at T = 1, over the same positions (for a sparse store, KL over
+    the stored ids plus the rest merged into one bucket: exact ids, no sampling noise, and a
+    lower bound of the full KL)."""
+    student.eval()
+    if teacher is not None:
+        spec = token_spec(teacher)
+        seqs = seqs.window(spec.max_length, spec.window)
+    data: TokenTargetDataset | _Sequences = (
+        _Sequences(seqs, 4096)
+        if teacher is None
+        else TokenTargetDataset(teacher, seqs, temperature=1.0, estimator=_kl_estimator(teacher))
+    )
+    kl_fn = HintonKD(0.0, temperature=1.0)
+    nll, correct, agree, kl, count = 0.0, 0, 0, 0.0, 0
+    for batch in DataLoader(data, batch_size, collate_fn=collate_tokens):
+        if len(batch.labels) == 0:
+            continue
+        logits = batch.select(student(batch.ids, attention_mask=batch.mask)).float()
+        known, target = batch.labels >= 0, batch.target
+        logits, y = logits[known], batch.labels[known]
+        if len(y) == 0:
+            continue
+        log_p = torch.log_softmax(logits, -1)
+        nll += float(-log_p.gather(1, y[:, None]).sum())
+        correct += int((log_p.argmax(1) == y).sum())
+        if target is not None:
+            target = target.take(known) if isinstance(target, SparseTargets) else target[known]
+            best = top1(target) if isinstance(target, SparseTargets) else target.argmax(1)
+            agree += int((log_p.argmax(1) == best).sum())
+            kl += float(kl_fn(logits, target)) * len(y)
+        count += len(y)
+    if count == 0:
+        raise SoftLabelsError("no position with a next token to evaluate on")
+    out = {"eval_ppl": math.exp(nll / count), "eval_accuracy": correct / count}
+    if teacher is not None:
+        out |= {"teacher_agreement": agree / count, "teacher_kl": kl / count}
+    return out
+
+
+__all__ = ["LMConfig", "check_sequences", "evaluate_lm", "gpt_student", "train_lm"]
