@@ -249,7 +249,11 @@ def test_literal_bytes_hash_to_literal_checksums(chunk):
 
 def test_checksum_order_is_the_documented_one():
     dense = tuple(n for n in schema.CHECKSUM_ORDER if n in ORDER)
-    assert dense == ORDER and schema.CHECKSUM_ORDER.index(schema.LABELS) == 10
+    assert dense == ORDER and schema.CHECKSUM_ORDER[-2:] == (schema.SAMPLE_INDEX, schema.LABELS)
+    text = (ROOT / "FORMAT.md").read_text()
+    full = re.search(r"The full order, over every layout,.*?: (.*?) \(`softlabels", text, re.S)
+    names = tuple(re.findall(r"`(\w+)`", full.group(1)))
+    assert names == schema.CHECKSUM_ORDER
 
 
 # ---- (2) and (3) the committed stores ----------------------------------------------------------
