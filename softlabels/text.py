@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -228,7 +229,7 @@ def load_tokenizer(spec: str) -> TokenizerInfo:
 
 
 def _eos(specials: dict[str, int]) -> int | None:
-    for name in ("<eos>", "</s>", "<|endoftext|>", "[SEP]"):
+    for name in ("<eos>", "</s>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "[SEP]"):
         if name in specials:
             return specials[name]
     return None
@@ -252,6 +253,13 @@ def load_text(
     if prompt_field is not None and path.suffix != ".jsonl":
         raise SpecError(f"a prompt field needs .jsonl documents; {str(path)!r} is not one")
     fields = (text_field,) if prompt_field is None else (prompt_field, text_field)
+    if add_eos and tok.eos_id is None:
+        warnings.warn(
+            f"the tokenizer names no end-of-sequence token, so documents are joined without "
+            f"one; use a transformers tokenizer folder whose config names eos_token "
+            f"({tokenizer if isinstance(tokenizer, str) else 'the tokenizer'})",
+            stacklevel=2,
+        )
     docs, prompts = [], []
     for parts in _documents(path, fields):
         prompt = tok.encode(parts[0]) if prompt_field is not None else []

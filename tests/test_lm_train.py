@@ -305,3 +305,9 @@ def test_any_width_builds_a_student():
     for width in (8, 50, 100):
         model = load_student("gpt", vocab_size=30, max_length=8, width=width)
         assert model(torch.zeros((1, 3), dtype=torch.long)).shape == (1, 3, 30)
+
+
+def test_a_student_with_a_shorter_context_than_the_store_is_refused(lm):
+    short = load_student("gpt", vocab_size=lm["train"].vocab_size, max_length=8, width=32)
+    with pytest.raises(MismatchError, match="cannot read sequences of 16 tokens"):
+        train_lm(short, lm["store"], lm["train"], LMConfig())

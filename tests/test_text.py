@@ -202,3 +202,17 @@ def test_tokenizers_carry_their_vocabulary(lm_files):
     assert a.tokens == b.tokens and a.vocabulary.difference(b.vocabulary) is None
     seqs = load_text(str(lm_files["corpus"]), str(lm_files["tokenizer"]))
     assert seqs.vocabulary == a.vocabulary
+
+
+def test_a_tokenizer_without_an_end_token_is_named(tmp_path):
+    """add_eos cannot add what the tokenizer does not have: say so instead of joining silently."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train_from_iterator(["some words here"] * 5, trainers.BpeTrainer(special_tokens=["<unk>"]))
+    tok.save(str(tmp_path / "t.json"))
+    (tmp_path / "d.txt").write_text("some words here\nwords here some\n")
+    with pytest.warns(UserWarning, match="names no end-of-sequence token"):
+        seqs = load_text(str(tmp_path / "d.txt"), str(tmp_path / "t.json"))
+    assert len(seqs) == 2

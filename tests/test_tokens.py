@@ -404,3 +404,25 @@ def test_the_distill_lm_pipeline_runs_at_tiny_size(tmp_path):
         for r in runs:
             assert 0 <= r["teacher_agreement"] <= 1 and r["teacher_kl"] > 0
     assert "| (b) distilled, sparse store |" in report_section(res)
+
+
+@pytest.mark.parametrize("continues", [True, False])
+def test_verify_checks_the_shift_across_chunk_edges(lm, tmp_path, continues):
+    """A label at a chunk's last row is checked against the next chunk's first row."""
+    from softlabels.verify import verify_store
+
+    out = tmp_path / "t.zarr"
+    generate_tokens(
+        [lm["teacher"]], lm["seqs"], out, max_length=12, chunk_rows=50, progress=False
+    ).close()
+    group = zarr.open_group(str(out), mode="r+")
+    pos = group["position"][:]
+    edges = [r for r in range(50, len(pos), 50) if (pos[r] != 0) == continues]
+    edge = edges[0]
+    group["labels"][edge - 1] = int(group["input_ids"][edge]) + 1 if continues else 3
+    with open_store(out) as s:
+        sums = [chunk_checksum(s.read_chunk(k)) for k in range(s.meta.num_chunks)]
+    group.attrs["checksums"] = sums
+    report = verify_store(str(out)).render()
+    assert "[FAIL] tokens" in report and f"across the chunk edge at row {edge}" in report
+    assert "[ok] checksums" in report

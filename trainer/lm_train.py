@@ -60,8 +60,18 @@ def check_sequences(store: StoreReader, seqs: TokenSequences) -> None:
 
 
 def check_vocabulary(student: nn.Module, store: StoreReader) -> None:
-    """The student's head must have the store's teachers' size (padded sizes included)."""
-    probe = student(torch.zeros((1, 2), dtype=torch.long), attention_mask=torch.ones((1, 2)))
+    """The student must read the store's longest sequence, and its head have the store's
+    teachers' size (padded sizes included): one forward pass of that length, untrained."""
+    length = token_spec(store).max_length
+    ids = torch.zeros((1, length), dtype=torch.long)
+    try:
+        with torch.no_grad():
+            probe = student(ids, attention_mask=torch.ones((1, length)))
+    except (IndexError, RuntimeError, ValueError) as exc:
+        raise MismatchError(
+            f"the student cannot read sequences of {length} tokens, the store's max_length "
+            f"({type(exc).__name__}: {exc}); give it a context of at least {length}"
+        ) from exc
     if probe.shape[-1] != store.meta.num_classes:
         raise MismatchError(
             f"the student predicts {probe.shape[-1]} tokens and the store's teachers "

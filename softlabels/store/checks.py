@@ -53,6 +53,22 @@ def token_problems(rows: Rows, vocab: int) -> list[str]:
     return problems
 
 
+def token_edge_problems(previous: Rows, rows: Rows) -> list[str]:
+    """The shift convention across the edge between two consecutive chunks: ``rows``' first
+    row either continues the last row of ``previous`` (whose label is then its input token) or
+    starts a sequence (and ``previous``'s last row then has label -1)."""
+    last_pos, last_label = int(previous.arrays[schema.POSITION][-1]), int(previous.labels[-1])
+    pos, token = int(rows.arrays[schema.POSITION][0]), int(rows.arrays[schema.INPUT_IDS][0])
+    edge = f"across the chunk edge at row {rows.start}"
+    if pos == last_pos + 1 and last_label != token:
+        return [f"{edge}: label {last_label} is not the next row's input token {token}"]
+    if pos == 0 and last_label != -1:
+        return [f"{edge}: the sequence ends with label {last_label}, not -1"]
+    if pos not in (0, last_pos + 1):
+        return [f"{edge}: position {pos} neither continues the sequence nor starts one"]
+    return []
+
+
 def check_labels(labels: np.ndarray, num_classes: int, *, offset: int = 0) -> None:
     """Stored labels are 0..C-1, or -1 for "no label"; refuse anything else."""
     bad = np.flatnonzero((labels < -1) | (labels >= num_classes))

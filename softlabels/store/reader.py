@@ -25,7 +25,12 @@ from softlabels.sparse.replay import SparseTargets
 from softlabels.store.backends import HDF5Backend, ZarrBackend, open_backend, store_kind
 from softlabels.store.checks import check_labels as check_labels
 from softlabels.store.checks import check_sample_index as check_sample_index
-from softlabels.store.checks import check_token_rows, check_view_index, token_problems
+from softlabels.store.checks import (
+    check_token_rows,
+    check_view_index,
+    token_edge_problems,
+    token_problems,
+)
 from softlabels.store.rows import Rows, chunk_checksum, nonfinite_rows
 from softlabels.views import check_view_rows, view_row_problems
 
@@ -278,11 +283,13 @@ class StoreReader:
         bad_rows: list[int] = []
         sparse_problems: list[str] = []
         layout: list[str] = []
+        previous: Rows | None = None  # the chunk before, for the shift across its edge
         for chunk in range(self.meta.num_chunks):
             try:
                 rows = self.read_chunk(chunk)
             except StoreFormatError:
                 bad_sums.append(chunk)
+                previous = None
                 continue
             if chunk_checksum(rows) != self.meta.checksums[chunk]:
                 bad_sums.append(chunk)
@@ -304,6 +311,9 @@ class StoreReader:
                 layout += [
                     f"chunk {chunk}: {p}" for p in token_problems(rows, self.meta.num_classes)
                 ]
+                if previous is not None:
+                    layout += token_edge_problems(previous, rows)
+                previous = rows
         return bad_sums, bad_rows, sparse_problems, layout
 
     def verify_checksums(self) -> list[int]:
