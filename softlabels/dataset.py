@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,21 @@ def _holds_views(store: StoreReader | str) -> bool:
         return store.meta.views is not None
     with open_store(store) as reader:
         return reader.meta.views is not None
+
+
+@contextmanager
+def opened(store: StoreReader | str, temperature: float) -> Iterator[StoreReader]:
+    """For a dataset's constructor: ``temperature`` checked, then the reader of ``store`` (an
+    open reader, or a path or URL opened here and closed again if the constructor fails)."""
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    reader = store if isinstance(store, StoreReader) else open_store(store)
+    try:
+        yield reader
+    except BaseException:
+        if reader is not store:
+            reader.close()
+        raise
 
 
 class ChunkTargets:
@@ -109,18 +125,11 @@ class SoftTargetDataset(ChunkTargets, Dataset):
     def __init__(
         self, store: StoreReader | str, transfer: Any, *, temperature: float, cache_chunks: int = 64
     ) -> None:
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        reader = store if isinstance(store, StoreReader) else open_store(store)
-        try:
+        with opened(store, temperature) as reader:
             self.meta = reader.meta
             self.transfer = as_transfer(transfer, reader.meta.transfer.split)
             check_transfer(self.transfer, num_classes=reader.meta.num_classes, store=reader)
             self.sample_index = reader.sample_index()  # store row -> position
-        except Exception:
-            if reader is not store:
-                reader.close()
-            raise
         self.path, self.temperature, self.cache_chunks = reader.path, temperature, cache_chunks
         self.row_of = np.argsort(self.sample_index, kind="stable")  # position -> store row
         self.labels = self.transfer.label_array()

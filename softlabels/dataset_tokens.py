@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from softlabels.dataset import ChunkTargets
+from softlabels.dataset import ChunkTargets, opened
 from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.schema import TokenSpec
 from softlabels.sparse import SparseTargets
-from softlabels.store import StoreReader, open_store
+from softlabels.store import StoreReader
 from softlabels.text import TokenSequences
 
 Target = torch.Tensor | SparseTargets
@@ -99,17 +99,10 @@ class TokenTargetDataset(ChunkTargets, Dataset):
         cache_chunks: int = 16,
         estimator: str | None = None,
     ) -> None:
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        reader = store if isinstance(store, StoreReader) else open_store(store)
-        try:
+        with opened(store, temperature) as reader:
             spec = token_spec(reader)
             seqs = sequences.window(spec.max_length, spec.window)
             check_token_store(reader, seqs)
-        except Exception:
-            if reader is not store:
-                reader.close()
-            raise
         self.meta, self.seqs = reader.meta, seqs
         self.path, self.temperature, self.cache_chunks = reader.path, temperature, cache_chunks
         self.estimator = estimator

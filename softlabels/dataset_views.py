@@ -23,11 +23,11 @@ from torch.utils.data import Dataset
 
 from softlabels import schema
 from softlabels.augment import Policy
-from softlabels.dataset import ChunkTargets
+from softlabels.dataset import ChunkTargets, opened
 from softlabels.errors import SoftLabelsError
 from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
-from softlabels.store import StoreReader, open_store
+from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views import load_views_policy, rebuild_views
 
@@ -120,17 +120,10 @@ class ViewTargetDataset(ChunkTargets, Dataset):
         cache_chunks: int = 64,
         estimator: str | None = None,
     ) -> None:
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        reader = store if isinstance(store, StoreReader) else open_store(store)
-        try:
+        with opened(store, temperature) as reader:
             self.views = StoredViews(
                 reader, transfer, policy=policy, seed=seed, views_per_epoch=views_per_epoch
             )
-        except Exception:
-            if reader is not store:
-                reader.close()
-            raise
         self.meta, self.path = reader.meta, reader.path
         self.temperature, self.cache_chunks, self.estimator = temperature, cache_chunks, estimator
         self.epoch, self._rows = 0, self.views.rows(0)
