@@ -131,7 +131,8 @@ def test_token_rows_off_the_shift_are_refused(lm, tmp_path, damage, message):
 def test_a_student_learns_from_a_sparse_token_store(lm, tmp_path):
     from dataclasses import replace as change
 
-    from trainer.lm_train import LMConfig, check_sequences, gpt_student, train_lm
+    from softlabels.dataset_tokens import check_token_store as check_sequences
+    from trainer.lm_train import LMConfig, gpt_student, train_lm
 
     store = generate_tokens(
         [lm["teacher"]],
@@ -314,7 +315,7 @@ def test_torchrun_token_store_equals_one_process(lm, tmp_path):
 )
 def test_every_misaligned_transfer_set_is_refused(lm, lm_store, kind, seed):
     """The alignment fuzz suite: each injected error must be refused, every time."""
-    from trainer.lm_train import check_sequences
+    from softlabels.dataset_tokens import check_token_store as check_sequences
 
     store, seqs = lm_store
     rng = np.random.default_rng(seed)

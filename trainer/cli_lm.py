@@ -13,7 +13,7 @@ from softlabels.lm import check_tokenizers, teacher_tokenizer
 from softlabels.store import open_store
 from softlabels.text import TokenSequences, load_text, load_tokens
 from trainer.lm_students import BUILTIN, load_student, save_student
-from trainer.lm_train import LMConfig, check_sequences, train_lm
+from trainer.lm_train import LMConfig, train_lm
 
 
 def _sequences(
@@ -180,9 +180,7 @@ def train_lm_cmd(
             raise click.UsageError(f"{store} is not a token store; make one with generate-lm")
         load = (text, tokenizer, tokens)
         train = _sequences(*load, reader.meta.transfer.split, text_field, prompt_field)
-        seqs = train.window(spec.max_length, spec.window)
-        check_sequences(reader, seqs)
-        evals = None
+        test = None
         if eval_split != "none":
             try:
                 test = _sequences(*load, "test", text_field, prompt_field)
@@ -190,7 +188,6 @@ def train_lm_cmd(
                 raise click.UsageError(
                     f"no test split to evaluate on ({exc}); give one, or --eval-split none"
                 ) from exc
-            evals = test.window(spec.max_length, spec.window)
         check_tokenizers({student: teacher_tokenizer(student)}, train, role="student")
         held_out = None if eval_store is None else stack.enter_context(open_store(eval_store))
         torch.manual_seed(seed)
@@ -211,7 +208,8 @@ def train_lm_cmd(
             kd=not ce_only,
             estimator=estimator,
         )
-        history = train_lm(model, reader, seqs, config, eval_seqs=evals, eval_store=held_out)
+        # train_lm cuts both as the store's were, and checks them against it
+        history = train_lm(model, reader, train, config, eval_seqs=test, eval_store=held_out)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "metrics.json").write_text(json.dumps(history, indent=2))
     saved = save_student(model, Path(out))

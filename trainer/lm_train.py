@@ -54,11 +54,6 @@ class LMConfig:
     estimator: str | None = None  # sparse stores: None (importance at T <= T_q, else bucket)
 
 
-def check_sequences(store: StoreReader, seqs: TokenSequences) -> None:
-    """The store must be a token store of exactly these sequences (same windowing)."""
-    check_token_store(store, seqs)
-
-
 def check_vocabulary(student: nn.Module, store: StoreReader) -> None:
     """The student must read the store's longest sequence, and its head have the store's
     teachers' size (padded sizes included): one forward pass of that length, untrained."""
@@ -118,13 +113,16 @@ def train_lm(
     """Train ``student`` on ``seqs`` from ``store``; per epoch, the mean training loss, its
     seconds and, with ``eval_seqs``, their perplexity and next-token accuracy (and, with
     ``eval_store``, a token store of ``eval_seqs``, agreement and KL with the teacher).
-    ``store=None`` trains on next-token cross-entropy alone (a baseline). The sequences are cut
-    as the store's were (its ``max_length`` and window mode); without a store, give them cut
-    to the student's context. Every store is checked before the first step."""
+    ``store=None`` trains on next-token cross-entropy alone (a baseline). The sequences, and
+    ``eval_seqs``, are cut as the store's were (its ``max_length`` and window mode); without a
+    store, give them cut to the student's context. Every store is checked before the first
+    step."""
     if store is not None:
         spec = token_spec(store)
         seqs = seqs.window(spec.max_length, spec.window)
-        check_sequences(store, seqs)
+        if eval_seqs is not None:
+            eval_seqs = eval_seqs.window(spec.max_length, spec.window)
+        check_token_store(store, seqs)
         check_vocabulary(student, store)
         check_estimator(store, config.estimator)
     elif config.kd:
@@ -134,7 +132,7 @@ def train_lm(
             raise SoftLabelsError("an eval store needs the sequences it was made from")
         spec = token_spec(eval_store)
         eval_seqs = eval_seqs.window(spec.max_length, spec.window)
-        check_sequences(eval_store, eval_seqs)
+        check_token_store(eval_store, eval_seqs)
         check_vocabulary(student, eval_store)
     data: TokenTargetDataset | _Sequences = (
         TokenTargetDataset(
@@ -253,4 +251,4 @@ def evaluate_lm(
     return out
 
 
-__all__ = ["LMConfig", "check_sequences", "evaluate_lm", "gpt_student", "train_lm"]
+__all__ = ["LMConfig", "evaluate_lm", "gpt_student", "train_lm"]
