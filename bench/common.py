@@ -189,3 +189,9 @@ def put_section(report: Path, title: str, section: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     report.write_text(text)
+
+
+def goal_table(rows: list[tuple[str, str, bool]]) -> list[str]:
+    """A markdown table of (goal, this run's figure, met) rows."""
+    out = ["| goal | this run | met |", "|---|---|---|"]
+    return out + [f"| {goal} | {value} | {'yes' if ok else '**no**'} |" for goal, value, ok in rows]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import put_section
+from bench.lm_report import write_section
 from softlabels.generate_tokens import generate_tokens
 from softlabels.lm import load_hf, sequence_logits
 from softlabels.schema import SparseSpec
@@ -201,13 +201,7 @@ def run(c: LMBench) -> dict[str, Any]:
     for seed in c.seeds:
         for name, (store, kd, estimator) in arms.items():
             log(f"student {name} seed {seed}")
-            torch.manual_seed(seed)
-            student = gpt_student(
-                transfer.vocab_size or c.vocab_size,
-                max_length=c.max_length,
-                width=c.student_width,
-                layers=c.student_layers,
-            )
+            student = _student(c, transfer, seed)
             config = replace(base, seed=seed, kd=kd, estimator=estimator)
             reader = None if store is None else open_store(out / store)
             try:
@@ -230,6 +224,17 @@ def run(c: LMBench) -> dict[str, Any]:
     return res
 
 
+def _student(c: LMBench, transfer: TokenSequences, seed: int) -> torch.nn.Module:
+    """The students' one architecture, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    return gpt_student(
+        transfer.vocab_size or c.vocab_size,
+        max_length=c.max_length,
+        width=c.student_width,
+        layers=c.student_layers,
+    )
+
+
 def step_ratios(
     c: LMBench, transfer: TokenSequences, base: LMConfig, rounds: int = 3
 ) -> dict[str, Any]:
@@ -244,13 +249,7 @@ def step_ratios(
     try:
         for _ in range(rounds):
             for name in seconds:
-                torch.manual_seed(0)
-                student = gpt_student(
-                    transfer.vocab_size or c.vocab_size,
-                    max_length=c.max_length,
-                    width=c.student_width,
-                    layers=c.student_layers,
-                )
+                student = _student(c, transfer, 0)
                 config = replace(base, epochs=2, kd=name != "ce")
                 history = train_lm(student, readers.get(name), transfer, config)
                 seconds[name].append(history[1]["epoch_seconds"])
@@ -283,110 +282,6 @@ def only_steps(c: LMBench) -> dict[str, Any]:
         cache_bytes=run_config.cache_bytes,
     )
     return res | step_ratios(run_config, transfer, base)
-
-
-SECTION = "## Language models (`make distill-lm`)"
-
-
-def report_section(res: dict[str, Any]) -> str:
-    """The BENCHMARKS.md section for these results."""
-    c, t = res["config"], res["teacher_test"]
-    rows = [
-        ("(a) next-token cross-entropy", "ce"),
-        ("(b) distilled, sparse store", "kd_sparse"),
-        ("(b') the same store, `bucket` replay", "kd_sparse_bucket"),
-        ("(c) distilled, dense store", "kd_dense"),
-    ]
-    lines = [
-        SECTION,
-        "",
-        f"`python -m bench.lm --docs {c['docs']} --out {c['out']}` (the Python documentation's "
-        f"reST sources, Debian `python3.11-doc`). BPE tokenizer with {c['vocab_size']} ids trained "
-        f"here; GPT-2 teacher, width {c['teacher_width']}, {c['teacher_layers']} layers, trained on "
-        f"{c['teacher_tokens']:,} tokens: test perplexity {t['eval_ppl']:.2f}. Students: width "
-        f"{c['student_width']}, {c['student_layers']} layers, {c['student_epochs']} epochs over the "
-        f"same {res['transfer_tokens']:,} transfer tokens, T = {c['temperature']:g}, alpha "
-        f"{c['alpha']} on the next-token CE; perplexity on {res['test_tokens']:,} test tokens, "
-        f"{len(c['seeds'])} seeds.",
-        "",
-        "| student | test perplexity | next-token accuracy | agreement with the teacher "
-        "| KL(teacher ‖ student) |",
-        "|---|---|---|---|---|",
-    ]
-    for label, key in rows:
-        runs = res["students"][key]
-
-        def mean(name: str, runs: list[dict[str, Any]] = runs) -> float:
-            return statistics.mean(r[name] for r in runs)
-
-        lines.append(
-            f"| {label} | {res[f'ppl_{key}']:.2f} ± {res[f'ppl_{key}_std']:.2f} | "
-            f"{100 * mean('eval_accuracy'):.2f}% | {100 * mean('teacher_agreement'):.2f}% | "
-            f"{mean('teacher_kl'):.3f} |"
-        )
-    lines += [
-        "",
-        "Agreement and KL are on the test split, against a sparse store of the teacher made "
-        "there (KL at T = 1 over the stored ids plus the tail bucket).",
-        "",
-        f"- Sparse store (top {c['top_k']} + {c['sample']} sampled, "
-        f"{c['top_k'] + c['sample']} entries per token; (b) replays it with "
-        f"{c.get('estimator') or 'the default, importance at T <= T_q'}): "
-        f"**{res['bytes_per_token']:.1f} bytes per token**; the dense float32 store: "
-        f"{res['dense_bytes_per_token']:.0f}.",
-        f"- Stage one against the teacher's bare forward pass over the same batches: "
-        f"**{res['stage1_over_inference']:.2f}×** ({res['stage1_seconds']:.1f} s against "
-        f"{res['bare_seconds']:.1f} s).",
-        f"- KD step from the sparse store against a CE step (median epoch seconds, "
-        f"{len(res['step_seconds']['ce'])} interleaved rounds, each timing a second epoch): "
-        f"**{res['kd_step_over_ce_step']:.3f}×** (dense store: "
-        f"{res['kd_dense_step_over_ce_step']:.3f}×).",
-        "",
-        *goals(res),
-    ]
-    return "\n".join(lines)
-
-
-def goals(res: dict[str, Any]) -> list[str]:
-    """The issue's targets against this run's figures."""
-    gap = res["ppl_ce"] - res["ppl_kd_sparse"]
-    noise = res["ppl_ce_std"] + res["ppl_kd_sparse_std"]
-    rel = res["ppl_kd_sparse"] / res["ppl_kd_dense"] - 1 if res.get("ppl_kd_dense") else None
-    rows = [
-        (
-            "(b) beats (a) by more than the seed noise",
-            f"{gap:.1f} lower (noise {noise:.1f})",
-            gap > noise,
-        ),
-        (
-            "(b) within 2% of (c)",
-            "n/a" if rel is None else f"{100 * rel:+.2f}%",
-            rel is not None and rel <= 0.02,
-        ),
-        (
-            "bytes per token at k = 64 ≤ 128",
-            f"{res['bytes_per_token']:.1f}",
-            res["bytes_per_token"] <= 128,
-        ),
-        (
-            "KD step ≤ 1.10× a CE step",
-            f"{res['kd_step_over_ce_step']:.3f}×",
-            res["kd_step_over_ce_step"] <= 1.10,
-        ),
-        (
-            "stage one ≤ 1.05× the bare forward pass",
-            f"{res['stage1_over_inference']:.2f}×",
-            res["stage1_over_inference"] <= 1.05,
-        ),
-    ]
-    out = ["| goal | this run | met |", "|---|---|---|"]
-    out += [f"| {goal} | {value} | {'yes' if ok else '**no**'} |" for goal, value, ok in rows]
-    return [*out, ""]
-
-
-def write_section(res: dict[str, Any], report: Path) -> None:
-    """Put the section into ``report``, replacing an earlier one."""
-    put_section(report, SECTION, report_section(res))
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.common import put_section
+from bench.common import goal_table, put_section
 from softlabels.augment import augment_spec, view_rng
 from softlabels.dataset_views import StoredViews
 from softlabels.generate import generate
@@ -310,8 +310,7 @@ def goals(res: dict[str, Any]) -> list[str]:
             s1[top]["bytes_per_row"] <= 32,
         ),
     ]
-    out = ["| goal | this run | met |", "|---|---|---|"]
-    return out + [f"| {g} | {v} | {'yes' if ok else '**no**'} |" for g, v, ok in rows]
+    return goal_table(rows)
 
 
 def _labels(c: dict[str, Any]) -> list[tuple[str, str]]:

@@ -367,7 +367,8 @@ def test_the_distill_lm_pipeline_runs_at_tiny_size(tmp_path):
     """make distill-lm at tiny size: corpus, tokenizer, teacher, both stores, students."""
     from dataclasses import replace as change
 
-    from bench.lm import LMBench, report_section, run
+    from bench.lm import LMBench, run
+    from bench.lm_report import report_section
     from tests.lm_helpers import CORPUS
 
     docs = tmp_path / "docs"
