@@ -428,3 +428,34 @@ def test_verify_checks_the_shift_across_chunk_edges(lm, tmp_path, continues):
     report = verify_store(str(out)).render()
     assert "[FAIL] tokens" in report and f"across the chunk edge at row {edge}" in report
     assert "[ok] checksums" in report
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_plain_zarr_and_h5py_read_a_token_store(lm, tmp_path, suffix):
+    """FORMAT.md's token layout, read without this package: input_ids are the windows' ids,
+    position restarts at each window, labels are the next token (-1 at a window's end), and
+    the tokens attribute writes the shift convention out."""
+    import json
+
+    import h5py
+
+    out = tmp_path / f"t{suffix}"
+    generate_tokens(
+        [lm["teacher"]], lm["seqs"], out, max_length=12, chunk_rows=40, progress=False
+    ).close()
+    seqs = lm["seqs"].window(12, "window")
+    if suffix == ".zarr":
+        group = zarr.open_group(str(out), mode="r")
+        arrays = {k: np.asarray(group[k][:]) for k in ("input_ids", "position", "labels")}
+        attrs = dict(group.attrs)
+    else:
+        with h5py.File(out, "r") as f:
+            arrays = {k: f[k][:] for k in ("input_ids", "position", "labels")}
+            attrs = {k: json.loads(v) for k, v in f.attrs.items()}
+    assert attrs["format_version"] == 3
+    assert attrs["tokens"]["shift"] == "row t predicts the token at t + 1"
+    assert attrs["tokens"]["max_length"] == 12 and attrs["tokens"]["window"] == "window"
+    np.testing.assert_array_equal(arrays["input_ids"], seqs.ids)
+    np.testing.assert_array_equal(np.flatnonzero(arrays["position"] == 0), seqs.offsets[:-1])
+    np.testing.assert_array_equal(arrays["labels"], seqs.next_tokens())
+    assert arrays["input_ids"].dtype == np.int32 and arrays["position"].dtype == np.int32
