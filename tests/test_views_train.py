@@ -162,6 +162,17 @@ def test_train_on_views_matches_the_dataset_pairs(store, tmp_path):
 def test_views_refusals(store, digits_test_store, tmp_path):
     with pytest.raises(SoftLabelsError, match="views per epoch must be at least 1"):
         TrainConfig(out="x", views_per_epoch=0).validate()
+    with pytest.raises(SoftLabelsError, match=r"views per epoch \(2\) applies to a views store"):
+        train(
+            TrainConfig(
+                out=str(tmp_path / "p"),
+                store=str(digits_test_store),
+                split="test",
+                eval_split=None,
+                views_per_epoch=2,
+                progress=False,
+            )
+        )
     with (
         open_store(digits_test_store) as plain,
         pytest.raises(SoftLabelsError, match="holds no views"),

@@ -173,6 +173,11 @@ def _run(
             f"the store has {store.meta.num_chunks} chunk(s), fewer than the {d.world} processes; "
             f"regenerate it with smaller chunks (--chunk-rows)"
         )
+    if config.views_per_epoch != 1 and (store is None or store.meta.views is None):
+        raise SoftLabelsError(
+            f"views per epoch ({config.views_per_epoch}) applies to a views store (generate "
+            f"--views); this run's store holds none: leave it at 1"
+        )
     if eval_store is not None and eval_store.meta.views is not None:
         raise SoftLabelsError(
             f"{eval_store.path!r} holds augmented views; evaluate against a plain store of the "
