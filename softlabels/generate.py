@@ -43,7 +43,7 @@ from softlabels.store import (
     remove_store,
     store_kind,
 )
-from softlabels.teachers import Teacher, as_teacher
+from softlabels.teachers import Teacher, as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views import ViewTransfer
 
@@ -208,7 +208,11 @@ def generate(
         if augment is not None and opts.views is not None:
             policy = augment_spec(augment) if isinstance(augment, str) else augment
             data = ViewTransfer(data, policy, views=opts.views, seed=opts.view_seed)
-        meta = build_meta(opts, loaded, data, probe_num_classes(loaded, data, runtime), runtime)
+        probe = torch.from_numpy(data.take(0, min(2, len(data)))).to(runtime.device)
+        loaded = [initialise_lazy(t, probe) for t in loaded]
+        meta = build_meta(
+            opts, loaded, data, probe_num_classes(loaded, probe, data, runtime), runtime
+        )
         writer = d.collective(lambda: _open_writer(out, meta, opts) if d.is_main else None)
         if d.broadcast(writer is not None):  # else a complete, matching store is already there
             if not d.is_main:
@@ -269,10 +273,11 @@ def _write_pending(
         raise
 
 
-def probe_num_classes(teachers: list[Teacher], transfer: TransferSet, runtime: Runtime) -> int:
-    """Run every teacher on two inputs; check each returns (batch, C) with one C for all, and
-    that the transfer set's classes and labels fit C."""
-    x = torch.from_numpy(transfer.take(0, min(2, len(transfer)))).to(runtime.device)
+def probe_num_classes(
+    teachers: list[Teacher], x: torch.Tensor, transfer: TransferSet, runtime: Runtime
+) -> int:
+    """Run every teacher on ``x`` (the transfer set's first inputs); check each returns
+    (batch, C) with one C for all, and that the transfer set's classes and labels fit C."""
     sizes = [forward_teachers([t], x, runtime).shape[2] for t in teachers]
     if len(set(sizes)) > 1:
         detail = ", ".join(f"{t.info.name}: {c}" for t, c in zip(teachers, sizes, strict=True))

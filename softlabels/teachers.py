@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from softlabels.checkpoint import load_model
 from softlabels.errors import SpecError, TeacherError
 from softlabels.lm import HF_PREFIX, load_hf
+from softlabels.models import forward
 from softlabels.schema import TeacherInfo
 from softlabels.transfer import import_callable
+
+LAZY = "lazy"  # a TeacherInfo.sha256 that initialise_lazy replaces before anything is written
 
 
 @dataclass(frozen=True)
@@ -25,14 +30,53 @@ class Teacher:
 
 
 def weights_sha256(module: nn.Module) -> str:
-    """SHA-256 over the state_dict: for each key in sorted order, the key, dtype, shape and the
-    tensor's little-endian bytes."""
+    """SHA-256 over the state_dict (FORMAT.md, "Weights SHA-256"): for each key in sorted order,
+    the UTF-8 header ``key|dtype|shape|`` and the tensor's values as C-order little-endian
+    bytes. Any tensor hashes: 0-dim and integer buffers (BatchNorm's ``num_batches_tracked``),
+    bf16 and fp16, non-contiguous views (hashed as their values, not their storage) and tied
+    weights (each key on its own)."""
     h = hashlib.sha256()
     for key, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if is_lazy(tensor):
+            raise TeacherError(
+                f"{type(module).__name__}.{key} is an uninitialised lazy parameter (nn.Lazy*): "
+                "run one forward pass (or initialise_lazy) before hashing the weights"
+            )
+        h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor_bytes(tensor))
     return h.hexdigest()
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's values as C-order little-endian bytes of its dtype (no header)."""
+    t = tensor.detach().to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
+    if t.numel() == 0:
+        return b""
+    if sys.byteorder != "little":
+        raise TeacherError("hashing weights needs a little-endian machine")
+    return t.view(torch.uint8).numpy().tobytes()
+
+
+def has_lazy(module: nn.Module) -> bool:
+    """True while ``module`` holds uninitialised lazy parameters or buffers (nn.LazyLinear...)."""
+    return any(is_lazy(t) for t in (*module.parameters(), *module.buffers()))
+
+
+def initialise_lazy(teacher: Teacher, x: torch.Tensor) -> Teacher:
+    """``teacher`` with its lazy modules initialised by one eval-mode forward pass on ``x`` (a
+    batch of the transfer set) and its weights hashed; unchanged when it has no lazy modules."""
+    if not has_lazy(teacher.module):
+        return teacher
+    teacher.module.eval()
+    with torch.no_grad():
+        forward(teacher.module, x, name=teacher.info.spec or teacher.info.name, error=TeacherError)
+    info = replace(teacher.info, sha256=weights_sha256(teacher.module))
+    return Teacher(info, teacher.module)
+
+
+def _sha256_or_lazy(module: nn.Module) -> str:
+    """The weights hash; ``LAZY`` for a module whose lazy parameters the first batch sets."""
+    return LAZY if has_lazy(module) else weights_sha256(module)
 
 
 def as_teacher(teacher: nn.Module | str) -> Teacher:
@@ -46,7 +90,7 @@ def as_teacher(teacher: nn.Module | str) -> Teacher:
             name=type(teacher).__name__,
             spec=None,
             architecture=None,
-            sha256=weights_sha256(teacher),
+            sha256=_sha256_or_lazy(teacher),
         )
         return Teacher(info, teacher)
     if isinstance(teacher, str | os.PathLike):
@@ -75,5 +119,5 @@ def load_teacher(spec: str) -> Teacher:
         )
     module.eval()
     return Teacher(
-        TeacherInfo(name=name, spec=spec, architecture=arch, sha256=weights_sha256(module)), module
+        TeacherInfo(name=name, spec=spec, architecture=arch, sha256=_sha256_or_lazy(module)), module
     )

@@ -19,7 +19,7 @@ from softlabels.join import check_transfer
 from softlabels.pipeline import Runtime, forward_teachers
 from softlabels.sparse import replay as sparse_replay
 from softlabels.store import StoreReader, open_store
-from softlabels.teachers import as_teacher
+from softlabels.teachers import as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views import load_views_policy, view_input
 
@@ -190,21 +190,23 @@ def _rerun_detail(
         raise SoftLabelsError("re-running teachers needs the transfer set too (--transfer)")
     if len(teachers) != meta.num_members:
         raise MismatchError(f"store has {meta.num_members} teachers, {len(teachers)} given")
+    data = as_transfer(transfer, meta.transfer.split)
+    first = torch.from_numpy(data.take(0, min(2, len(data)))).to(runtime.device)
     loaded = [as_teacher(t) for t in teachers]
+    for t in loaded:
+        t.module.to(runtime.device)
+    loaded = [initialise_lazy(t, first) for t in loaded]
     for i, (t, info) in enumerate(zip(loaded, meta.teachers, strict=True)):
         if t.info.sha256 != info.sha256:
             raise MismatchError(
                 f"teacher {i} ({t.info.spec or t.info.name!r}) has different weights from the "
                 f"store's {info.name!r}"
             )
-    data = as_transfer(transfer, meta.transfer.split)
     rng = np.random.default_rng(seed)
     positions = np.sort(
         rng.choice(meta.num_samples, size=min(sample, meta.num_samples), replace=False)
     )
     x = torch.from_numpy(_inputs(store, data, positions, augment)).to(runtime.device)
-    for t in loaded:
-        t.module.to(runtime.device)
     fresh = forward_teachers(loaded, x, runtime).cpu()  # (S, M, C)
     stored, expected = _compared(store, positions, fresh)
     precision = runtime.precision

@@ -175,3 +175,26 @@ class _Unnamed(torch.utils.data.Dataset):
 
 def wide_digits(split: str = "train") -> _Unnamed:
     return _Unnamed(split)
+
+
+def _batchnorm_net(seed: int) -> nn.Module:
+    """The issue's reproduction: Conv2d, BatchNorm2d (a 0-dim int64 buffer) and a LazyLinear
+    that only the first batch initialises. Running statistics are set away from (0, 1), so a
+    train-mode forward (batch statistics) differs from the eval-mode one."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10)
+    )
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+        net[1].num_batches_tracked.fill_(7)
+    return net
+
+
+def batchnorm_teacher() -> nn.Module:
+    return _batchnorm_net(11)
+
+
+def batchnorm_student() -> nn.Module:
+    return _batchnorm_net(12)

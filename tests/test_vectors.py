@@ -134,9 +134,46 @@ WEIGHTS_PREIMAGE = {
         ),
     ],
 }
+WEIGHTS_PREIMAGE |= {
+    "batchnorm": [
+        ("utf8", "bias|torch.float32|(2,)|"),
+        ("bytes", "0000803e00000000"),
+        ("utf8", "num_batches_tracked|torch.int64|()|"),  # a 0-dim integer buffer
+        ("bytes", "0300000000000000"),
+        ("utf8", "running_mean|torch.float32|(2,)|"),
+        ("bytes", "0000003f000080bf"),
+        ("utf8", "running_var|torch.float32|(2,)|"),
+        ("bytes", "000000400000803e"),
+        ("utf8", "weight|torch.float32|(2,)|"),
+        ("bytes", "0000c03f000000bf"),
+    ],
+    "bfloat16": [
+        ("utf8", "bias|torch.bfloat16|(3,)|"),
+        ("bytes", "cd3d4dbe9a3e"),
+        ("utf8", "weight|torch.bfloat16|(3, 4)|"),
+        ("bytes", "003f80bf803e004000bfc03f000000c0803f003e40bf003f"),
+    ],
+    "float16": [
+        ("utf8", "bias|torch.float16|(3,)|"),
+        ("bytes", "662e66b2cd34"),
+        ("utf8", "weight|torch.float16|(3, 4)|"),
+        ("bytes", "003800bc0034004000b8003e000000c0003c003000ba0038"),
+    ],
+}
+WEIGHTS_TITLES = {
+    "float32": "nn.Linear(4, 3)",
+    "float64": "nn.Linear(4, 3).double()",
+    "batchnorm": "nn.BatchNorm1d(2)",
+    "bfloat16": "nn.Linear(4, 3).bfloat16()",
+    "float16": "nn.Linear(4, 3).half()",
+}
 WEIGHTS_SHA256 = {
     "float32": "12de8d401b6fa02cd06715246385558648320241979abb3add35f82083921ba5",
     "float64": "288a6eb214b06e458caf46c3aad494f11b1bc5a0c3376f3d160eaf5ec801cf37",
+    "batchnorm": "e13bbd6503b0bbfa219167a56f83865250da60e57c0f9cdf6332268d33e89fa6",
+    "bfloat16": "e05eb7043905756e538be2119713c43fae18658c5669b25097df042ef42de3b3",
+    "float16": "3753e45d4323177f7f7413a8eb18b3c7db99ad84440113f5b71306318103dc0e",
+    "tied": "7863297e629c8a88a85cd2e96371f583082d9174022c5e63fa36440f92d73b94",
 }
 
 ATTRS = {
@@ -191,8 +228,7 @@ DIGESTS = {
     "chunk 2, single teacher": CHECKSUMS_SINGLE[2],
     "transfer X[:2]": FINGERPRINT_X2,
     "transfer X": FINGERPRINT_X,
-    "weights float32": WEIGHTS_SHA256["float32"],
-    "weights float64": WEIGHTS_SHA256["float64"],
+    **{f"weights {key}": digest for key, digest in WEIGHTS_SHA256.items()},
 }
 
 
@@ -265,7 +301,10 @@ def test_committed_store_opens_with_literal_checksums_and_values(name):
         assert s.meta.complete
         assert s.meta.checksums == CHECKSUMS
         assert s.meta.transfer.fingerprint == FINGERPRINT_X
-        assert [t.sha256 for t in s.meta.teachers] == list(WEIGHTS_SHA256.values())
+        assert [t.sha256 for t in s.meta.teachers] == [
+            WEIGHTS_SHA256["float32"],
+            WEIGHTS_SHA256["float64"],
+        ]
         rows = s.read(0, 5)
         assert s.verify_checksums() == []
     for array_name in ORDER:
@@ -344,15 +383,53 @@ def test_transfer_fingerprint():
     assert _transfer(x).fingerprint() == FINGERPRINT_X
 
 
-@pytest.mark.parametrize(("dtype", "key"), [(torch.float32, "float32"), (torch.float64, "float64")])
-def test_weights_sha256(dtype, key):
+def batchnorm() -> nn.Module:
+    layer = nn.BatchNorm1d(2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.5, -0.5]))
+        layer.bias.copy_(torch.tensor([0.25, 0.0]))
+        layer.running_mean.copy_(torch.tensor([0.5, -1.0]))
+        layer.running_var.copy_(torch.tensor([2.0, 0.25]))
+        layer.num_batches_tracked.fill_(3)
+    return layer
+
+
+WEIGHTS_MODULES = {
+    "float32": lambda: linear(torch.float32),
+    "float64": lambda: linear(torch.float64),
+    "batchnorm": batchnorm,
+    "bfloat16": lambda: linear(torch.bfloat16),
+    "float16": lambda: linear(torch.float16),
+}
+
+
+@pytest.mark.parametrize("key", list(WEIGHTS_MODULES))
+def test_weights_sha256(key):
     preimage = WEIGHTS_PREIMAGE[key]
     as_hex = [v.encode().hex() if kind == "utf8" else v for kind, v in preimage]
     assert hashed(as_hex) == WEIGHTS_SHA256[key]
-    module = linear(dtype)
-    assert module.bias.detach().numpy().tobytes().hex() == preimage[1][1]
-    assert module.weight.detach().numpy().tobytes().hex() == preimage[3][1]
+    module = WEIGHTS_MODULES[key]()
+    state = sorted(module.state_dict().items())
+    assert [kind for kind, _ in preimage] == ["utf8", "bytes"] * len(state)
+    for (name, tensor), (_, header), (_, values) in zip(
+        state, preimage[::2], preimage[1::2], strict=True
+    ):
+        assert header == f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|"
+        as_bytes = tensor.detach().reshape(-1).view(torch.uint8).numpy().tobytes()
+        assert as_bytes.hex() == values
     assert weights_sha256(module) == WEIGHTS_SHA256[key]
+
+
+def test_weights_sha256_of_a_view_and_of_tied_weights():
+    strided = linear(torch.float32)
+    with torch.no_grad():
+        strided.weight = nn.Parameter(strided.weight.detach().t().contiguous().t())
+    assert not strided.weight.is_contiguous()
+    assert weights_sha256(strided) == WEIGHTS_SHA256["float32"]
+    tied = nn.Module()
+    tied.a = tied.b = linear(torch.float32)
+    assert tied.a.weight.data_ptr() == tied.b.weight.data_ptr()
+    assert weights_sha256(tied) == WEIGHTS_SHA256["tied"]
 
 
 # ---- (5) FORMAT.md lists exactly these literals ----------------------------------------------
@@ -389,14 +466,11 @@ def test_format_md_lists_these_literals():
         ("float32", X2_BYTES),
         ("sha256", FINGERPRINT_X2.removeprefix("sha256:")),
     ]
-    expected["weights float32: nn.Linear(4, 3)"] = [
-        *WEIGHTS_PREIMAGE["float32"],
-        ("sha256", WEIGHTS_SHA256["float32"]),
-    ]
-    expected["weights float64: nn.Linear(4, 3).double()"] = [
-        *WEIGHTS_PREIMAGE["float64"],
-        ("sha256", WEIGHTS_SHA256["float64"]),
-    ]
+    for key, title in WEIGHTS_TITLES.items():
+        expected[f"weights {key}: {title}"] = [
+            *WEIGHTS_PREIMAGE[key],
+            ("sha256", WEIGHTS_SHA256[key]),
+        ]
     assert blocks == expected
     assert f"`{CHUNK0_LOGITS_FLOAT16}`" in section
     # no ```python block here: tests/test_store.py runs exactly the three earlier ones
