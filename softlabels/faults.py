@@ -18,7 +18,8 @@ Points: ``create_staged`` (a new store fully created under its staging name, not
 to its path), ``chunk_array`` (after each array of a chunk is written, i.e. mid-chunk),
 ``chunk_data_written`` (all arrays written, journal entry not yet), ``chunk_committed``,
 ``finalize_checksums`` (checksums attribute written), ``finalize_journal_deleted`` (journal gone,
-``complete`` not yet set), ``epoch_end`` (trainer: after an epoch's checkpoint).
+``complete`` not yet set), ``replace_complete`` (an overwrite's replacement complete beside the
+old store, not yet swapped in), ``epoch_end`` (trainer: after an epoch's checkpoint).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -213,17 +213,33 @@ def generate(
         meta = build_meta(
             opts, loaded, data, probe_num_classes(loaded, probe, data, runtime), runtime
         )
-        writer = d.collective(lambda: _open_writer(out, meta, opts) if d.is_main else None)
-        if d.broadcast(writer is not None):  # else a complete, matching store is already there
-            if not d.is_main:
-                writer = StoreWriter.attach(out, meta, verify=False)
-            assert writer is not None
-            with writer:
-                d.collective(lambda: _write_pending(opts, writer, loaded, data, d, runtime))
-                d.collective(lambda: writer.finalize() if d.is_main else None)
+        write_store(out, meta, opts, d, lambda w: _write_pending(opts, w, loaded, data, d, runtime))
     finally:
         shutdown(d)
     return open_store(out)
+
+
+def write_store(
+    out: str,
+    meta: StoreMeta,
+    opts: GenerateOptions,
+    d: Dist,
+    write: Callable[[StoreWriter], None],
+) -> None:
+    """Open the writer on rank 0 (a new store, a replacement built beside an old one, or a
+    resumed one), attach every other rank to where it writes, ``write`` the pending chunks on
+    every rank, and finalise on rank 0. Nothing happens when a complete, matching store is
+    already there."""
+    writer = d.collective(lambda: _open_writer(out, meta, opts) if d.is_main else None)
+    path = d.broadcast(None if writer is None else writer.path)
+    if path is None:
+        return
+    if not d.is_main:
+        writer = StoreWriter.attach(path, meta, verify=False)
+    assert writer is not None
+    with writer:
+        d.collective(lambda: write(writer))
+        d.collective(lambda: writer.finalize() if d.is_main else None)
 
 
 def _open_writer(out: str, meta: StoreMeta, opts: GenerateOptions) -> StoreWriter | None:

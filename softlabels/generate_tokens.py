@@ -24,7 +24,7 @@ from softlabels import __version__, schema
 from softlabels.distributed import Dist, init_from_env, shutdown
 from softlabels.ensemble import combined_logits, normalise_weights
 from softlabels.errors import MismatchError, SoftLabelsError
-from softlabels.generate import GenerateOptions, _open_writer, check_sparse
+from softlabels.generate import GenerateOptions, check_sparse, write_store
 from softlabels.lm import check_tokenizers, sequence_logits, teacher_tokenizer
 from softlabels.pipeline import BackgroundWriter
 from softlabels.schema import SparseSpec, StoreMeta, TokenSpec, TransferInfo
@@ -74,14 +74,7 @@ def generate_tokens(
             raise SoftLabelsError("distributed generation writes Zarr: write PATH.zarr")
         loaded = [as_teacher(t) for t in teachers]
         meta = token_meta(opts, loaded, seqs, max_length, window)
-        writer = d.collective(lambda: _open_writer(str(out), meta, opts) if d.is_main else None)
-        if d.broadcast(writer is not None):  # else a complete, matching store is already there
-            if not d.is_main:
-                writer = StoreWriter.attach(out, meta, verify=False)
-            assert writer is not None
-            with writer:
-                d.collective(lambda: _write(writer, loaded, seqs, opts, d))
-                d.collective(lambda: writer.finalize() if d.is_main else None)
+        write_store(str(out), meta, opts, d, lambda w: _write(w, loaded, seqs, opts, d))
     finally:
         shutdown(d)
     return open_store(out)

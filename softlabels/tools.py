@@ -163,7 +163,7 @@ def _fresh_writer(
         with writer:
             yield writer
     except BaseException:
-        remove_store(path)
+        remove_store(writer.path)  # the new store, or the replacement beside an old one
         raise
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from contextlib import ExitStack
-from pathlib import Path
 
 import click
 
@@ -14,6 +13,7 @@ from softlabels.store import open_store
 from softlabels.text import TokenSequences, load_text, load_tokens
 from trainer.lm_students import BUILTIN, load_student, save_student
 from trainer.lm_train import LMConfig, train_lm
+from trainer.train import prepare_out
 
 
 def _sequences(
@@ -136,9 +136,16 @@ def _sequences(
 @click.option(
     "--out",
     required=True,
-    help="Output folder: metrics.json and the student (OUT/student, a transformers folder, "
-    "or OUT/student.safetensors).",
+    help="Output folder: metrics.json, last.pt (the state after each epoch, for --resume) and "
+    "the student (OUT/student, a transformers folder, or OUT/student.safetensors). A non-empty "
+    "folder needs --resume or --overwrite.",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out after its last finished epoch (same options and store).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 def train_lm_cmd(
     store: str,
     text: str | None,
@@ -160,6 +167,8 @@ def train_lm_cmd(
     lr: float,
     seed: int,
     out: str,
+    resume: bool,
+    overwrite: bool,
 ) -> None:
     """Train a causal-LM student on a token store's sequences: KD from its soft targets at T
     plus next-token CE (or CE alone), with validation perplexity on the test split.
@@ -173,6 +182,9 @@ def train_lm_cmd(
 
     if eval_store is not None and eval_split == "none":
         raise click.UsageError("--eval-store evaluates on the test split; drop --eval-split none")
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other; pick one")
+    folder = prepare_out(out, resume=resume, overwrite=overwrite)
     with ExitStack() as stack:
         reader = stack.enter_context(open_store(store))
         spec = reader.meta.tokens
@@ -209,10 +221,17 @@ def train_lm_cmd(
             estimator=estimator,
         )
         # train_lm cuts both as the store's were, and checks them against it
-        history = train_lm(model, reader, train, config, eval_seqs=test, eval_store=held_out)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "metrics.json").write_text(json.dumps(history, indent=2))
-    saved = save_student(model, Path(out))
+        history = train_lm(
+            model,
+            reader,
+            train,
+            config,
+            eval_seqs=test,
+            eval_store=held_out,
+            checkpoint=folder / "last.pt",
+        )
+    (folder / "metrics.json").write_text(json.dumps(history, indent=2))
+    saved = save_student(model, folder)
     last = history[-1]
     ppl = f", eval perplexity {last['eval_ppl']:.2f}" if "eval_ppl" in last else ""
     if "teacher_agreement" in last:

@@ -13,8 +13,9 @@ dropped from both terms.
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from softlabels import faults
+from softlabels.checkpoint import load_checkpoint, save_checkpoint
 from softlabels.dataset_tokens import (
     SequenceSampler,
     TokenTargetDataset,
@@ -109,6 +112,7 @@ def train_lm(
     *,
     eval_seqs: TokenSequences | None = None,
     eval_store: StoreReader | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``student`` on ``seqs`` from ``store``; per epoch, the mean training loss, its
     seconds and, with ``eval_seqs``, their perplexity and next-token accuracy (and, with
@@ -152,8 +156,14 @@ def train_lm(
         HintonKD(config.alpha, temperature=config.temperature) if config.kd else HardCE()
     )
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
-    history = []
-    for epoch in range(config.epochs):
+    history: list[dict[str, Any]] = []
+    identity = {
+        "config": asdict(config),
+        "store": None if store is None else list(store.meta.checksums or ()),
+    }
+    if checkpoint is not None and os.path.exists(checkpoint):
+        history = _restore(checkpoint, identity, student, optimizer)
+    for epoch in range(len(history), config.epochs):
         student.train()
         sampler.set_epoch(epoch)
         t0, losses = time.perf_counter(), []
@@ -176,7 +186,32 @@ def train_lm(
         if eval_seqs is not None:
             record.update(evaluate_lm(student, eval_seqs, teacher=eval_store))
         history.append(record)
+        if checkpoint is not None:
+            payload = {"arch": {}, "model": student.state_dict(), "history": history}
+            payload |= {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+            save_checkpoint(checkpoint, payload | identity)
+            faults.point("epoch_end")
     return history
+
+
+def _restore(
+    path: str | os.PathLike[str],
+    identity: dict[str, Any],
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> list[dict[str, Any]]:
+    """Load a ``train_lm`` checkpoint into ``student`` and ``optimizer``; its history."""
+    state = load_checkpoint(path)
+    for key, what in (("config", "training options"), ("store", "store")):
+        if state.get(key) != identity[key]:
+            raise MismatchError(
+                f"cannot resume from {str(path)!r}: that run used other {what}; start again "
+                f"with the same ones, or replace the run (overwrite)"
+            )
+    student.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    return list(state["history"])
 
 
 def check_estimator(store: StoreReader, estimator: str | None) -> None:

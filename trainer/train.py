@@ -13,6 +13,7 @@ last.pt (training state, for --resume) and model.pt (the final model, weights-on
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, replace
@@ -60,9 +61,17 @@ def _comparable(config: TrainConfig) -> dict[str, Any]:
 
 
 def _prepare_out(config: TrainConfig) -> Path:
-    out = Path(config.out)
-    if out.exists() and any(out.iterdir()) and not config.resume:
-        if not config.overwrite:
+    return prepare_out(config.out, resume=config.resume, overwrite=config.overwrite)
+
+
+def prepare_out(out: str | os.PathLike[str], *, resume: bool, overwrite: bool) -> Path:
+    """The output folder, created: a non-empty one is refused unless the run resumes it or
+    replaces it (``overwrite`` empties it)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SoftLabelsError(f"output {str(out)!r} is a file, not a folder: choose another path")
+    if out.exists() and any(out.iterdir()) and not resume:
+        if not overwrite:
             raise SoftLabelsError(
                 f"output folder {str(out)!r} is not empty; pass --resume to continue that run or --overwrite to replace it"
             )

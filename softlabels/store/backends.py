@@ -8,6 +8,11 @@ hidden staging name beside the target, ``.NAME.creating-<token>.SUFFIX``, and th
 place. A local rename is atomic, so readers and later writers see either nothing or a whole,
 valid, incomplete store. On object stores a move is a copy per object; readers treat a store
 whose attributes arrived before its arrays as incomplete, never as corrupt.
+
+Replacement (``overwrite``): the new store is built and finished under
+``.NAME.replacing.SUFFIX`` beside the old one, which stays untouched until the new one is
+complete; only then does ``swap_in`` put it in the old one's place. A run that fails leaves the
+old store as it was.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from softlabels.errors import StoreExistsError, StoreFormatError, StoreNotFoundE
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
 STAGING_MARK = ".creating-"
+REPLACING_MARK = ".replacing"
+REPLACED_MARK = ".replaced"
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:
@@ -61,13 +68,50 @@ def exists(path: str | os.PathLike[str]) -> bool:
     return os.path.lexists(path)
 
 
-def staging_path(path: str | os.PathLike[str]) -> str:
-    """A fresh hidden sibling of ``path`` with the same suffix, for building a store in."""
+def _sibling(path: str | os.PathLike[str], mark: str) -> str:
+    """The hidden sibling ``.STEM{mark}SUFFIX`` of ``path``."""
     text = str(path).rstrip("/")
     head, sep, name = text.rpartition("/" if is_url(text) else os.sep)
     suffix = PurePosixPath(name).suffix
     stem = name[: -len(suffix)] if suffix else name
-    return f"{head}{sep}.{stem}{STAGING_MARK}{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+    return f"{head}{sep}.{stem}{mark}{suffix}"
+
+
+def staging_path(path: str | os.PathLike[str]) -> str:
+    """A fresh hidden sibling of ``path`` with the same suffix, for building a store in."""
+    return _sibling(path, f"{STAGING_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def replacement_path(path: str | os.PathLike[str]) -> str:
+    """Where the store that will replace ``path`` is built (one name, so a rerun finds it)."""
+    return _sibling(path, REPLACING_MARK)
+
+
+def swap_in(replacement: str, path: str | os.PathLike[str]) -> None:
+    """Put the complete store at ``replacement`` in the place of the store at ``path``.
+
+    An HDF5 file is replaced in one atomic rename. A directory (Zarr) moves aside to a hidden
+    ``.NAME.replaced`` first, then the replacement moves in, then the old one is deleted: a
+    process killed between the two renames leaves both stores whole under their hidden names.
+    """
+    path = str(path)
+    trash = _sibling(path, REPLACED_MARK)
+    if is_url(path):
+        fs, src = _fs(replacement)
+        _, dst = _fs(path)
+        _, old = _fs(trash)
+        if fs.exists(old):
+            fs.rm(old, recursive=True)
+        fs.mv(dst, old, recursive=True)
+        fs.mv(src, dst, recursive=True)
+        fs.rm(old, recursive=True)
+    elif os.path.isdir(replacement):
+        discard(trash)
+        os.rename(path, trash)
+        os.rename(replacement, path)
+        discard(trash)
+    else:
+        os.replace(replacement, path)
 
 
 def publish(staging: str, path: str | os.PathLike[str]) -> None:
@@ -100,6 +144,12 @@ def discard(path: str | os.PathLike[str]) -> None:
 
 def remove_store(path: str | os.PathLike[str]) -> None:
     """Delete a store, but only something that is recognisably a soft-label store."""
+    check_is_store(path)
+    discard(path)
+
+
+def check_is_store(path: str | os.PathLike[str]) -> None:
+    """Refuse (StoreExistsError) to replace or delete what is not a soft-label store."""
     try:
         backend = open_backend(path, "r")
         try:
@@ -113,7 +163,6 @@ def remove_store(path: str | os.PathLike[str]) -> None:
             f"{str(path)!r} exists but is not a soft-label store; refusing to delete it. Remove it "
             f"yourself or choose another output path"
         )
-    discard(path)
 
 
 def open_backend(path: str | os.PathLike[str], mode: str) -> ZarrBackend | HDF5Backend:

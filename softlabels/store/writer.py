@@ -57,7 +57,8 @@ class StoreWriter:
     def __init__(self, backend: Backend, meta: StoreMeta) -> None:
         self._b = backend
         self.meta = meta
-        self.path = backend.path
+        self.path = backend.path  # where this writer writes
+        self.target = backend.path  # where the store is published: path, or the store it replaces
         self.created = False  # True when this writer created the store (not resumed it)
 
     @classmethod
@@ -73,12 +74,16 @@ class StoreWriter:
         into place whole, so no reader or writer ever sees it half-created."""
         meta = replace(meta, complete=False, checksums=None)
         meta.validate()
+        target = str(path)
         if backends.exists(path):
             if not overwrite:
                 raise StoreExistsError(
-                    f"{str(path)!r} already exists; replace it with --overwrite (overwrite=True)"
+                    f"{target!r} already exists; replace it with --overwrite (overwrite=True)"
                 )
-            backends.remove_store(path)
+            backends.check_is_store(path)  # never replace what is not a soft-label store
+            path = backends.replacement_path(path)  # built beside it; swapped in at finalize
+            if backends.exists(path):  # left by an earlier replacement that failed
+                backends.remove_store(path)
         staging = backends.staging_path(path)
         backend = backends.open_backend(staging, "w")
         try:
@@ -95,6 +100,7 @@ class StoreWriter:
             raise
         writer = cls(backends.open_backend(path, "r+"), meta)
         writer.created = True
+        writer.target = target
         return writer
 
     @classmethod
@@ -176,6 +182,12 @@ class StoreWriter:
         faults.point("finalize_journal_deleted")
         self._b.update_attrs({schema.ATTR_COMPLETE: True})
         self.meta = replace(self.meta, checksums=checksums, complete=True)
+        if self.target != self.path:  # a complete replacement: only now does the old one go
+            self._b.close()
+            faults.point("replace_complete")
+            backends.swap_in(self.path, self.target)
+            self.path = self.target
+            self._b = backends.open_backend(self.path, "r")
         return self.meta
 
     def _cast(self, rows: Rows) -> Rows:
