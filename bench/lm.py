@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from bench.lm_report import write_section
-from softlabels.generate_tokens import generate_tokens
-from softlabels.lm import load_hf, sequence_logits
+from softlabels.lm.generate import generate_tokens
+from softlabels.lm.models import load_hf, sequence_logits
+from softlabels.lm.text import TokenSequences, load_text
 from softlabels.schema import SparseSpec
 from softlabels.store import open_store
-from softlabels.text import TokenSequences, load_text
-from trainer.lm_train import LMConfig, evaluate_lm, gpt_student, train_lm
+from trainer.lm.train import LMConfig, evaluate_lm, gpt_student, train_lm
 
 
 @dataclass(frozen=True)

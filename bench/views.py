@@ -34,14 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import goal_table, put_section
-from softlabels.augment import augment_spec, view_rng
-from softlabels.dataset_views import StoredViews
 from softlabels.generate import generate
 from softlabels.schema import SparseSpec
 from softlabels.store import open_store
 from softlabels.teachers import load_teacher
 from softlabels.transfer import TransferSet, load_transfer
-from softlabels.views import rebuild_views
+from softlabels.views.augment import augment_spec, view_rng
+from softlabels.views.dataset import StoredViews
+from softlabels.views.transfer import rebuild_views
 from trainer.build import build_student
 from trainer.config import TrainConfig
 from trainer.data import InMemoryTargets, ViewTargets

@@ -28,23 +28,23 @@ position of a set of token sequences (``pip install softlabels[lm]``)::
 __version__ = "0.3.0"
 
 from softlabels.audit import AuditOptions, audit_store  # noqa: E402
-from softlabels.augment import Policy, RandomResizedCropFlip  # noqa: E402
 from softlabels.dataset import ChunkSampler, SoftTargetDataset  # noqa: E402
-from softlabels.dataset_tokens import (  # noqa: E402
+from softlabels.generate import generate  # noqa: E402
+from softlabels.lm.dataset import (  # noqa: E402
     SequenceSampler,
     TokenBatch,
     TokenTargetDataset,
     collate_tokens,
 )
-from softlabels.generate import generate  # noqa: E402
-from softlabels.generate_tokens import generate_tokens  # noqa: E402
+from softlabels.lm.generate import generate_tokens  # noqa: E402
+from softlabels.lm.text import TokenSequences, load_text, load_tokens  # noqa: E402
 from softlabels.schema import SparseSpec  # noqa: E402
 from softlabels.sparse import SparseTargets  # noqa: E402
 from softlabels.store import StoreReader, StoreWriter, open_store  # noqa: E402
-from softlabels.text import TokenSequences, load_text, load_tokens  # noqa: E402
 from softlabels.transfer import TransferSet, load_transfer  # noqa: E402
 from softlabels.verify import verify_store  # noqa: E402
-from softlabels.views import ViewTransfer, load_views_policy, view_input  # noqa: E402
+from softlabels.views.augment import Policy, RandomResizedCropFlip  # noqa: E402
+from softlabels.views.transfer import ViewTransfer, load_views_policy, view_input  # noqa: E402
 
 __all__ = [
     "AuditOptions",

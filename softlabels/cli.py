@@ -10,8 +10,6 @@ import click
 
 from softlabels import schema
 from softlabels.audit import AuditOptions, audit_store, format_audit
-from softlabels.augment import Policy, augment_spec
-from softlabels.cli_lm import generate_lm_cmd
 from softlabels.clihelp import (
     FriendlyGroup,
     device_option,
@@ -23,12 +21,14 @@ from softlabels.clihelp import (
 )
 from softlabels.device import PRECISIONS
 from softlabels.generate import DEFAULT_CHUNK_ROWS, generate
+from softlabels.lm.cli import generate_lm_cmd
 from softlabels.schema import SparseSpec
 from softlabels.summary import format_inspect, inspect_store
 from softlabels.teachers import load_teacher
 from softlabels.tools import combine_stores, convert_store
 from softlabels.transfer import load_transfer
 from softlabels.verify import verify_store
+from softlabels.views.augment import Policy, augment_spec
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -193,7 +193,7 @@ def views_options() -> Callable[[Any], Any]:
             help="Augmentation policy of --views: rrc-flip[:scale=LO-HI,ratio=LO-HI,flip=P] "
             "(random-resized crop, then horizontal flip; default scale=0.35-1, "
             "ratio=0.75-1.3333, flip=0.5) or module:function returning a policy object "
-            "(softlabels.augment.Policy).",
+            "(softlabels.views.augment.Policy).",
         ),
         click.option(
             "--view-seed",
@@ -207,7 +207,7 @@ def views_options() -> Callable[[Any], Any]:
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def wrapper(*args: Any, **kw: Any) -> Any:
-            from softlabels.augment import augment_spec
+            from softlabels.views.augment import augment_spec
 
             if (kw["views"] is None) != (kw["augment"] is None):
                 raise click.UsageError(

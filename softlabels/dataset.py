@@ -14,10 +14,7 @@ shuffled groups and reads each chunk once per epoch.
 
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -25,10 +22,13 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from softlabels.join import check_transfer
+from softlabels.lm.dataset import TokenTargetDataset
+from softlabels.lm.text import TokenSequences
 from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader, open_store
-from softlabels.text import TokenSequences
+from softlabels.targets import ChunkTargets, opened
 from softlabels.transfer import as_transfer
+from softlabels.views.dataset import ViewTargetDataset
 
 
 def _holds_views(store: StoreReader | str) -> bool:
@@ -36,60 +36,6 @@ def _holds_views(store: StoreReader | str) -> bool:
         return store.meta.views is not None
     with open_store(store) as reader:
         return reader.meta.views is not None
-
-
-@contextmanager
-def opened(store: StoreReader | str, temperature: float) -> Iterator[StoreReader]:
-    """For a dataset's constructor: ``temperature`` checked, then the reader of ``store`` (an
-    open reader, or a path or URL opened here and closed again if the constructor fails)."""
-    if not (np.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    reader = store if isinstance(store, StoreReader) else open_store(store)
-    try:
-        yield reader
-    except BaseException:
-        if reader is not store:
-            reader.close()
-        raise
-
-
-class ChunkTargets:
-    """Targets at ``temperature`` a whole store chunk at a time, the last ``cache_chunks`` kept,
-    through this process's own store handle (a forked DataLoader worker opens its own; the
-    object pickles without the open file). Users set ``path``, ``temperature``,
-    ``cache_chunks`` and call ``_init_cache(reader)``."""
-
-    path: str
-    temperature: float
-    cache_chunks: int
-    estimator: str | None = None  # for a sparse store (``softlabels.sparse.replay``)
-
-    def _init_cache(self, reader: StoreReader | None) -> None:
-        self._reader, self._pid = reader, os.getpid()
-        self._cache: OrderedDict[int, torch.Tensor | SparseTargets] = OrderedDict()
-
-    def _chunk_targets(self, chunk: int) -> torch.Tensor | SparseTargets:
-        if chunk in self._cache:
-            self._cache.move_to_end(chunk)
-            return self._cache[chunk]
-        rows = self._store().read_verified_chunk(chunk)
-        targets = self._store().soft_targets(rows, self.temperature, estimator=self.estimator)
-        self._cache[chunk] = targets
-        if len(self._cache) > self.cache_chunks:
-            self._cache.popitem(last=False)
-        return targets
-
-    def _store(self) -> StoreReader:
-        """This process's own handle (a forked worker must not share its parent's file)."""
-        if self._reader is None or self._pid != os.getpid():
-            self._reader, self._pid = open_store(self.path), os.getpid()
-            self._cache.clear()
-        return self._reader
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_reader"], state["_cache"] = None, OrderedDict()
-        return state
 
 
 class SoftTargetDataset(ChunkTargets, Dataset):
@@ -102,21 +48,17 @@ class SoftTargetDataset(ChunkTargets, Dataset):
     transfer: the transfer set the store was made from: a map-style Dataset of ``(x, y)`` or
         ``x``, a ``TransferSet``, or a SPEC string (its split is the store's). For a token
         store, its ``TokenSequences``: the dataset is then a ``TokenTargetDataset``, whose item
-        s is sequence s (see ``softlabels.dataset_tokens``).
+        s is sequence s (see ``softlabels.lm.dataset``).
     """
 
     def __new__(cls, store: Any = None, transfer: Any = None, **options: Any) -> Any:
         """With ``TokenSequences`` for ``transfer`` (a token store), a ``TokenTargetDataset``;
         for a views store, a ``ViewTargetDataset`` (one stored view per sample per epoch)."""
         if cls is SoftTargetDataset and isinstance(transfer, TokenSequences):
-            from softlabels.dataset_tokens import TokenTargetDataset
-
             dataset = TokenTargetDataset.__new__(TokenTargetDataset)
             dataset.__init__(store, transfer, **options)
             return dataset
         if cls is SoftTargetDataset and store is not None and _holds_views(store):
-            from softlabels.dataset_views import ViewTargetDataset
-
             views = ViewTargetDataset.__new__(ViewTargetDataset)
             views.__init__(store, transfer, **options)
             return views

@@ -20,7 +20,6 @@ from torch import nn
 from tqdm import tqdm
 
 from softlabels import __version__, schema
-from softlabels.augment import Policy, augment_spec
 from softlabels.device import check_precision, resolve_device, runtime_record
 from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.ensemble import normalise_weights
@@ -45,7 +44,8 @@ from softlabels.store import (
 )
 from softlabels.teachers import Teacher, as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
-from softlabels.views import ViewTransfer
+from softlabels.views.augment import Policy, augment_spec
+from softlabels.views.transfer import ViewTransfer
 
 DEFAULT_CHUNK_ROWS = 4096
 
@@ -157,7 +157,7 @@ def generate(
     workers: DataLoader worker processes reading the transfer set (0: the main process).
     sparse: a ``SparseSpec`` (top_k, sample, ...) to write a sparse store (format version 2):
         each row keeps K ids, the members' logits there and a tail summary. None: dense.
-    augment, views, view_seed: an augmentation policy (``softlabels.augment``, or its SPEC such
+    augment, views, view_seed: an augmentation policy (``softlabels.views.augment``, or its SPEC such
         as "rrc-flip") and V, to write a
         views store (format version 4): its rows are V views of every sample (row r is view
         r % V of sample r // V), each drawn from (view_seed, sample, view) alone, with the

@@ -15,7 +15,7 @@ from torch.nn.parameter import is_lazy
 
 from softlabels.checkpoint import load_model
 from softlabels.errors import SpecError, TeacherError
-from softlabels.lm import HF_PREFIX, load_hf
+from softlabels.lm.models import HF_PREFIX, load_hf
 from softlabels.models import forward
 from softlabels.schema import TeacherInfo
 from softlabels.transfer import import_callable

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from softlabels import schema
-from softlabels.augment import Policy
 from softlabels.device import resolve_device
 from softlabels.ensemble import combined_logits
 from softlabels.errors import MismatchError, SoftLabelsError
@@ -21,7 +20,8 @@ from softlabels.sparse import replay as sparse_replay
 from softlabels.store import StoreReader, open_store
 from softlabels.teachers import as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
-from softlabels.views import load_views_policy, view_input
+from softlabels.views.augment import Policy
+from softlabels.views.transfer import load_views_policy, view_input
 
 
 @dataclass

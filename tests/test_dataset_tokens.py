@@ -13,18 +13,18 @@ from torch.utils.data import DataLoader
 pytest.importorskip("transformers")
 
 from softlabels import SoftTargetDataset  # noqa: E402
-from softlabels.dataset_tokens import (  # noqa: E402
+from softlabels.errors import MismatchError, SoftLabelsError  # noqa: E402
+from softlabels.lm.dataset import (  # noqa: E402
     SequenceSampler,
     TokenTargetDataset,
     collate_tokens,
 )
-from softlabels.errors import MismatchError, SoftLabelsError  # noqa: E402
-from softlabels.generate_tokens import generate_tokens  # noqa: E402
+from softlabels.lm.generate import generate_tokens  # noqa: E402
+from softlabels.lm.text import load_text  # noqa: E402
 from softlabels.schema import SparseSpec  # noqa: E402
-from softlabels.text import load_text  # noqa: E402
 from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus  # noqa: E402
 from trainer import HintonKD  # noqa: E402
-from trainer.lm_students import gpt_student  # noqa: E402
+from trainer.lm.students import gpt_student  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import pytest
 from tokenizers import Tokenizer
 
 from softlabels.errors import MismatchError, TeacherError
-from softlabels.generate_tokens import head_size
-from softlabels.lm import sequence_logits, teacher_tokenizer
+from softlabels.lm.generate import head_size
+from softlabels.lm.models import sequence_logits, teacher_tokenizer
+from softlabels.lm.text import load_text, load_tokenizer
 from softlabels.teachers import load_teacher
-from softlabels.text import load_text, load_tokenizer
 from tests.lm_helpers import tiny_gpt, train_tokenizer, transformers_tokenizer, write_corpus
 
 

@@ -15,14 +15,14 @@ from click.testing import CliRunner
 pytest.importorskip("transformers")
 
 from softlabels.errors import MismatchError, SoftLabelsError  # noqa: E402
-from softlabels.generate_tokens import generate_tokens  # noqa: E402
-from softlabels.lm import load_hf, sequence_logits  # noqa: E402
+from softlabels.lm.generate import generate_tokens  # noqa: E402
+from softlabels.lm.models import load_hf, sequence_logits  # noqa: E402
+from softlabels.lm.text import load_text  # noqa: E402
 from softlabels.schema import SparseSpec  # noqa: E402
-from softlabels.text import load_text  # noqa: E402
 from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus  # noqa: E402
 from trainer.cli import main as distill  # noqa: E402
-from trainer.lm_students import load_student  # noqa: E402
-from trainer.lm_train import LMConfig, evaluate_lm, train_lm  # noqa: E402
+from trainer.lm.students import load_student  # noqa: E402
+from trainer.lm.train import LMConfig, evaluate_lm, train_lm  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -109,9 +109,9 @@ def test_a_failed_convert_overwrite_keeps_the_old_copy(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
     pytest.importorskip("transformers")
-    from softlabels.generate_tokens import generate_tokens
+    from softlabels.lm.generate import generate_tokens
+    from softlabels.lm.text import load_text
     from softlabels.schema import SparseSpec
-    from softlabels.text import load_text
     from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus
 
     root = tmp_path_factory.mktemp("lmout")
@@ -155,8 +155,8 @@ def test_train_lm_refuses_a_non_empty_out(lm, tmp_path):
 
 
 def test_train_lm_resumes_after_a_failed_epoch_as_if_uninterrupted(lm, tmp_path, monkeypatch):
-    from trainer.lm_students import load_student
-    from trainer.lm_train import LMConfig, train_lm
+    from trainer.lm.students import load_student
+    from trainer.lm.train import LMConfig, train_lm
 
     config = LMConfig(epochs=3, batch_size=4, seed=1)
 

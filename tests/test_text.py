@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from softlabels.errors import SpecError
-from softlabels.text import TokenSequences, Vocabulary, load_text, load_tokenizer, load_tokens
+from softlabels.lm.text import TokenSequences, Vocabulary, load_text, load_tokenizer, load_tokens
 from tests.lm_helpers import CORPUS, train_tokenizer, transformers_tokenizer, write_corpus
 
 

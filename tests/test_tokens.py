@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from softlabels.errors import MismatchError, StoreFormatError
-from softlabels.generate_tokens import generate_tokens
-from softlabels.lm import sequence_logits
+from softlabels.lm.generate import generate_tokens
+from softlabels.lm.models import sequence_logits
+from softlabels.lm.text import TokenSequences, load_text
 from softlabels.schema import SparseSpec
 from softlabels.store import open_store
 from softlabels.store.rows import chunk_checksum
 from softlabels.teachers import load_teacher
-from softlabels.text import TokenSequences, load_text
 from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus
 
 
@@ -131,8 +131,8 @@ def test_token_rows_off_the_shift_are_refused(lm, tmp_path, damage, message):
 def test_a_student_learns_from_a_sparse_token_store(lm, tmp_path):
     from dataclasses import replace as change
 
-    from softlabels.dataset_tokens import check_token_store as check_sequences
-    from trainer.lm_train import LMConfig, gpt_student, train_lm
+    from softlabels.lm.dataset import check_token_store as check_sequences
+    from trainer.lm.train import LMConfig, gpt_student, train_lm
 
     store = generate_tokens(
         [lm["teacher"]],
@@ -315,7 +315,7 @@ def test_torchrun_token_store_equals_one_process(lm, tmp_path):
 )
 def test_every_misaligned_transfer_set_is_refused(lm, lm_store, kind, seed):
     """The alignment fuzz suite: each injected error must be refused, every time."""
-    from softlabels.dataset_tokens import check_token_store as check_sequences
+    from softlabels.lm.dataset import check_token_store as check_sequences
 
     store, seqs = lm_store
     rng = np.random.default_rng(seed)
@@ -355,7 +355,7 @@ def test_every_misaligned_transfer_set_is_refused(lm, lm_store, kind, seed):
 
 
 def test_a_student_with_another_vocabulary_is_refused(lm, lm_store):
-    from trainer.lm_train import LMConfig, gpt_student, train_lm
+    from trainer.lm.train import LMConfig, gpt_student, train_lm
 
     store, seqs = lm_store
     student = gpt_student(lm["vocab"] + 64, max_length=12)  # a padded head: not the teachers'

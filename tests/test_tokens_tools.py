@@ -17,11 +17,11 @@ from softlabels import schema
 from softlabels.cli import main as cli
 from softlabels.errors import MismatchError
 from softlabels.faults import wait_for
-from softlabels.generate_tokens import generate_tokens
+from softlabels.lm.generate import generate_tokens
+from softlabels.lm.text import load_text
 from softlabels.schema import SparseSpec
 from softlabels.store import open_store
 from softlabels.store.rows import chunk_checksum
-from softlabels.text import load_text
 from softlabels.tools import combine_stores, convert_store
 from tests.faults_campaign import ENV, ROOT
 from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus

@@ -20,7 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from softlabels import schema
-from softlabels.augment import RandomResizedCropFlip, augment_spec, policy_from_attr, view_rng
 from softlabels.cli import main
 from softlabels.errors import (
     MismatchError,
@@ -33,7 +32,8 @@ from softlabels.store import open_store
 from softlabels.store.rows import chunk_checksum
 from softlabels.transfer import load_transfer
 from softlabels.verify import verify_store
-from softlabels.views import ViewTransfer, load_views_policy, view_input
+from softlabels.views.augment import RandomResizedCropFlip, augment_spec, policy_from_attr, view_rng
+from softlabels.views.transfer import ViewTransfer, load_views_policy, view_input
 from tests.conftest import make_store
 from tests.faults_campaign import ENV, ROOT, generate_cmd
 from tests.helpers import teacher_a, teacher_b

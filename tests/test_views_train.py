@@ -11,12 +11,12 @@ from click.testing import CliRunner
 from torch.utils.data import DataLoader
 
 from softlabels.dataset import SoftTargetDataset
-from softlabels.dataset_views import StoredViews, ViewTargetDataset, view_choice
 from softlabels.distributed import Dist
 from softlabels.errors import SoftLabelsError
 from softlabels.store import open_store
 from softlabels.transfer import load_transfer
-from softlabels.views import load_views_policy, view_input
+from softlabels.views.dataset import StoredViews, ViewTargetDataset, view_choice
+from softlabels.views.transfer import load_views_policy, view_input
 from tests.test_views import views_store
 from trainer.cli import main as distill
 from trainer.data import ViewTargets

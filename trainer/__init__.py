@@ -8,7 +8,7 @@ asked of it is ``StoreReader.soft_targets``: the teacher's log soft targets at T
 Language-model students train from token stores with ``trainer.train_lm`` (`distill train-lm`).
 """
 
-from trainer.lm_train import LMConfig, evaluate_lm, train_lm
+from trainer.lm.train import LMConfig, evaluate_lm, train_lm
 from trainer.modules import HintonKD, LogitMatching, SoftCE
 from trainer.train import TrainConfig, train
 

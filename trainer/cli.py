@@ -18,8 +18,8 @@ from softlabels.clihelp import (
     precision_option,
 )
 from softlabels.sparse import ESTIMATORS
-from trainer.cli_lm import train_lm_cmd
 from trainer.compare import CompareConfig, compare
+from trainer.lm.cli import train_lm_cmd
 from trainer.train import LOSSES, TrainConfig, format_table, train_sweep
 
 

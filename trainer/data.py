@@ -24,13 +24,13 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from softlabels.dataset_views import StoredViews
 from softlabels.distributed import Dist
 from softlabels.errors import SoftLabelsError
 from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
 from softlabels.store import Rows, StoreReader, open_store
 from softlabels.transfer import TransferSet
+from softlabels.views.dataset import StoredViews
 
 Targets = torch.Tensor | SparseTargets  # (B, C) log p_T from a dense store, or sparse targets
 Batch = tuple[np.ndarray, Targets | None]

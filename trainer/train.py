@@ -28,12 +28,12 @@ from tqdm import tqdm
 
 from softlabels import faults
 from softlabels.checkpoint import load_checkpoint, save_checkpoint
-from softlabels.dataset_views import StoredViews
 from softlabels.device import autocast, resolve_device
 from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.errors import SoftLabelsError
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, as_transfer
+from softlabels.views.dataset import StoredViews
 from trainer.build import build_loss, build_student, check_student, resolve_num_classes
 from trainer.config import LOSSES, RunResult, TrainConfig
 from trainer.data import (

@@ -32,7 +32,7 @@ from softlabels.store.checks import (
     token_problems,
 )
 from softlabels.store.rows import Rows, chunk_checksum, nonfinite_rows
-from softlabels.views import check_view_rows, view_row_problems
+from softlabels.views.transfer import check_view_rows, view_row_problems
 
 Backend = ZarrBackend | HDF5Backend
 

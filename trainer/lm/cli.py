@@ -8,11 +8,11 @@ from contextlib import ExitStack
 import click
 
 from softlabels.errors import SpecError
-from softlabels.lm import check_tokenizers, teacher_tokenizer
+from softlabels.lm.models import check_tokenizers, teacher_tokenizer
+from softlabels.lm.text import TokenSequences, load_text, load_tokens
 from softlabels.store import open_store
-from softlabels.text import TokenSequences, load_text, load_tokens
-from trainer.lm_students import BUILTIN, load_student, save_student
-from trainer.lm_train import LMConfig, train_lm
+from trainer.lm.students import BUILTIN, load_student, save_student
+from trainer.lm.train import LMConfig, train_lm
 from trainer.train import prepare_out
 
 

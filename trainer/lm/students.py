@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from softlabels.errors import SpecError
-from softlabels.lm import HF_PREFIX, CausalLM, load_hf
+from softlabels.lm.models import HF_PREFIX, CausalLM, load_hf
 
 BUILTIN = "gpt"
 

@@ -22,14 +22,14 @@ import torch
 from torch.utils.data import Dataset
 
 from softlabels import schema
-from softlabels.augment import Policy
-from softlabels.dataset import ChunkTargets, opened
 from softlabels.errors import SoftLabelsError
 from softlabels.join import check_transfer
 from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader
+from softlabels.targets import ChunkTargets, opened
 from softlabels.transfer import TransferSet, as_transfer
-from softlabels.views import load_views_policy, rebuild_views
+from softlabels.views.augment import Policy
+from softlabels.views.transfer import load_views_policy, rebuild_views
 
 
 def view_choice(seed: int, epoch: int, draw: int, num_samples: int, views: int) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from softlabels.clihelp import sparse_options
+from softlabels.lm.text import WINDOW_MODES, load_text, load_tokens
 from softlabels.schema import SparseSpec
-from softlabels.text import WINDOW_MODES, load_text, load_tokens
 
 
 @click.command("generate-lm")
@@ -87,7 +87,7 @@ def generate_lm_cmd(
 ) -> None:
     """Run causal-LM teachers over token sequences once and write a token store: row t holds
     the teachers' distribution over the token at t + 1 (with --top-k, sparse)."""
-    from softlabels.generate_tokens import generate_tokens
+    from softlabels.lm.generate import generate_tokens
 
     if (text is None) == (tokens is None):
         raise click.UsageError("give --text (with --tokenizer) or --tokens, one of them")

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from softlabels import faults
 from softlabels.checkpoint import load_checkpoint, save_checkpoint
-from softlabels.dataset_tokens import (
+from softlabels.errors import MismatchError, SoftLabelsError
+from softlabels.lm.dataset import (
     SequenceSampler,
     TokenTargetDataset,
     check_token_store,
@@ -33,11 +34,10 @@ from softlabels.dataset_tokens import (
     sequence_item,
     token_spec,
 )
-from softlabels.errors import MismatchError, SoftLabelsError
+from softlabels.lm.text import TokenSequences
 from softlabels.sparse import ESTIMATORS, SparseTargets
 from softlabels.store import StoreReader
-from softlabels.text import TokenSequences
-from trainer.lm_students import gpt_student
+from trainer.lm.students import gpt_student
 from trainer.modules import HardCE, HintonKD
 from trainer.sparse_losses import top1
 

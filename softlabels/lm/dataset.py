@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from softlabels.dataset import ChunkTargets, opened
 from softlabels.errors import MismatchError, SoftLabelsError
+from softlabels.lm.text import TokenSequences
 from softlabels.schema import TokenSpec
 from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader
-from softlabels.text import TokenSequences
+from softlabels.targets import ChunkTargets, opened
 
 Target = torch.Tensor | SparseTargets
 

@@ -227,7 +227,7 @@ def check_policy(policy: Any, where: str) -> Policy:
         raise SpecError(
             f"{where} returned {type(policy).__name__}, which lacks {', '.join(missing)}: an "
             f"augmentation policy needs name, param_names, sample(rng, input_shape), "
-            f"apply(x, params) and to_attr() (see softlabels.augment.Policy)"
+            f"apply(x, params) and to_attr() (see softlabels.views.augment.Policy)"
         )
     attr = policy.to_attr()
     if not isinstance(attr, dict) or not isinstance(attr.get("name"), str):

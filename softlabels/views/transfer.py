@@ -16,16 +16,16 @@ from __future__ import annotations
 import numpy as np
 
 from softlabels import schema
-from softlabels.augment import (
+from softlabels.errors import MismatchError, SoftLabelsError, StoreFormatError
+from softlabels.schema import StoreMeta, ViewSpec
+from softlabels.transfer import TransferSet
+from softlabels.views.augment import (
     BUILTIN_POLICIES,
     Policy,
     check_policy,
     policy_from_attr,
     view_rng,
 )
-from softlabels.errors import MismatchError, SoftLabelsError, StoreFormatError
-from softlabels.schema import StoreMeta, ViewSpec
-from softlabels.transfer import TransferSet
 
 
 def view_input(x: np.ndarray, params: np.ndarray, policy: Policy) -> np.ndarray:

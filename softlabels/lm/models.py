@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from softlabels.errors import MismatchError, TeacherError
-from softlabels.text import TokenSequences, Vocabulary, load_tokenizer
+from softlabels.lm.text import TokenSequences, Vocabulary, load_tokenizer
 
 HF_PREFIX = "hf:"
 # The files AutoTokenizer loads a slow or fast tokenizer from (besides tokenizer.json).

@@ -25,13 +25,13 @@ from softlabels.distributed import Dist, init_from_env, shutdown
 from softlabels.ensemble import combined_logits, normalise_weights
 from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.generate import GenerateOptions, check_sparse, write_store
-from softlabels.lm import check_tokenizers, sequence_logits, teacher_tokenizer
+from softlabels.lm.models import check_tokenizers, sequence_logits, teacher_tokenizer
+from softlabels.lm.text import TokenSequences
 from softlabels.pipeline import BackgroundWriter
 from softlabels.schema import SparseSpec, StoreMeta, TokenSpec, TransferInfo
 from softlabels.store import StoreReader, StoreWriter, open_store, store_kind
 from softlabels.store.rows import Rows
 from softlabels.teachers import Teacher, as_teacher
-from softlabels.text import TokenSequences
 
 
 def generate_tokens(

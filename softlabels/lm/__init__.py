@@ -1,0 +1,10 @@
+"""Language models: token-level stores (format version 3).
+
+Data path: ``text`` (documents or pre-tokenised ids -> ``TokenSequences``, windows, prompt
+masks) -> ``generate`` (``generate_tokens``: the teachers, ``models``, over every position) -> a
+token store -> ``dataset`` (``TokenTargetDataset``, ``SequenceSampler``, ``collate_tokens``:
+stage two's batches). ``cli`` is ``softlabels generate-lm``.
+
+The public names are re-exported at ``softlabels``; this package imports nothing on import, so
+that ``softlabels.teachers`` can use ``softlabels.lm.models`` without loading stage one.
+"""
