@@ -1,0 +1,233 @@
+"""Stage one's sparsification in torch, on the teachers' device, a batch at a time.
+
+The same definitions as ``softlabels.sparse.select`` (the spec's executable reference, in
+numpy): rounded values, ranking logits, the top ids with ties to the lower id, the systematic
+draw and the tails at the anchors, all in float64. Only the order of floating-point sums
+differs from numpy's, so ``log_scale`` and ``tail`` may differ from the reference in their last
+float32 bit, and, in a row where that moves a sampling point across an interval's edge, one
+sampled id (FORMAT.md, "Sparse stores", states the tolerances a reader applies). On one device
+the result is a pure function of the row: a resumed run, any worker count and torchrun give
+bitwise-equal stores.
+
+Memory: the rows are processed in blocks of about ``_BLOCK_VALUES`` float64 logits, so a batch
+of (rows, M, V) float32 logits is the largest thing held.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from softlabels import schema
+from softlabels.errors import SparseValueRangeError
+from softlabels.schema import SparseSpec
+from softlabels.sparse.select import encode_ids, systematic, uniforms
+
+_BLOCK_VALUES = 1 << 23  # float64 logits per block of rows (64 MiB)
+
+
+def sparsify_torch(
+    member_logits: torch.Tensor,
+    sample_index: np.ndarray,
+    *,
+    weights: tuple[float, ...],
+    combine: str,
+    spec: SparseSpec,
+    dtype: str,
+) -> dict[str, np.ndarray]:
+    """The sparse arrays of these rows (all but ``sample_index`` and ``labels``), by name, as
+    ``softlabels.sparse.select.sparsify`` makes them, computed where ``member_logits`` lives.
+
+    member_logits: (R, M, C) float32 on any device; sample_index: (R,) int64."""
+    r, m, c = member_logits.shape
+    block = max(1, _BLOCK_VALUES // (m * c))
+    parts = [
+        _block(
+            member_logits[i : i + block], sample_index[i : i + block], weights, combine, spec, dtype
+        )
+        for i in range(0, r, block)
+    ]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _block(
+    z: torch.Tensor,
+    sample_index: np.ndarray,
+    weights: tuple[float, ...],
+    combine: str,
+    spec: SparseSpec,
+    dtype: str,
+) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    zhat, stored, offsets = round_values(z.float(), spec.value_step, dtype)
+    if offsets is not None:
+        out[schema.VALUE_OFFSETS] = offsets.cpu().numpy()
+    zbar = ranking_logits(zhat, weights)
+    ids = top_ids(zbar, spec.top_k)
+    if spec.sample:
+        sampled, log_scale = sample_ids(zbar, ids, spec, sample_index)
+        ids = torch.cat([ids, sampled], dim=1)
+        out[schema.INCLUSION_LOG_SCALE] = log_scale.cpu().numpy()
+    values = torch.gather(stored, 2, ids[:, None, :].expand(-1, stored.shape[1], -1))  # (R, M, K)
+    ids_np = ids.cpu().numpy()
+    out[schema.ID_GAPS] = encode_ids(ids_np, spec.top_k)
+    out[schema.VALUES] = _to_numpy(values, dtype if spec.value_step is None else "uint16")
+    out[schema.TAIL] = tails(zhat, zbar, ids, combine, spec.tail_temperatures)
+    return out
+
+
+def _to_numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
+    return t.cpu().numpy().astype(dtype, copy=False)
+
+
+def round_values(
+    z: torch.Tensor, step: float | None, dtype: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(decoded logits float64, stored values, per-(row, member) float32 offsets or None), as
+    ``select.round_values``: value = offset - step * code, offset = the row's max."""
+    if step is None:
+        stored = z.to(getattr(torch, dtype))
+        return stored.double(), stored, None
+    offsets = z.max(dim=-1).values  # float32
+    codes = torch.sub(offsets[..., None].double(), z).div_(step).round_()  # half to even
+    if float(codes.max()) > schema.MAX_CODE:
+        span = float((offsets[..., None] - z).max())
+        raise SparseValueRangeError(
+            f"logits span {span:.4g} below a row's largest, more than {schema.MAX_CODE} steps of "
+            f"{step:g}: use a value step of at least {span / schema.MAX_CODE:.3g}, or store the "
+            f"values as floats (value_step None, --value-step 0)"
+        )
+    zhat = torch.mul(codes, -step).add_(offsets[..., None])
+    return zhat, codes, offsets
+
+
+def ranking_logits(zhat: torch.Tensor, weights: tuple[float, ...]) -> torch.Tensor:
+    """zbar = sum_m w_m z_m (R, C) float64."""
+    if zhat.shape[1] == 1:
+        return zhat[:, 0]
+    w = torch.tensor(weights, dtype=torch.float64, device=zhat.device)
+    return torch.einsum("rmc,m->rc", zhat, w)
+
+
+def top_ids(zbar: torch.Tensor, k: int) -> torch.Tensor:
+    """(R, k) int64 ids of the k largest zbar per row, ascending; ties to the lower ids.
+
+    ``torch.topk`` of k + 1: where the (k+1)-th value is below the k-th, the top k are
+    unambiguous and are its first k ids. In a row with a tie across the k-th place, the ids
+    above the k-th value are kept and the rest of the k are the lowest ids of the tied ones."""
+    c = zbar.shape[1]
+    values, ids = torch.topk(zbar, min(k + 1, c), dim=1, sorted=True)
+    top = ids[:, :k].clone()
+    if k < c:
+        straddle = torch.nonzero(values[:, k] == values[:, k - 1])[:, 0]
+        if len(straddle):
+            top[straddle] = _tied_top(zbar[straddle], values[straddle], ids[straddle], k)
+    return torch.sort(top, dim=1).values
+
+
+def _tied_top(z: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """The top k of rows whose k-th and (k+1)-th values tie: those above the tied value, then
+    the lowest tied ids (found as the largest of -id among the tied)."""
+    kth = values[:, k - 1 : k]
+    above = values[:, :k] > kth  # (R, k): every value above kth is among topk's first k
+    room = k - above.sum(dim=1, keepdim=True)
+    ladder = torch.arange(z.shape[1], device=z.device, dtype=torch.int64)
+    minus_id = torch.where(z == kth, -ladder, torch.iinfo(torch.int64).min)
+    lowest = -torch.topk(minus_id, k, dim=1, sorted=True).values  # tied ids, ascending
+    rank = torch.arange(k, device=z.device)[None, :]
+    big = torch.iinfo(torch.int64).max
+    candidates = torch.cat(
+        [torch.where(above, ids[:, :k], big), torch.where(rank < room, lowest, big)], dim=1
+    )
+    return torch.sort(candidates, dim=1).values[:, :k]
+
+
+def sample_ids(
+    zbar: torch.Tensor, top: torch.Tensor, spec: SparseSpec, sample_index: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (R, S) ascending, log_scale (R,) float32), as ``select.sample_ids``."""
+    s = spec.sample
+    lw = (zbar / spec.proposal_temperature).scatter(1, top, -math.inf)
+    log_scale = capped_log_scale(lw, s).float()
+    pi = draw_probabilities(lw, log_scale, s)
+    u = torch.from_numpy(uniforms(spec.seed, sample_index)).to(zbar.device)
+    return systematic_rows(pi, u, s), log_scale
+
+
+def capped_log_scale(log_weight: torch.Tensor, sample: int) -> torch.Tensor:
+    """log c per row with sum_j min(1, c * exp(log_weight_j)) = sample (``select``'s rule)."""
+    top = log_weight.max(dim=1, keepdim=True).values
+    w = torch.exp(log_weight - top)
+    largest, where = torch.topk(w, sample, dim=1, sorted=True)  # (R, S) descending
+    rest = w.scatter(1, where, 0.0).sum(dim=1, keepdim=True)
+    suffix = torch.flip(torch.cumsum(torch.flip(largest, [1]), dim=1), [1])
+    counts = sample - torch.arange(sample, device=w.device, dtype=torch.float64)
+    c = counts[None, :] / (rest + suffix)
+    first = torch.argmax((c * largest <= 1.0).to(torch.int8), dim=1)
+    rows = torch.arange(len(w), device=w.device)
+    return torch.log(c[rows, first]) - top[:, 0]
+
+
+def draw_probabilities(
+    log_weight: torch.Tensor, log_scale: torch.Tensor, sample: int
+) -> torch.Tensor:
+    """``select.draw_probabilities``: pi from the float32 scale, the ids below 1 rescaled so
+    each row sums to ``sample``."""
+    pi = torch.clamp(torch.exp(log_scale.double()[:, None] + log_weight), max=1.0)
+    capped = pi >= 1.0
+    room = sample - capped.sum(dim=1)
+    free = torch.where(capped, 0.0, pi).sum(dim=1)
+    scale = torch.where(free > 0, room / torch.where(free > 0, free, 1.0), 0.0)
+    return torch.where(capped, 1.0, torch.clamp(pi * scale[:, None], max=1.0))
+
+
+def systematic_rows(pi: torch.Tensor, u: torch.Tensor, sample: int) -> torch.Tensor:
+    """``select.systematic_rows`` in torch; the rare row whose rounding needs the repair is
+    drawn by the reference ``systematic`` on the CPU."""
+    cum = torch.cumsum(pi, dim=1)
+    last = torch.nextafter(cum[:, -1:], torch.tensor(-math.inf, dtype=cum.dtype, device=cum.device))
+    points = torch.minimum(u[:, None] + torch.arange(sample, device=pi.device), last)
+    ids = torch.searchsorted(cum, points.contiguous(), right=True)
+    bad = (torch.diff(ids, dim=1) <= 0).any(dim=1) | (ids[:, -1] >= pi.shape[1])
+    for i in torch.nonzero(bad)[:, 0].tolist():
+        row = systematic(pi[i].cpu().numpy(), float(u[i]), sample)
+        ids[i] = torch.from_numpy(row).to(ids.device)
+    return ids
+
+
+def tails(
+    zhat: torch.Tensor,
+    zbar: torch.Tensor,
+    ids: torch.Tensor,
+    combine: str,
+    anchors: tuple[float, ...],
+) -> np.ndarray:
+    """(R, G, A) float32 tail summaries: per member, then zbar for a geometric ensemble."""
+    groups = [zhat[:, i] for i in range(zhat.shape[1])]
+    if schema.tail_groups(combine, zhat.shape[1]) > zhat.shape[1]:
+        groups.append(zbar)
+    out = [tail_values(g.scatter(1, ids, -math.inf), anchors) for g in groups]
+    return torch.stack(out, dim=1).float().cpu().numpy()
+
+
+def tail_values(outside: torch.Tensor, anchors: tuple[float, ...]) -> torch.Tensor:
+    """(R, A) float64: T_a * logsumexp(t / T_a) over each row, -inf entries excluded.
+
+    For anchors that halve one another (8, 4, 2, 1: the default), exp(x / T) is the square of
+    exp(x / 2T): one exp at the largest anchor and a multiplication for each of the others
+    (relative error a few float64 ulps, far below the float32 the tail is stored in)."""
+    top = outside.max(dim=1, keepdim=True).values
+    shifted = outside - top
+    sums: dict[float, torch.Tensor] = {}
+    e: torch.Tensor | None = None
+    previous: float | None = None
+    for t in sorted(anchors, reverse=True):
+        if e is not None and previous == 2 * t:
+            e = e.mul_(e)
+        else:
+            e = torch.exp(shifted / t)
+        sums[t], previous = e.sum(dim=1), t
+    out = [top[:, 0] + t * torch.log(sums[t]) for t in anchors]
+    return torch.stack(out, dim=1)

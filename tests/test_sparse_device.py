@@ -1,0 +1,105 @@
+"""``softlabels.sparse.device``: stage one's torch sparsification equals the numpy reference
+(``softlabels.sparse.select``, the spec's executable form) row for row, ties, fixed point,
+float16, sampled ids and every combine rule included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from softlabels import schema
+from softlabels.errors import SparseValueRangeError
+from softlabels.schema import SparseSpec
+from softlabels.sparse.device import sparsify_torch, tail_values, top_ids
+from softlabels.sparse.select import sparsify
+from softlabels.sparse.tail import tail_values as reference_tail_values
+
+EXACT = (schema.ID_GAPS, schema.VALUES, schema.VALUE_OFFSETS)
+
+
+def _both(z: np.ndarray, spec: SparseSpec, combine: str, dtype: str = "float32"):
+    m = z.shape[1]
+    w = tuple(float(x) for x in np.arange(1, m + 1) / np.arange(1, m + 1).sum())
+    index = np.arange(len(z), dtype=np.int64) * 3 + 1
+    options = {"weights": w, "combine": combine, "spec": spec, "dtype": dtype}
+    return sparsify(z, index, **options), sparsify_torch(torch.from_numpy(z), index, **options)
+
+
+def _assert_same(expected: dict, got: dict) -> None:
+    assert sorted(expected) == sorted(got)
+    for name, want in expected.items():
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape, name
+        if name in EXACT:
+            np.testing.assert_array_equal(got[name], want, err_msg=name)
+        else:  # float32 results of float64 sums taken in another order: within one ulp
+            np.testing.assert_allclose(got[name], want, rtol=2.4e-7, atol=0, err_msg=name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 6),
+    members=st.integers(1, 3),
+    classes=st.integers(6, 70),
+    ties=st.booleans(),
+    step=st.sampled_from([None, 0.25, 1 / 16]),
+    combine=st.sampled_from(["arithmetic", "geometric"]),
+    data=st.data(),
+)
+def test_equals_the_numpy_reference(seed, rows, members, classes, ties, step, combine, data):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 3, (rows, members, classes)).astype(np.float32)
+    if ties:  # quarter-integers: many equal logits at the top-k boundary
+        z = np.round(z * 2) / 4
+    top_k = data.draw(st.integers(1, classes - 2))
+    sample = data.draw(st.integers(0, min(8, classes - top_k - 1)))
+    spec = SparseSpec(top_k=top_k, sample=sample, value_step=step, proposal_temperature=1.5)
+    combine = "single" if members == 1 else combine
+    expected, got = _both(z, spec, combine)
+    _assert_same(expected, got)
+
+
+def test_float16_values_and_a_wide_row_equal_the_reference():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 4, (3, 2, 5000)).astype(np.float32)
+    spec = SparseSpec(top_k=40, sample=12, value_step=None)
+    expected, got = _both(z, spec, "geometric", dtype="float16")
+    assert got[schema.VALUES].dtype == np.float16
+    _assert_same(expected, got)
+
+
+def test_top_ids_break_ties_to_the_lower_id():
+    zbar = torch.tensor(
+        [
+            [1.0, 3.0, 2.0, 3.0, 2.0, 2.0, 0.0],  # top 3: 3, 3, then the lowest 2 (id 2)
+            [5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0],  # all tied: ids 0, 1, 2
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # no tie: 4, 5, 6
+        ],
+        dtype=torch.float64,
+    )
+    assert top_ids(zbar, 3).tolist() == [[1, 2, 3], [0, 1, 2], [4, 5, 6]]
+
+
+def test_tails_by_squaring_equal_the_reference_exps():
+    rng = np.random.default_rng(1)
+    outside = rng.normal(0, 5, (4, 300))
+    outside[:, :10] = -np.inf  # the support
+    anchors = (1.0, 2.0, 4.0, 8.0)
+    got = tail_values(torch.from_numpy(outside), anchors).numpy()
+    want = reference_tail_values(outside, anchors)
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    # hand value: row of logits [0, log 3] at T = 1 is log(1 + 3) = log 4
+    two = torch.tensor([[0.0, np.log(3.0), -np.inf]], dtype=torch.float64)
+    np.testing.assert_allclose(tail_values(two, (1.0,)).numpy(), [[np.log(4.0)]], rtol=1e-15)
+
+
+def test_a_span_too_wide_for_the_codes_is_refused_naming_the_step():
+    z = np.zeros((1, 1, 10), np.float32)
+    z[0, 0, 0] = 10_000.0
+    spec = SparseSpec(top_k=2, value_step=1 / 16)
+    with pytest.raises(SparseValueRangeError, match="value step of at least"):
+        sparsify_torch(torch.from_numpy(z), np.zeros(1, np.int64), weights=(1.0,),
+                       combine="single", spec=spec, dtype="float32")  # fmt: skip
