@@ -22,7 +22,7 @@ TEST_STORE  := $(DIGITS)/softlabels-$(LABELLED)-test.$(FORMAT)
 TEACHERS    := $(DIGITS)/teacher1-$(LABELLED).pt $(DIGITS)/teacher2-$(LABELLED).pt $(DIGITS)/teacher3-$(LABELLED).pt
 QUIET       ?= --quiet
 
-.PHONY: help venv test lint softlabels distill distill-lm bench reliability clean
+.PHONY: help venv test lint softlabels distill distill-lm lm-scale bench reliability clean
 help:
 	@echo "make distill    digits, 10% labelled: teachers -> store -> hard-label vs distilled students, 5 seeds"
 	@echo "make softlabels train 3 digits teachers if missing, write $(STORE) (FORMAT=h5 for HDF5)"
@@ -31,6 +31,7 @@ help:
 	@echo "make reliability  fault-injection campaign and hostile-store checks (RELIABILITY.md)"
 	@echo "make bench      speed and accuracy on Fashion-MNIST (writes BENCHMARKS.md, bench/results.json)"
 	@echo "make distill-lm a GPT teacher -> sparse token store -> students (writes data/lm/results.json)"
+	@echo "make lm-scale   token stores against the vocabulary size, 8k to 128k (bench/lm_scale.json)"
 	@echo "Variables: FORMAT=zarr|h5 TEMPERATURE=2 (or 1,2,4,8,20) ALPHA=0.1 EPOCHS=30 SEEDS=0-4 LABELLED=0.1"
 	@echo "           DEVICE=cpu|cuda (make bench: stage one at bf16 and the students on that device)"
 
@@ -116,6 +117,13 @@ distill-lm: $(STAMP)
 	  fi; \
 	fi
 	$(BIN)/python -m bench.lm --docs $(PYDOCS) --out data/lm --report BENCHMARKS.md
+
+# The scaling table of token stores against the vocabulary size (bench/lm_scale.py): stage one
+# and a forward + topk + Parquet capture against a bare forward, KD against CE steps, peak RSS.
+LM_SCALE_VOCAB ?= 8192,32768,131072
+lm-scale: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
+	$(BIN)/python -m bench.lm_scale --vocab $(LM_SCALE_VOCAB) --out bench/lm_scale.json
 
 # ---- reliability (see RELIABILITY.md) --------------------------------------------------------
 reliability: $(STAMP)
