@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from softlabels.clihelp import sparse_options
+from softlabels.clihelp import device_option, precision_option, sparse_options
+from softlabels.device import PRECISIONS
 from softlabels.lm.text import WINDOW_MODES, load_text, load_tokens
 from softlabels.schema import SparseSpec
 
@@ -63,8 +64,19 @@ from softlabels.schema import SparseSpec
     show_default=True,
     help="Sequences per forward pass.",
 )
-@click.option("--resume", is_flag=True, help="Finish an interrupted store.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Finish an interrupted store (made on the same device type at the same --precision).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+@device_option("Where the teachers run: ")
+@precision_option(
+    tuple(PRECISIONS),
+    default="fp32",
+    help="Precision of the teachers' forward pass (autocast); logits are kept in float32. The "
+    "store records it, and bitwise equality (--resume, torchrun) holds only at one precision.",
+)
 @sparse_options()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_lm_cmd(
@@ -82,6 +94,8 @@ def generate_lm_cmd(
     batch_size: int,
     resume: bool,
     overwrite: bool,
+    device: str,
+    precision: str,
     sparse: SparseSpec | None,
     quiet: bool,
 ) -> None:
@@ -117,6 +131,8 @@ def generate_lm_cmd(
         resume=resume,
         overwrite=overwrite,
         progress=not quiet,
+        device=device,
+        precision=precision,
     )
     with store:
         meta = store.meta

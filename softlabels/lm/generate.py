@@ -6,7 +6,9 @@ it, run whole (its context) in batches padded with an attention mask -> the memb
 the chunk's rows -> a background writer thread -> StoreWriter.write_chunk, which sparsifies them
 for a sparse store (so sparsifying one chunk overlaps the teachers' next). A
 sequence crossing a chunk edge runs once per chunk it touches; each chunk always runs the same
-batches, so a resumed run is bitwise equal.
+batches, so a resumed run is bitwise equal on the same device and precision. The teachers run on
+the resolved device (under torchrun, each rank's own GPU) under autocast at the precision; their
+logits are combined and stored from float32 copies, and the store records the ``runtime``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from torch import nn
 from tqdm import tqdm
 
 from softlabels import __version__, schema
-from softlabels.distributed import Dist, init_from_env, shutdown
+from softlabels.device import resolve_device, runtime_record
+from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.ensemble import combined_logits, normalise_weights
 from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.generate import GenerateOptions, check_sparse, write_store
 from softlabels.lm.models import check_tokenizers, sequence_logits, teacher_tokenizer
 from softlabels.lm.text import TokenSequences
-from softlabels.pipeline import BackgroundWriter
+from softlabels.pipeline import BackgroundWriter, Runtime
 from softlabels.schema import SparseSpec, StoreMeta, TokenSpec, TransferInfo
 from softlabels.store import StoreReader, StoreWriter, open_store, store_kind
 from softlabels.store.rows import Rows
@@ -50,10 +53,18 @@ def generate_tokens(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> StoreReader:
     """Write the next-token targets of ``teachers`` (causal LMs: ``hf:DIR``, or modules mapping
     (B, L) token ids and an attention mask to (B, L, V) logits) over ``sequences``, cut to
-    ``max_length`` by ``window``. Returns the finished store, opened."""
+    ``max_length`` by ``window``. Returns the finished store, opened.
+
+    device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or "mps"; an absent device is
+        an error, never a fallback. Teachers given as modules are moved there. precision: the
+        teachers' forward pass, "fp32", "bf16" or "fp16" (autocast); logits are combined and
+        stored from float32 copies, and the store records both (``runtime``). Resuming a store
+        made on another device type or at another precision is refused."""
     opts = GenerateOptions(
         combine=combine,
         weights=None if weights is None else tuple(weights),
@@ -65,27 +76,33 @@ def generate_tokens(
         overwrite=overwrite,
         progress=progress,
         sparse=sparse,
+        device=device,
+        precision=precision,
     )
     opts.validate(len(teachers))
     seqs = sequences.window(max_length, window)
-    d = init_from_env(torch.device("cpu"))
+    resolved = resolve_device(opts.device)
+    d = init_from_env(resolved)
     try:
         if d.world > 1 and store_kind(out) != "zarr":
             raise SoftLabelsError("distributed generation writes Zarr: write PATH.zarr")
+        runtime = Runtime(local_device(resolved, d), opts.precision)
         loaded = [as_teacher(t) for t in teachers]
-        meta = token_meta(opts, loaded, seqs, max_length, window)
-        write_store(str(out), meta, opts, d, lambda w: _write(w, loaded, seqs, opts, d))
+        for t in loaded:
+            t.module.to(runtime.device)
+        meta = token_meta(opts, loaded, seqs, max_length, window, runtime)
+        write_store(str(out), meta, opts, d, lambda w: _write(w, loaded, seqs, opts, d, runtime))
     finally:
         shutdown(d)
     return open_store(out)
 
 
-def head_size(teachers: list[Teacher], seqs: TokenSequences) -> int:
+def head_size(teachers: list[Teacher], seqs: TokenSequences, precision: str = "fp32") -> int:
     """The teachers' common output size V, checked against the sequences' ids; the teachers'
     own tokenizers, where their folders carry one, must agree with each other and the sequences'."""
     check_tokenizers({t.info.name: teacher_tokenizer(t.info.spec) for t in teachers}, seqs)
     probe = [np.zeros(2, dtype=np.int64)]  # token 0 exists in every vocabulary
-    sizes = [sequence_logits(t.module, probe)[0].shape[-1] for t in teachers]
+    sizes = [sequence_logits(t.module, probe, precision=precision)[0].shape[-1] for t in teachers]
     if len(set(sizes)) > 1:
         detail = ", ".join(f"{t.info.name}: {v}" for t, v in zip(teachers, sizes, strict=True))
         raise MismatchError(f"the teachers' vocabularies differ ({detail}); they must share one")
@@ -103,8 +120,9 @@ def token_meta(
     seqs: TokenSequences,
     max_length: int,
     window: str,
+    runtime: Runtime,
 ) -> StoreMeta:
-    vocab = head_size(teachers, seqs)
+    vocab = head_size(teachers, seqs, runtime.precision)
     check_sparse(opts.sparse, opts.dtype, vocab)
     combine = opts.combine or (
         schema.COMBINE_SINGLE if len(teachers) == 1 else schema.COMBINE_ARITHMETIC
@@ -121,6 +139,7 @@ def token_meta(
         chunk_rows=min(opts.chunk_rows, seqs.num_tokens),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         producer=f"softlabels {__version__}",
+        runtime=runtime_record(runtime.device, runtime.precision),
         sparse=opts.sparse,
         tokens=TokenSpec(
             tokenizer=seqs.tokenizer,
@@ -139,6 +158,7 @@ def _write(
     seqs: TokenSequences,
     opts: GenerateOptions,
     d: Dist,
+    runtime: Runtime,
 ) -> None:
     """This rank's pending chunks (``Dist.take``, the one sharding rule)."""
     meta = writer.meta
@@ -155,7 +175,9 @@ def _write(
             first, last = int(seq_of_row[a]), int(seq_of_row[b - 1])
             members = np.stack(
                 [
-                    _rows(t.module, seqs, first, last, opts.batch_size, meta.tokens.pad_id)
+                    _rows(
+                        t.module, seqs, (first, last), opts.batch_size, meta.tokens.pad_id, runtime
+                    )
                     for t in teachers
                 ],
                 axis=1,
@@ -175,13 +197,20 @@ def _write(
 
 
 def _rows(
-    module: nn.Module, seqs: TokenSequences, first: int, last: int, batch: int, pad_id: int
+    module: nn.Module,
+    seqs: TokenSequences,
+    span: tuple[int, int],
+    batch: int,
+    pad_id: int,
+    runtime: Runtime,
 ) -> np.ndarray:
-    """Every row of sequences first..last (inclusive), each sequence run whole: (R, V)."""
+    """Every row of sequences first..last (``span``, inclusive), each sequence run whole, on
+    ``runtime``'s device at its precision: (R, V) float32."""
+    first, last = span
     out = []
     for s in range(first, last + 1, batch):
         group = [seqs.sequence(i) for i in range(s, min(s + batch, last + 1))]
-        out += sequence_logits(module, group, pad_id=pad_id)
+        out += sequence_logits(module, group, pad_id=pad_id, precision=runtime.precision)
     if not out:
         raise SoftLabelsError("no sequence overlaps this chunk; please report this")
     return np.concatenate(out).astype(np.float32)

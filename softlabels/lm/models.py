@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from softlabels.device import autocast
 from softlabels.errors import MismatchError, TeacherError
 from softlabels.lm.text import TokenSequences, Vocabulary, load_tokenizer
 
@@ -68,18 +69,26 @@ def load_hf(spec: str) -> CausalLM:
 
 @torch.inference_mode()
 def sequence_logits(
-    module: nn.Module, sequences: list[np.ndarray], *, pad_id: int = 0
+    module: nn.Module,
+    sequences: list[np.ndarray],
+    *,
+    pad_id: int = 0,
+    precision: str = "fp32",
 ) -> list[np.ndarray]:
     """The logits (L_i, V) float32 of each sequence, run as one right-padded batch with an
-    attention mask, so padding never changes a real position's logits beyond float rounding."""
+    attention mask, so padding never changes a real position's logits beyond float rounding.
+    The batch runs on the device of ``module``'s parameters, under autocast at ``precision``
+    ("fp32", "bf16" or "fp16"); the logits come back as float32 copies on the CPU."""
     longest = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
     for i, s in enumerate(sequences):
         ids[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.int64))
         mask[i, : len(s)] = 1
-    device = next(module.parameters()).device
-    logits = module(ids.to(device), attention_mask=mask.to(device)).cpu().numpy()
+    device = next(module.parameters(), torch.empty(0)).device
+    with autocast(device, precision):
+        out = module(ids.to(device), attention_mask=mask.to(device))
+    logits = out.float().cpu().numpy()
     return [logits[i, : len(s)] for i, s in enumerate(sequences)]
 
 

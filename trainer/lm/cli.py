@@ -7,12 +7,14 @@ from contextlib import ExitStack
 
 import click
 
+from softlabels.clihelp import device_option, precision_option
+from softlabels.device import resolve_device
 from softlabels.errors import SpecError
 from softlabels.lm.models import check_tokenizers, teacher_tokenizer
 from softlabels.lm.text import TokenSequences, load_text, load_tokens
 from softlabels.store import open_store
 from trainer.lm.students import BUILTIN, load_student, save_student
-from trainer.lm.train import LMConfig, train_lm
+from trainer.lm.train import STUDENT_PRECISIONS, LMConfig, train_lm
 from trainer.train import prepare_out
 
 
@@ -146,6 +148,13 @@ def _sequences(
     help="Continue the run in --out after its last finished epoch (same options and store).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+@device_option("Where the student trains and is evaluated: ")
+@precision_option(
+    STUDENT_PRECISIONS,
+    default="fp32",
+    help="The student's forward pass, in training and evaluation (bf16: autocast); the loss is "
+    "computed in float32. A run resumes only at the precision it started with.",
+)
 def train_lm_cmd(
     store: str,
     text: str | None,
@@ -169,6 +178,8 @@ def train_lm_cmd(
     out: str,
     resume: bool,
     overwrite: bool,
+    device: str,
+    precision: str,
 ) -> None:
     """Train a causal-LM student on a token store's sequences: KD from its soft targets at T
     plus next-token CE (or CE alone), with validation perplexity on the test split.
@@ -184,6 +195,7 @@ def train_lm_cmd(
         raise click.UsageError("--eval-store evaluates on the test split; drop --eval-split none")
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other; pick one")
+    resolve_device(device)  # an absent device fails here, before --out is made
     folder = prepare_out(out, resume=resume, overwrite=overwrite)
     with ExitStack() as stack:
         reader = stack.enter_context(open_store(store))
@@ -219,6 +231,8 @@ def train_lm_cmd(
             seed=seed,
             kd=not ce_only,
             estimator=estimator,
+            device=device,
+            precision=precision,
         )
         # train_lm cuts both as the store's were, and checks them against it
         history = train_lm(

@@ -7,7 +7,9 @@ attention mask, and labels and targets flattened to the real positions) -> the s
 (B, L, V) at the real positions -> ``HintonKD`` (the sparse or dense KD term at T plus the
 next-token cross-entropy on the store's labels: row t predicts the token at t + 1). Padding never
 enters a loss; with a loss mask (prompt tokens, ``TokenSequences.loss_mask``) the masked rows are
-dropped from both terms.
+dropped from both terms. The student and each batch (ids, mask, labels and targets, dense or
+``SparseTargets``; pinned and non-blocking on CUDA) go to ``LMConfig.device``; the forward pass
+runs under autocast at ``LMConfig.precision`` and the loss is computed in float32.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from softlabels import faults
 from softlabels.checkpoint import load_checkpoint, save_checkpoint
+from softlabels.device import autocast, resolve_device
 from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.lm.dataset import (
     SequenceSampler,
+    TokenBatch,
     TokenTargetDataset,
     check_token_store,
     collate_tokens,
@@ -55,16 +59,43 @@ class LMConfig:
     cache_bytes: int = 1 << 31  # targets of every chunk kept across epochs when they fit
     chunk_rows: int = 4096  # without a store: the grouping of sequences, as a store's chunks
     estimator: str | None = None  # sparse stores: None (importance at T <= T_q, else bucket)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps; an absent device is an error
+    precision: str = "fp32"  # the student's forward pass: fp32 or bf16 (autocast)
+
+
+STUDENT_PRECISIONS = ("fp32", "bf16")
+
+
+def _comparable(config: LMConfig) -> dict[str, Any]:
+    """What a resumed run must share with the checkpoint (a run may resume on another device)."""
+    return {k: v for k, v in asdict(config).items() if k != "device"}
+
+
+def _model_device(module: nn.Module) -> torch.device:
+    return next(module.parameters(), torch.empty(0)).device
+
+
+def _to_device(batch: TokenBatch, device: torch.device) -> TokenBatch:
+    """``batch`` on ``device``: pinned and non-blocking on CUDA, unchanged on the CPU."""
+    cuda = device.type == "cuda"
+
+    def move(t: Any) -> Any:  # a tensor or SparseTargets (both have pin_memory and to)
+        if t is None:
+            return None
+        return (t.pin_memory() if cuda else t).to(device, non_blocking=cuda)
+
+    return TokenBatch(*(move(t) for t in batch))
 
 
 def check_vocabulary(student: nn.Module, store: StoreReader) -> None:
     """The student must read the store's longest sequence, and its head have the store's
     teachers' size (padded sizes included): one forward pass of that length, untrained."""
     length = token_spec(store).max_length
-    ids = torch.zeros((1, length), dtype=torch.long)
+    device = _model_device(student)
+    ids = torch.zeros((1, length), dtype=torch.long, device=device)
     try:
         with torch.no_grad():
-            probe = student(ids, attention_mask=torch.ones((1, length)))
+            probe = student(ids, attention_mask=torch.ones((1, length), device=device))
     except (IndexError, RuntimeError, ValueError) as exc:
         raise MismatchError(
             f"the student cannot read sequences of {length} tokens, the store's max_length "
@@ -120,7 +151,15 @@ def train_lm(
     ``store=None`` trains on next-token cross-entropy alone (a baseline). The sequences, and
     ``eval_seqs``, are cut as the store's were (its ``max_length`` and window mode); without a
     store, give them cut to the student's context. Every store is checked before the first
-    step."""
+    step. The student is moved to ``config.device`` (and stays there), each batch with it; the
+    forward pass runs under autocast at ``config.precision`` (fp32 or bf16), the loss in
+    float32."""
+    if config.precision not in STUDENT_PRECISIONS:
+        raise SoftLabelsError(
+            f"student precision must be one of {STUDENT_PRECISIONS}, got {config.precision!r}"
+        )
+    device = resolve_device(config.device)
+    student.to(device)
     if store is not None:
         spec = token_spec(store)
         seqs = seqs.window(spec.max_length, spec.window)
@@ -158,7 +197,7 @@ def train_lm(
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
     history: list[dict[str, Any]] = []
     identity = {
-        "config": asdict(config),
+        "config": _comparable(config),
         "store": None if store is None else list(store.meta.checksums or ()),
     }
     if checkpoint is not None and os.path.exists(checkpoint):
@@ -170,7 +209,10 @@ def train_lm(
         for batch in loader:
             if len(batch.labels) == 0:  # every row of these sequences predicts a prompt token
                 continue
-            logits = batch.select(student(batch.ids, attention_mask=batch.mask))  # (rows, V)
+            batch = _to_device(batch, device)
+            with autocast(device, config.precision):
+                out = student(batch.ids, attention_mask=batch.mask)
+            logits = batch.select(out).float()  # (rows, V)
             loss = loss_fn(logits, batch.target, batch.labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -184,7 +226,15 @@ def train_lm(
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         record["epoch_seconds"] = time.perf_counter() - t0
         if eval_seqs is not None:
-            record.update(evaluate_lm(student, eval_seqs, teacher=eval_store))
+            record.update(
+                evaluate_lm(
+                    student,
+                    eval_seqs,
+                    teacher=eval_store,
+                    device=device,
+                    precision=config.precision,
+                )
+            )
         history.append(record)
         if checkpoint is not None:
             payload = {"arch": {}, "model": student.state_dict(), "history": history}
@@ -203,7 +253,10 @@ def _restore(
     """Load a ``train_lm`` checkpoint into ``student`` and ``optimizer``; its history."""
     state = load_checkpoint(path)
     for key, what in (("config", "training options"), ("store", "store")):
-        if state.get(key) != identity[key]:
+        saved = state.get(key)
+        if key == "config" and isinstance(saved, dict):  # saved before precision existed
+            saved = {"precision": "fp32", **saved}
+        if saved != identity[key]:
             raise MismatchError(
                 f"cannot resume from {str(path)!r}: that run used other {what}; start again "
                 f"with the same ones, or replace the run (overwrite)"
@@ -244,12 +297,20 @@ def evaluate_lm(
     *,
     teacher: StoreReader | None = None,
     batch_size: int = 16,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Perplexity and next-token accuracy over every position that has a next token; with
     ``teacher``, a token store of ``seqs``: agreement (the student's top token is the teacher's)
     and KL(teacher || student) at T = 1, over the same positions (for a sparse store, KL over
     the stored ids plus the rest merged into one bucket: exact ids, no sampling noise, and a
-    lower bound of the full KL)."""
+    lower bound of the full KL). ``device``: where the student runs (moved there; None: where
+    its parameters are); ``precision``: its forward pass (autocast), the metrics in float32."""
+    if device is None:
+        where = _model_device(student)
+    else:
+        where = resolve_device(device) if isinstance(device, str) else device
+        student.to(where)
     student.eval()
     if teacher is not None:
         spec = token_spec(teacher)
@@ -264,7 +325,10 @@ def evaluate_lm(
     for batch in DataLoader(data, batch_size, collate_fn=collate_tokens):
         if len(batch.labels) == 0:
             continue
-        logits = batch.select(student(batch.ids, attention_mask=batch.mask)).float()
+        batch = _to_device(batch, where)
+        with autocast(where, precision):
+            out = student(batch.ids, attention_mask=batch.mask)
+        logits = batch.select(out).float()
         known, target = batch.labels >= 0, batch.target
         logits, y = logits[known], batch.labels[known]
         if len(y) == 0:
