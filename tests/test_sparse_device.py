@@ -103,3 +103,38 @@ def test_a_span_too_wide_for_the_codes_is_refused_naming_the_step():
     with pytest.raises(SparseValueRangeError, match="value step of at least"):
         sparsify_torch(torch.from_numpy(z), np.zeros(1, np.int64), weights=(1.0,),
                        combine="single", spec=spec, dtype="float32")  # fmt: skip
+
+
+def test_generate_lm_sparsifies_each_batch_never_a_chunk(tmp_path, monkeypatch):
+    """Stage one for token stores hands the sparsifier one batch's rows at a time (here 2
+    sequences of at most 16 tokens, in chunks of 64 rows), and the store equals the one that
+    ``convert --top-k`` makes from the dense store of the same run."""
+    pytest.importorskip("transformers")
+    import softlabels.lm.generate as lm_generate
+    from softlabels.lm.generate import generate_tokens
+    from softlabels.lm.text import load_text
+    from softlabels.store import open_store
+    from softlabels.tools import convert_store
+    from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus
+
+    seqs = load_text(str(write_corpus(tmp_path / "c")), str(train_tokenizer(tmp_path / "t.json")))
+    teacher = f"hf:{tiny_gpt(tmp_path / 'teacher', seqs.vocab_size)}"
+    shapes: list[tuple[int, ...]] = []
+    real = lm_generate.sparsify_torch
+
+    def spy(z, *args, **kwargs):
+        shapes.append(tuple(z.shape))
+        return real(z, *args, **kwargs)
+
+    monkeypatch.setattr(lm_generate, "sparsify_torch", spy)
+    spec = SparseSpec(top_k=8, sample=4)
+    common = {"max_length": 16, "chunk_rows": 64, "batch_size": 2, "progress": False}
+    sparse = generate_tokens([teacher], seqs, tmp_path / "s.zarr", sparse=spec, **common)
+    dense = generate_tokens([teacher], seqs, tmp_path / "d.zarr", **common)
+    assert shapes and max(s[0] for s in shapes) <= 2 * 16 and shapes[0][2] == seqs.vocab_size
+    assert sum(s[0] for s in shapes) == sparse.meta.num_samples
+    convert_store(dense.path, tmp_path / "c.zarr", sparse=spec)
+    with open_store(tmp_path / "c.zarr") as converted:
+        assert converted.meta.checksums == sparse.meta.checksums
+    sparse.close()
+    dense.close()

@@ -2,11 +2,13 @@
 token store, whose rows are token positions (row t: the teacher's distribution over token t+1).
 
 Data path: TokenSequences.window(max_length) -> per chunk of rows, every sequence overlapping
-it, run whole (its context) in batches padded with an attention mask -> the members' logits at
-the chunk's rows -> a background writer thread -> StoreWriter.write_chunk, which sparsifies them
-for a sparse store (so sparsifying one chunk overlaps the teachers' next). A
-sequence crossing a chunk edge runs once per chunk it touches; each chunk always runs the same
-batches, so a resumed run is bitwise equal on the same device and precision. The teachers run on
+it, run whole (its context) in batches padded with an attention mask -> per batch, the members'
+logits at the chunk's rows, on the device -> for a sparse store, sparsified there and then
+(``softlabels.sparse.device``: only the K ids, values and tails leave the device, and no more
+than one batch's (rows, V) logits per member exist at once) -> the chunk's rows -> a background
+writer thread -> StoreWriter.write_chunk. A sequence crossing a chunk edge runs once per chunk
+it touches; each chunk always runs the same batches, so a resumed run is bitwise equal on the
+same device and precision. The teachers run on
 the resolved device (under torchrun, each rank's own GPU) under autocast at the precision; their
 logits are combined and stored from float32 copies, and the store records the ``runtime``.
 """
@@ -28,10 +30,16 @@ from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.ensemble import combined_logits, normalise_weights
 from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.generate import GenerateOptions, check_sparse, write_store
-from softlabels.lm.models import check_tokenizers, sequence_logits, teacher_tokenizer
+from softlabels.lm.models import (
+    batch_logits,
+    check_tokenizers,
+    sequence_logits,
+    teacher_tokenizer,
+)
 from softlabels.lm.text import TokenSequences
 from softlabels.pipeline import BackgroundWriter, Runtime
 from softlabels.schema import SparseSpec, StoreMeta, TokenSpec, TransferInfo
+from softlabels.sparse.device import sparsify_torch
 from softlabels.store import StoreReader, StoreWriter, open_store, store_kind
 from softlabels.store.rows import Rows
 from softlabels.teachers import Teacher, as_teacher
@@ -160,57 +168,68 @@ def _write(
     d: Dist,
     runtime: Runtime,
 ) -> None:
-    """This rank's pending chunks (``Dist.take``, the one sharding rule)."""
+    """This rank's pending chunks (``Dist.take``, the one sharding rule), each assembled from
+    its batches' rows (``_batch_rows``), then written on the background thread."""
     meta = writer.meta
     labels = seqs.next_tokens()
     seq_of_row = np.searchsorted(seqs.offsets, np.arange(seqs.num_tokens), side="right") - 1
     position = (np.arange(seqs.num_tokens) - seqs.offsets[seq_of_row]).astype(np.int32)
-    weights = torch.tensor(meta.weights, dtype=torch.float64)
     pending = d.take(np.array(writer.pending_chunks(), dtype=np.int64)).tolist()
     total = sum(b - a for a, b in map(meta.chunk_bounds, pending))
     bar = tqdm(total=total, unit="tokens", desc="teacher targets", disable=not opts.progress)
-    with bar, BackgroundWriter(writer) as background:  # sparsifies and writes on its thread
+    with bar, BackgroundWriter(writer) as background:
         for chunk in pending:
             a, b = meta.chunk_bounds(chunk)
             first, last = int(seq_of_row[a]), int(seq_of_row[b - 1])
-            members = np.stack(
-                [
-                    _rows(
-                        t.module, seqs, (first, last), opts.batch_size, meta.tokens.pad_id, runtime
-                    )
-                    for t in teachers
-                ],
-                axis=1,
-            )[a - seqs.offsets[first] : b - seqs.offsets[first]]
-            logits = combined_logits(torch.from_numpy(members).double(), weights, meta.combine)
-            rows = Rows.dense(
-                logits.float().numpy(),
-                members if len(teachers) > 1 else None,
-                np.arange(a, b, dtype=np.int64),
-                labels[a:b],
-                start=a,
-            ).replace(
-                **{schema.INPUT_IDS: seqs.ids[a:b].astype(np.int32), schema.POSITION: position[a:b]}
+            parts = []
+            for s in range(first, last + 1, opts.batch_size):
+                group = range(s, min(s + opts.batch_size, last + 1))
+                lo = max(a, int(seqs.offsets[group.start]))
+                hi = min(b, int(seqs.offsets[group.stop]))
+                parts.append(_batch_rows(teachers, seqs, group, (lo, hi), meta, runtime))
+                bar.update(hi - lo)
+            rows = Rows.concat(parts).replace(
+                **{
+                    schema.LABELS: labels[a:b],
+                    schema.INPUT_IDS: seqs.ids[a:b].astype(np.int32),
+                    schema.POSITION: position[a:b],
+                }
             )
-            background.put(chunk, rows)
-            bar.update(b - a)
+            background.put(chunk, Rows(rows.arrays, a))
 
 
-def _rows(
-    module: nn.Module,
+def _batch_rows(
+    teachers: list[Teacher],
     seqs: TokenSequences,
-    span: tuple[int, int],
-    batch: int,
-    pad_id: int,
+    group: range,
+    rows: tuple[int, int],
+    meta: StoreMeta,
     runtime: Runtime,
-) -> np.ndarray:
-    """Every row of sequences first..last (``span``, inclusive), each sequence run whole, on
-    ``runtime``'s device at its precision: (R, V) float32."""
-    first, last = span
-    out = []
-    for s in range(first, last + 1, batch):
-        group = [seqs.sequence(i) for i in range(s, min(s + batch, last + 1))]
-        out += sequence_logits(module, group, pad_id=pad_id, precision=runtime.precision)
-    if not out:
-        raise SoftLabelsError("no sequence overlaps this chunk; please report this")
-    return np.concatenate(out).astype(np.float32)
+) -> Rows:
+    """The store rows [lo, hi) that the sequences in ``group`` (run whole, as one padded batch
+    on the device) cover: for a sparse store, sparsified there (``softlabels.sparse.device``),
+    so no more than this batch's (rows, V) logits per member are ever held; for a dense store,
+    the combined and member logits, brought to the host. Labels come later, per chunk."""
+    lo, hi = rows
+    start = int(seqs.offsets[group.start])
+    lengths = [len(seqs.sequence(i)) for i in group]
+    sequences = [seqs.sequence(i) for i in group]
+    pad = meta.tokens.pad_id if meta.tokens is not None else 0
+    members = []
+    for t in teachers:
+        logits = batch_logits(t.module, sequences, pad_id=pad, precision=runtime.precision)
+        real = torch.cat([logits[i, :n] for i, n in enumerate(lengths)])  # (group rows, V)
+        members.append(real[lo - start : hi - start])
+        del logits, real
+    z = torch.stack(members, dim=1)  # (R, M, V) float32 on the device
+    del members
+    index = np.arange(lo, hi, dtype=np.int64)
+    if meta.sparse is not None:
+        arrays = sparsify_torch(
+            z, index, weights=meta.weights, combine=meta.combine, spec=meta.sparse, dtype=meta.dtype
+        )
+        return Rows({**arrays, schema.SAMPLE_INDEX: index}, lo)
+    weights = torch.tensor(meta.weights, dtype=torch.float64, device=z.device)
+    combined = combined_logits(z.double(), weights, meta.combine).float().cpu().numpy()
+    members_np = z.cpu().numpy() if len(teachers) > 1 else None
+    return Rows.dense(combined, members_np, index, np.zeros(hi - lo, np.int64), start=lo)

@@ -79,6 +79,19 @@ def sequence_logits(
     attention mask, so padding never changes a real position's logits beyond float rounding.
     The batch runs on the device of ``module``'s parameters, under autocast at ``precision``
     ("fp32", "bf16" or "fp16"); the logits come back as float32 copies on the CPU."""
+    logits = batch_logits(module, sequences, pad_id=pad_id, precision=precision).cpu().numpy()
+    return [logits[i, : len(s)] for i, s in enumerate(sequences)]
+
+
+@torch.inference_mode()
+def batch_logits(
+    module: nn.Module,
+    sequences: list[np.ndarray],
+    *,
+    pad_id: int = 0,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """``sequence_logits`` left on the device: (B, longest, V) float32, padding included."""
     longest = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
@@ -88,8 +101,7 @@ def sequence_logits(
     device = next(module.parameters(), torch.empty(0)).device
     with autocast(device, precision):
         out = module(ids.to(device), attention_mask=mask.to(device))
-    logits = out.float().cpu().numpy()
-    return [logits[i, : len(s)] for i, s in enumerate(sequences)]
+    return out.float()
 
 
 def teacher_tokenizer(spec: str | None) -> Vocabulary | None:

@@ -14,6 +14,7 @@ import os
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from softlabels import faults, schema
 from softlabels.errors import (
@@ -24,7 +25,7 @@ from softlabels.errors import (
     StoreNotFoundError,
 )
 from softlabels.schema import StoreMeta
-from softlabels.sparse.select import sparsify
+from softlabels.sparse.device import sparsify_torch
 from softlabels.store import backends
 from softlabels.store.reader import Backend, StoreReader, journal_committed, read_meta
 from softlabels.store.rows import Rows, chunk_checksum
@@ -192,7 +193,8 @@ class StoreWriter:
 
     def _cast(self, rows: Rows) -> Rows:
         """Exactly the layout's arrays, in their dtypes. A sparse store given dense rows keeps
-        their sparse form (``softlabels.sparse.select``), computed the same way every time."""
+        their sparse form (``softlabels.sparse.device``, on the CPU here: the definitions of
+        ``softlabels.sparse.select``), computed the same way every time."""
         sp = self.meta.sparse
         if sp is not None and not rows.is_sparse:
             members = rows.all_member_logits()
@@ -201,8 +203,8 @@ class StoreWriter:
                     f"a sparse store keeps every member's logits: give member_logits of "
                     f"{self.meta.num_members} members, not {members.shape[1]}"
                 )
-            arrays = sparsify(
-                members.astype(np.float32, copy=False),
+            arrays = sparsify_torch(
+                torch.from_numpy(members.astype(np.float32, copy=False)),
                 rows.sample_index,
                 weights=self.meta.weights,
                 combine=self.meta.combine,
