@@ -5,14 +5,17 @@ exported here (``HintonKD``, ``SoftCE``, ``LogitMatching``). The built-in recipe
 ``trainer.train`` (one run; it accepts an opened store), and ``trainer.compare.compare`` runs the
 `make distill` experiment. The only thing read from stage one is the store, and the only thing
 asked of it is ``StoreReader.soft_targets``: the teacher's log soft targets at T.
-Language-model students train from token stores with ``trainer.train_lm`` (`distill train-lm`).
+Language-model students train from token stores with ``trainer.train_lm`` (`distill train-lm`);
+``ChunkedHeadLoss`` wraps ``HintonKD`` to take their hidden states and head a chunk at a time.
 """
 
+from trainer.lm.chunked import ChunkedHeadLoss
 from trainer.lm.train import LMConfig, evaluate_lm, train_lm
 from trainer.modules import HintonKD, LogitMatching, SoftCE
 from trainer.train import TrainConfig, train
 
 __all__ = [
+    "ChunkedHeadLoss",
     "HintonKD",
     "LMConfig",
     "LogitMatching",

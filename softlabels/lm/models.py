@@ -45,6 +45,36 @@ class CausalLM(nn.Module):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         return out.logits.float()
 
+    @property
+    def head(self) -> nn.Module:
+        """The output head: logits = head(hidden_states(...)) for a plain linear head."""
+        return self.model.get_output_embeddings()
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, L, H): what the head reads (the base model's last hidden state)."""
+        base = self.model.base_model
+        return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    @torch.no_grad()
+    def head_is_linear(self) -> bool:
+        """True when the logits are exactly a linear head over ``hidden_states`` (no logit
+        scaling or soft-capping), checked on a short probe: what a chunked loss relies on."""
+        head = self.head
+        if not isinstance(head, nn.Linear):
+            return False
+        device = head.weight.device
+        ids = torch.arange(4, device=device)[None] % head.out_features
+        was_training = self.training
+        self.eval()
+        try:
+            plain = self(ids)
+            split = head(self.hidden_states(ids)).float()
+        finally:
+            self.train(was_training)
+        return bool(torch.allclose(plain, split, rtol=1e-4, atol=1e-5))
+
 
 def load_hf(spec: str) -> CausalLM:
     """The model in the local directory of ``hf:DIR``, in eval mode."""

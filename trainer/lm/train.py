@@ -38,9 +38,11 @@ from softlabels.lm.dataset import (
     sequence_item,
     token_spec,
 )
+from softlabels.lm.models import CausalLM
 from softlabels.lm.text import TokenSequences
 from softlabels.sparse import ESTIMATORS, SparseTargets
 from softlabels.store import StoreReader
+from trainer.lm.chunked import ChunkedHeadLoss
 from trainer.lm.students import gpt_student
 from trainer.modules import HardCE, HintonKD
 from trainer.sparse_losses import top1
@@ -61,6 +63,9 @@ class LMConfig:
     estimator: str | None = None  # sparse stores: None (importance at T <= T_q, else bucket)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps; an absent device is an error
     precision: str = "fp32"  # the student's forward pass: fp32 or bf16 (autocast)
+    # rows per chunk of the memory-lean loss (the head and the loss a chunk at a time, never the
+    # full (rows, V) logits; transformers students with a plain linear head); 0: full logits
+    loss_chunk_rows: int = 1024
 
 
 STUDENT_PRECISIONS = ("fp32", "bf16")
@@ -194,6 +199,11 @@ def train_lm(
     loss_fn: nn.Module = (
         HintonKD(config.alpha, temperature=config.temperature) if config.kd else HardCE()
     )
+    chunked = (
+        ChunkedHeadLoss(loss_fn, chunk_rows=config.loss_chunk_rows)
+        if config.loss_chunk_rows > 0 and isinstance(student, CausalLM) and student.head_is_linear()
+        else None
+    )
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
     history: list[dict[str, Any]] = []
     identity = {
@@ -210,10 +220,16 @@ def train_lm(
             if len(batch.labels) == 0:  # every row of these sequences predicts a prompt token
                 continue
             batch = _to_device(batch, device)
-            with autocast(device, config.precision):
-                out = student(batch.ids, attention_mask=batch.mask)
-            logits = batch.select(out).float()  # (rows, V)
-            loss = loss_fn(logits, batch.target, batch.labels)
+            if chunked is not None:  # the head and the loss a chunk of rows at a time
+                with autocast(device, config.precision):
+                    hidden = student.hidden_states(batch.ids, attention_mask=batch.mask)
+                rows = batch.select(hidden)  # (rows, H)
+                loss = chunked(rows, student.head, batch.target, batch.labels)
+            else:
+                with autocast(device, config.precision):
+                    out = student(batch.ids, attention_mask=batch.mask)
+                logits = batch.select(out).float()  # (rows, V)
+                loss = loss_fn(logits, batch.target, batch.labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
