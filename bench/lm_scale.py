@@ -10,7 +10,8 @@ RSS is its own, in interleaved rounds (medians):
 * ``stage1``: ``generate_tokens`` to a top-64 sparse store (what this project does);
 * ``capture``: forward, ``torch.topk`` of the log-probabilities and a Parquet write of ids and
   logprobs (what a user writes instead; pyarrow, the bench-only extra ``softlabels[bench]``);
-* ``steps``: a student's KD step (from the top-64 store) against its CE step.
+* ``kd`` and ``ce``: a student's step, KD from the top-64 store or CE alone, both with the
+  chunked loss that ``train_lm`` uses (each in its own process, for its peak RSS).
 
 Prints a table of ratios to ``bare`` and peak RSS, and writes the figures to ``--out``.
 """
@@ -103,29 +104,25 @@ def measure(mode: str, vocab: int, count: int, batch: int, device: str, work: Pa
                 writer.write_table(table)
         assert writer is not None
         writer.close()
-    elif mode == "steps":
-        out |= _steps(vocab, seqs, work / f"s{vocab}.zarr", batch)
+    elif mode in ("kd", "ce"):
+        out["step_s"] = _step_seconds(vocab, seqs, work / f"s{vocab}.zarr", batch, mode == "kd")
     out.setdefault("seconds", time.perf_counter() - t0)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
 
-def _steps(vocab: int, seqs, store_path: Path, batch: int) -> dict[str, float]:
-    """Median seconds of a student's KD step and CE step over the store's sequences."""
+def _step_seconds(vocab: int, seqs, store_path: Path, batch: int, kd: bool) -> float:
+    """A student's step (KD from the top-64 store, or CE alone), the second epoch's mean; the
+    loss is the chunked one (``LMConfig.loss_chunk_rows``), as train_lm uses by default."""
     from softlabels.store import open_store
     from trainer.lm.students import load_student
     from trainer.lm.train import LMConfig, train_lm
 
     with open_store(store_path) as store:
-        result = {}
-        for kd in (True, False):
-            torch.manual_seed(0)
-            student = load_student("gpt", vocab_size=vocab, max_length=LENGTH, width=128, layers=2)
-            config = LMConfig(epochs=2, batch_size=batch, kd=kd)
-            history = train_lm(student, store, seqs, config)
-            steps = -(-len(seqs) // batch)
-            result["kd_step_s" if kd else "ce_step_s"] = history[-1]["epoch_seconds"] / steps
-    return result
+        torch.manual_seed(0)
+        student = load_student("gpt", vocab_size=vocab, max_length=LENGTH, width=128, layers=2)
+        history = train_lm(student, store, seqs, LMConfig(epochs=2, batch_size=batch, kd=kd))
+    return history[-1]["epoch_seconds"] / -(-len(seqs) // batch)
 
 
 def _bytes(path: Path) -> int:
@@ -154,7 +151,9 @@ def main() -> None:
             for _ in range(a.rounds):
                 for mode in modes:
                     runs.append(_child(mode, vocab, a, work))
-            runs.append(_child("steps", vocab, a, work))
+            for _ in range(a.rounds):
+                for mode in ("kd", "ce"):
+                    runs.append(_child(mode, vocab, a, work))
     report = summarise(runs, a.device)
     Path(a.out).write_text(json.dumps({"runs": runs, "summary": report}, indent=1))
     print_table(report)
@@ -182,16 +181,18 @@ def summarise(runs: list[dict], device: str) -> list[dict]:
             return statistics.median(values) if values else None
 
         bare, stage1, capture = med("bare"), med("stage1"), med("capture")
-        steps = next(r for r in at if r["mode"] == "steps")
         row = {
             "vocab": vocab,
             "device": device,
             "bare_s": bare,
             "stage1_over_bare": stage1 / bare,
             "capture_over_bare": None if capture is None else capture / bare,
-            "kd_step_over_ce_step": steps["kd_step_s"] / steps["ce_step_s"],
+            "kd_step_over_ce_step": med("kd", "step_s") / med("ce", "step_s"),
+            "rss_kd_over_ce": med("kd", "peak_rss_mb") / med("ce", "peak_rss_mb"),
             "rss_stage1_over_bare": med("stage1", "peak_rss_mb") / med("bare", "peak_rss_mb"),
-            "peak_rss_mb": {m: med(m, "peak_rss_mb") for m in ("bare", "stage1", "capture")},
+            "peak_rss_mb": {
+                m: med(m, "peak_rss_mb") for m in ("bare", "stage1", "capture", "kd", "ce")
+            },
             "root_zarr_json_bytes": med("stage1", "root_zarr_json_bytes"),
             "bytes_per_token": med("stage1", "bytes_per_token"),
         }
@@ -210,6 +211,7 @@ def print_table(report: list[dict]) -> None:
         ("forward+topk+Parquet / bare", "capture_over_bare", ".2f"),
         ("KD step / CE step", "kd_step_over_ce_step", ".2f"),
         ("peak RSS stage one / bare", "rss_stage1_over_bare", ".2f"),
+        ("peak RSS KD step / CE step", "rss_kd_over_ce", ".2f"),
         ("root zarr.json, bytes", "root_zarr_json_bytes", ",.0f"),
         ("bytes per token", "bytes_per_token", ".1f"),
     ]
