@@ -42,8 +42,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,lm]'
 	touch $@
 
+# The suite, then its bitwise promises again (tests marked `bitwise`: resume, worker counts,
+# torchrun, batch and chunk invariance, the sparse test vector) under ATEN_CPU_CAPABILITY=default,
+# which makes ATen use its plain kernels (torch.backends.cpu.get_cpu_capability() is then
+# "DEFAULT", not AVX2 or AVX512): a kernel-dependent assumption then fails here, on every CPU,
+# not on a user's machine. Bitwise holds for the same batches on the same machine only.
+# Left out of the second run for their time (each a bitwise promise, run once above):
+# test_faults.py::test_campaign_small, test_sparse.py::test_killed_sparse_generate_resumes_bitwise_equal,
+# test_tokens_tools.py::test_killed_generate_lm_resumes_bitwise_equal, test_distributed.py::
+# test_killed_rank_then_resume and test_distributed_sparse_generate_equals_single_process,
+# test_views.py::test_distributed_generate_equals_single_process,
+# test_tokens.py::test_torchrun_token_store_equals_one_process.
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -m bitwise
 
 lint: $(STAMP)
 	$(BIN)/ruff check softlabels trainer tests bench

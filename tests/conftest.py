@@ -17,6 +17,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2: one core per worker pr
 ENSEMBLE = ("tests.helpers:teacher_a", "tests.helpers:teacher_b", "tests.helpers:teacher_c")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """make test's second run sets ATEN_CPU_CAPABILITY=default to rerun the `bitwise` tests on
+    ATen's plain kernels: refuse to run if this torch ignored it (the rerun would prove nothing)."""
+    asked = os.environ.get("ATEN_CPU_CAPABILITY", "")
+    if asked.lower() == "default":
+        import torch
+
+        running = torch.backends.cpu.get_cpu_capability()
+        if running != "DEFAULT":
+            raise pytest.UsageError(
+                f"ATEN_CPU_CAPABILITY={asked} asks for ATen's default kernels, but torch runs "
+                f"its {running} kernels"
+            )
+
+
 def make_store(
     path: Path, *, teachers=ENSEMBLE, combine=None, split="train", chunk_rows=256, **kw
 ) -> Path:

@@ -1,10 +1,21 @@
-"""Teachers and datasets that tests pass as ``module:function`` SPECs (tests.helpers:NAME), and
-``wait_for_signal`` for tests that synchronise with a child through a fault point's signal file."""
+"""Teachers and datasets that tests pass as ``module:function`` SPECs (tests.helpers:NAME),
+``wait_for_signal`` for tests that synchronise with a child through a fault point's signal file,
+and what bitwise comparisons need (below).
+
+Bitwise promises hold for the same batches, on the same machine, with the same thread settings,
+and nothing more: MKL, oneDNN and ATen pick other kernels (another summation order) for other
+batch shapes, CPU capabilities and thread counts. So a test compares floats bitwise only where
+both sides ran the same batches (``teacher_batches``, ``forward_in_batches``) with the same
+threads (``torch_threads``, ``child_env``); anywhere else it allows ``FLOAT32``'s tolerance.
+Tests of a bitwise promise are marked ``bitwise``; ``make test`` runs them a second time under
+ATEN_CPU_CAPABILITY=default, so a kernel-dependent assumption fails there."""
 
 from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +33,53 @@ def wait_for_signal(path: Path, proc: subprocess.Popen, timeout: float = 120.0) 
         return None if proc.poll() is None else f"the child exited with {proc.returncode}"
 
     faults.wait_for(path, timeout, what="test", abort=exited)
+
+
+# float32 logits computed through other batches (or threads) differ in summation order only:
+# a few float32 ulps, far below any real difference (another row, teacher or temperature).
+FLOAT32 = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def teacher_batches(n: int, chunk_rows: int, batch_size: int = 256) -> list[tuple[int, int]]:
+    """[b0, b1) of the batches a writer runs its teachers on over ``n`` rows: ``batch_size``
+    rows at a time, never crossing a chunk of ``chunk_rows`` (softlabels.generate's contract,
+    written out here rather than taken from the code under test)."""
+    return [
+        (b0, min(b0 + batch_size, start + chunk_rows, n))
+        for start in range(0, n, chunk_rows)
+        for b0 in range(start, min(start + chunk_rows, n), batch_size)
+    ]
+
+
+def forward_in_batches(
+    modules: Sequence[nn.Module], x: torch.Tensor, bounds: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """(N, M, C) float32 logits of ``modules`` on ``x``, run batch by batch through ``bounds``
+    (``teacher_batches``): bitwise what a writer that ran those batches stored."""
+    with torch.no_grad():
+        return torch.cat(
+            [torch.stack([m(x[b0:b1]) for m in modules], dim=1) for b0, b1 in bounds]
+        ).numpy()
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the body with ``n`` torch (intra-op) threads, as a child started with
+    OMP_NUM_THREADS=n computes (torchrun's ranks here), then restore the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def child_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a child process that must compute as this one does (a killed run that this
+    process resumes or compares with): this process's torch thread count (conftest.py sets one
+    per xdist worker; a child would otherwise take one per core)."""
+    threads = str(torch.get_num_threads())
+    return {**env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 def _linear(seed: int, classes: int = 10) -> nn.Module:

@@ -22,6 +22,7 @@ from softlabels.lm.dataset import (  # noqa: E402
 from softlabels.lm.generate import generate_tokens  # noqa: E402
 from softlabels.lm.text import load_text  # noqa: E402
 from softlabels.schema import SparseSpec  # noqa: E402
+from tests.helpers import FLOAT32  # noqa: E402
 from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus  # noqa: E402
 from trainer import HintonKD  # noqa: E402
 from trainer.lm.students import gpt_student  # noqa: E402
@@ -62,8 +63,11 @@ def test_items_are_the_stores_rows_joined_across_chunk_edges(setup):
         np.testing.assert_array_equal(ids.numpy(), windows.ids[a:b])
         np.testing.assert_array_equal(y.numpy(), labels[a:b])
         assert bool(keep.all())
-        for got, ref in zip(target, want, strict=True):
-            np.testing.assert_array_equal(got.numpy(), ref.numpy())
+        # the dataset replays whole chunks and slices them, this reference only rows a..b:
+        # other groups of rows, so the ids agree exactly and the float32 values to rounding
+        np.testing.assert_array_equal(target.ids.numpy(), want.ids.numpy())
+        np.testing.assert_allclose(target.log_probs.numpy(), want.log_probs.numpy(), **FLOAT32)
+        np.testing.assert_allclose(target.log_tail.numpy(), want.log_tail.numpy(), **FLOAT32)
     with pytest.raises(IndexError):
         ds[len(ds)]
 
@@ -101,6 +105,7 @@ def test_one_epoch_reads_each_chunk_at_most_twice(setup, monkeypatch):
     assert max(reads.count(c) for c in set(reads)) <= 2
 
 
+@pytest.mark.bitwise
 def test_batches_are_the_same_with_worker_processes(setup):
     ds = TokenTargetDataset(setup["store"].path, setup["seqs"], temperature=2.0)
 

@@ -1,5 +1,8 @@
 """torchrun with the gloo backend and 2 processes on this CPU machine: distributed generation
-equals a single-process run bitwise, a killed rank is resumed, and DDP training runs."""
+equals a single-process run bitwise, a killed rank is resumed, and DDP training runs.
+
+Each rank runs the chunks the single process runs, batch for batch; the single-process
+references run with the ranks' one thread (torch_threads), so both sides use the same kernels."""
 
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ import pytest
 from softlabels.store import open_store
 from tests.conftest import make_store
 from tests.faults_campaign import same_store
+from tests.helpers import torch_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHERS = ("tests.helpers:teacher_a", "tests.helpers:teacher_b", "tests.helpers:teacher_c")
+RANK_THREADS = 1  # torch threads per rank (OMP_NUM_THREADS), and of the single-process references
 
 
 def torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -29,7 +34,13 @@ def torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
         "-m",
         *args,
     ]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": str(RANK_THREADS),
+        "MKL_NUM_THREADS": str(RANK_THREADS),
+        **(env or {}),
+    }
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
 
 
@@ -52,27 +63,32 @@ def generate_args(out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("single") / "single.zarr", chunk_rows=100)
+    with torch_threads(RANK_THREADS):
+        return make_store(tmp_path_factory.mktemp("single") / "single.zarr", chunk_rows=100)
 
 
+@pytest.mark.bitwise
 def test_distributed_generate_equals_single_process(tmp_path, single):
     res = torchrun(*generate_args(tmp_path / "dist.zarr"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert same_store(single, tmp_path / "dist.zarr")
 
 
+# bitwise, but too slow for make test's second run (Makefile): not marked
 def test_distributed_sparse_generate_equals_single_process(tmp_path):
     """Each rank sparsifies its own chunks: the sampled ids depend on the row, not the rank."""
     from softlabels.schema import SparseSpec
 
     spec = SparseSpec(top_k=3, sample=3)
-    one = make_store(tmp_path / "one.zarr", chunk_rows=100, sparse=spec)
+    with torch_threads(RANK_THREADS):
+        one = make_store(tmp_path / "one.zarr", chunk_rows=100, sparse=spec)
     res = torchrun(*generate_args(tmp_path / "dist.zarr", "--top-k", "3", "--sample", "3"))
     assert res.returncode == 0, res.stderr[-3000:]
     with open_store(one) as a, open_store(tmp_path / "dist.zarr") as b:
         assert a.meta.sparse == b.meta.sparse and a.meta.checksums == b.meta.checksums
 
 
+# bitwise, but too slow for make test's second run (Makefile): not marked
 def test_killed_rank_then_resume(tmp_path, single):
     out = tmp_path / "killed.zarr"
     res = torchrun(

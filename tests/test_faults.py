@@ -17,6 +17,7 @@ from tests.faults_campaign import ENV, ROOT, campaign, generate_cmd
 from tests.helpers import wait_for_signal
 
 
+# bitwise, but too slow for make test's second run (Makefile): not marked
 def test_campaign_small(tmp_path):
     """Two named kill points of stage one (mid-chunk, inside finalize) and one of stage two."""
     res = campaign(tmp_path, random_trials=0, named=("chunk_array:2", "finalize_journal_deleted:1"))
@@ -30,6 +31,7 @@ def test_campaign_small(tmp_path):
     )
 
 
+@pytest.mark.bitwise
 def test_disk_full_then_resume(tmp_path, monkeypatch):
     reference = make_store(tmp_path / "ref.zarr")
     path = tmp_path / "full.zarr"

@@ -17,6 +17,7 @@ from softlabels.errors import (
 from softlabels.store import open_store
 from tests.conftest import make_store
 from tests.faults_campaign import ENV, ROOT, generate_cmd
+from tests.helpers import child_env
 
 
 def test_refuses_existing_store_without_overwrite(tmp_path):
@@ -118,9 +119,11 @@ def test_weights_are_recorded(tmp_path):
         assert s.meta.weights == (0.25, 0.25, 0.5) and s.meta.combine == "geometric"
 
 
+@pytest.mark.bitwise
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_killed_then_resumed_is_bitwise_equal(tmp_path, suffix):
-    # The run of generate_cmd, in this process (only the killed run needs a process of its own).
+    # The run of generate_cmd, in this process (only the killed run needs a process of its own,
+    # which runs with this process's torch threads: child_env).
     run = {
         "teachers": ("tests.helpers:teacher_a", "tests.helpers:teacher_b"),
         "chunk_rows": 128,
@@ -132,7 +135,7 @@ def test_killed_then_resumed_is_bitwise_equal(tmp_path, suffix):
     # chunks 0-2 committed. The kill is exact, so no timing is involved.
     res = subprocess.run(
         generate_cmd(killed),
-        env={**ENV, "SOFTLABELS_FAULT": "chunk_array:14"},
+        env=child_env({**ENV, "SOFTLABELS_FAULT": "chunk_array:14"}),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -49,6 +49,7 @@ def test_a_failed_overwrite_leaves_the_old_store_untouched(tmp_path, suffix):
     assert _siblings(keep) == []  # the failed replacement is gone too
 
 
+@pytest.mark.bitwise
 def test_an_overwrite_that_succeeds_replaces_the_store(tmp_path):
     out = tmp_path / "s.zarr"
     x = torch.from_numpy(softlabels.transfer.as_transfer("digits", "train").take(0, 300))
@@ -154,6 +155,7 @@ def test_train_lm_refuses_a_non_empty_out(lm, tmp_path):
     assert _train_lm(lm, out, "--resume", "--overwrite").exit_code != 0
 
 
+@pytest.mark.bitwise
 def test_train_lm_resumes_after_a_failed_epoch_as_if_uninterrupted(lm, tmp_path, monkeypatch):
     from trainer.lm.students import load_student
     from trainer.lm.train import LMConfig, train_lm

@@ -105,6 +105,7 @@ def test_a_span_too_wide_for_the_codes_is_refused_naming_the_step():
                        combine="single", spec=spec, dtype="float32")  # fmt: skip
 
 
+@pytest.mark.bitwise
 def test_generate_lm_sparsifies_each_batch_never_a_chunk(tmp_path, monkeypatch):
     """Stage one for token stores hands the sparsifier one batch's rows at a time (here 2
     sequences of at most 16 tokens, in chunks of 64 rows), and the store equals the one that

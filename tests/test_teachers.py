@@ -18,6 +18,7 @@ from tests import helpers
 from trainer.cli import main as distill_cli
 
 
+@pytest.mark.bitwise
 def test_batchnorm_reproduction_through_the_api(tmp_path):
     """The issue's reproduction: it raised "self.dim() cannot be 0 to view Long as Byte"."""
     torch.manual_seed(0)

@@ -73,6 +73,7 @@ def test_sparse_token_store_replays_the_teacher_at_every_row(lm, tmp_path):
     )
 
 
+@pytest.mark.bitwise
 def test_token_stores_are_reproducible_and_resume_as_no_ops(lm, tmp_path):
     kw = {"max_length": 10, "window": "pack", "chunk_rows": 30, "progress": False}
     a = generate_tokens([lm["teacher"]], lm["seqs"], tmp_path / "a.zarr", **kw)
@@ -266,9 +267,11 @@ def test_train_lm_cli(lm, tmp_path):
     )
 
 
+# bitwise, but too slow for make test's second run (Makefile): not marked
 def test_torchrun_token_store_equals_one_process(lm, tmp_path):
+    from tests.helpers import torch_threads
     from tests.lm_helpers import train_tokenizer, write_corpus
-    from tests.test_distributed import torchrun
+    from tests.test_distributed import RANK_THREADS, torchrun
 
     corpus = write_corpus(tmp_path / "corpus")
     tokenizer = train_tokenizer(tmp_path / "tokenizer.json")
@@ -293,15 +296,16 @@ def test_torchrun_token_store_equals_one_process(lm, tmp_path):
     ]
     res = torchrun(*args, "--out", str(tmp_path / "dist.zarr"))
     assert res.returncode == 0, res.stderr[-3000:]
-    one = generate_tokens(
-        [lm["teacher"]],
-        load_text(str(corpus), str(tokenizer)),
-        tmp_path / "one.zarr",
-        max_length=16,
-        sparse=SparseSpec(top_k=8, sample=2),
-        chunk_rows=40,
-        progress=False,
-    )
+    with torch_threads(RANK_THREADS):  # as each rank computes
+        one = generate_tokens(
+            [lm["teacher"]],
+            load_text(str(corpus), str(tokenizer)),
+            tmp_path / "one.zarr",
+            max_length=16,
+            sparse=SparseSpec(top_k=8, sample=2),
+            chunk_rows=40,
+            progress=False,
+        )
     with one, open_store(tmp_path / "dist.zarr") as dist:
         assert one.meta.num_chunks > 2 and one.meta.checksums == dist.meta.checksums
 

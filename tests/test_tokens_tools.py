@@ -24,6 +24,7 @@ from softlabels.store import open_store
 from softlabels.store.rows import chunk_checksum
 from softlabels.tools import combine_stores, convert_store
 from tests.faults_campaign import ENV, ROOT
+from tests.helpers import child_env
 from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus
 
 MAX_LENGTH = 12
@@ -58,6 +59,7 @@ def make(teachers: str | list[str], seqs, out: Path, **kw):
     return generate_tokens([teachers] if isinstance(teachers, str) else teachers, seqs, out, **kw)
 
 
+@pytest.mark.bitwise
 def test_combined_token_stores_equal_the_ensemble_generated_in_one_run(lm, tmp_path):
     meta = combine_stores(
         (str(lm["store_a"]), str(lm["store_b"])), str(tmp_path / "c.zarr"), combine="arithmetic"
@@ -82,6 +84,7 @@ def test_combined_token_stores_equal_the_ensemble_generated_in_one_run(lm, tmp_p
     assert out.exit_code == 0, out.output
 
 
+@pytest.mark.bitwise
 def test_dense_token_stores_combine_into_a_sparse_one_as_generate_writes_it(lm, tmp_path):
     paths = (str(lm["store_a"]), str(lm["store_b"]))
     combine_stores(paths, str(tmp_path / "c.zarr"), combine="geometric", sparse=TOP_K)
@@ -97,6 +100,7 @@ def test_dense_token_stores_combine_into_a_sparse_one_as_generate_writes_it(lm, 
         assert combined.meta.checksums == sparse.meta.checksums
 
 
+@pytest.mark.bitwise
 def test_sparse_token_stores_pool_when_their_ids_agree(lm, tmp_path):
     """The same teacher twice keeps the same ids in every row: pooling is exact."""
     one = make(lm["teacher_a"], lm["seqs"], tmp_path / "s1.zarr", sparse=TOP_K)
@@ -172,6 +176,7 @@ def test_a_token_store_is_not_combined_with_a_store_of_samples(lm, tmp_path):
     assert n > 0 and not (tmp_path / "x.zarr").exists()
 
 
+@pytest.mark.bitwise
 def test_convert_keeps_a_token_store_and_sparsifies_it_as_generate_does(lm, tmp_path):
     h5 = tmp_path / "a.h5"
     out = CliRunner().invoke(cli, ["convert", str(lm["store_a"]), str(h5)])
@@ -219,17 +224,19 @@ def _generate_lm(lm, out: Path, *extra: str) -> list[str]:
     ]
 
 
+# bitwise, but too slow for make test's second run (Makefile): not marked
 def test_killed_generate_lm_resumes_bitwise_equal(lm, tmp_path):
     """SIGKILLed from outside while chunk 2 is half written (2 of its 5 arrays: logits,
     input_ids, position, sample_index, labels), then resumed: the store equals an
-    uninterrupted run's, bitwise."""
+    uninterrupted run's, bitwise. The uninterrupted run (store_a) ran in this process, so the
+    killed and the resumed runs take its thread count (child_env)."""
     killed, reached, go = tmp_path / "killed.zarr", tmp_path / "reached", tmp_path / "go"
     fault = f"chunk_array:12:signal={reached},chunk_array:12:wait={go}"
     log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would block the child
     with log.open("wb") as err:
         proc = subprocess.Popen(
             _generate_lm(lm, killed),
-            env={**ENV, "SOFTLABELS_FAULT": fault, "SOFTLABELS_FAULT_TIMEOUT": "120"},
+            env=child_env({**ENV, "SOFTLABELS_FAULT": fault, "SOFTLABELS_FAULT_TIMEOUT": "120"}),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -245,7 +252,8 @@ def test_killed_generate_lm_resumes_bitwise_equal(lm, tmp_path):
     with open_store(killed, allow_incomplete=True) as s:
         committed = s.committed_chunks().tolist()
         assert committed[:2] == [True, True] and not any(committed[2:]) and len(committed) > 4
-    subprocess.run(_generate_lm(lm, killed, "--resume"), env=ENV, cwd=ROOT, check=True, timeout=300)
+    resume = _generate_lm(lm, killed, "--resume")
+    subprocess.run(resume, env=child_env(ENV), cwd=ROOT, check=True, timeout=300)
     with open_store(lm["store_a"]) as reference, open_store(killed) as resumed:
         assert resumed.meta.checksums == reference.meta.checksums
         for name in reference.array_names():

@@ -100,6 +100,7 @@ def test_convert_is_lossless_both_ways(tmp_path, src_suffix, dst_suffix):
         convert_store(str(src), str(dst))
 
 
+@pytest.mark.bitwise
 def test_combine_pools_members(tmp_path):
     a = make_store(tmp_path / "a.zarr", teachers=("tests.helpers:teacher_a",))
     bc = make_store(

@@ -53,6 +53,7 @@ def test_distill_run_outputs(tmp_path, digits_store, digits_test_store):
     assert result.final == lines[-1]
 
 
+@pytest.mark.bitwise
 def test_resume_after_interruption_matches_uninterrupted(tmp_path, digits_store, digits_test_store):
     full = train(
         config(tmp_path, digits_store, digits_test_store, out=str(tmp_path / "full"), dropout=0.2)

@@ -506,6 +506,7 @@ def test_sparse_vector_committed_store_holds_the_listed_arrays():
     assert plain.attrs["format_version"] == 2 and plain.attrs["layout"] == "sparse"
 
 
+@pytest.mark.bitwise
 def test_sparse_vector_is_what_the_writer_makes_from_the_logits(tmp_path):
     from softlabels.schema import SparseSpec
     from softlabels.sparse.select import uniforms

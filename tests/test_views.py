@@ -36,7 +36,7 @@ from softlabels.views.augment import RandomResizedCropFlip, augment_spec, policy
 from softlabels.views.transfer import ViewTransfer, load_views_policy, view_input
 from tests.conftest import make_store
 from tests.faults_campaign import ENV, ROOT, generate_cmd
-from tests.helpers import teacher_a, teacher_b
+from tests.helpers import FLOAT32, child_env, teacher_a, teacher_b, torch_threads
 
 TWO = ("tests.helpers:teacher_a", "tests.helpers:teacher_b")
 RRC = RandomResizedCropFlip()
@@ -99,6 +99,7 @@ def tamper(path: Path, name: str, row: int, value) -> None:
 # -- the policy: sampling and applying
 
 
+@pytest.mark.bitwise
 def test_params_depend_only_on_seed_sample_and_view():
     base = load_transfer("digits", "test")
     vt = ViewTransfer(base, RRC, views=3, seed=0)
@@ -214,6 +215,7 @@ def test_root_attributes_on_disk(store):
     }
 
 
+@pytest.mark.bitwise
 def test_chunking_batching_and_backend_do_not_change_the_rows(store, tmp_path):
     other = make_store(
         tmp_path / "v.h5", teachers=TWO, split="test", views=2, augment=RRC, chunk_rows=77,
@@ -222,13 +224,20 @@ def test_chunking_batching_and_backend_do_not_change_the_rows(store, tmp_path):
     with open_store(store) as a, open_store(other) as b:
         ra, rb = a.read(0, 718), b.read(0, 718)
         assert a.meta.views == b.meta.views
+    assert ra.arrays.keys() == rb.arrays.keys()
     for name in ra.arrays:
-        assert ra.arrays[name].tobytes() == rb.arrays[name].tobytes(), name
+        if name in (schema.LOGITS, schema.MEMBER_LOGITS):
+            # the teachers ran other batches (13 rows, not 100), which may take other kernels:
+            # the logits agree to float32 rounding; bitwise needs the same batches (below)
+            np.testing.assert_allclose(ra.arrays[name], rb.arrays[name], **FLOAT32, err_msg=name)
+        else:  # the views and their parameters do not depend on the batching at all
+            assert ra.arrays[name].tobytes() == rb.arrays[name].tobytes(), name
     same = views_store(tmp_path / "same.h5")  # the same chunking in HDF5: the same checksums
     with open_store(store) as a, open_store(same) as b:
         assert a.meta.checksums == b.meta.checksums
 
 
+@pytest.mark.bitwise
 def test_killed_then_resumed_is_bitwise_equal(tmp_path):
     run = {"teachers": TWO, "chunk_rows": 128, "batch_size": 32, "views": 2, "augment": RRC}
     reference = make_store(tmp_path / "ref.zarr", **run)
@@ -237,7 +246,7 @@ def test_killed_then_resumed_is_bitwise_equal(tmp_path):
     # 15th array write is chunk 2's view_params, with chunks 0 and 1 committed.
     res = subprocess.run(
         generate_cmd(killed, "--views", "2", "--augment", "rrc-flip"),
-        env={**ENV, "SOFTLABELS_FAULT": "chunk_array:15"},
+        env=child_env({**ENV, "SOFTLABELS_FAULT": "chunk_array:15"}),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -256,10 +265,12 @@ def test_killed_then_resumed_is_bitwise_equal(tmp_path):
         make_store(killed, resume=True, **{**run, "view_seed": 1})
 
 
+# bitwise, but too slow for make test's second run (Makefile): not marked
 def test_distributed_generate_equals_single_process(tmp_path):
-    from tests.test_distributed import generate_args, torchrun
+    from tests.test_distributed import RANK_THREADS, generate_args, torchrun
 
-    single = make_store(tmp_path / "one.zarr", chunk_rows=100, views=2, augment=RRC)
+    with torch_threads(RANK_THREADS):  # as each rank computes
+        single = make_store(tmp_path / "one.zarr", chunk_rows=100, views=2, augment=RRC)
     res = torchrun(*generate_args(tmp_path / "dist.zarr", "--views", "2", "--augment", "rrc-flip"))
     assert res.returncode == 0, res.stderr[-3000:]
     with open_store(single) as a, open_store(tmp_path / "dist.zarr") as b:
@@ -424,6 +435,7 @@ def test_format_md_names_the_views_layout():
     assert "`format_version` is 4" in section
 
 
+@pytest.mark.bitwise
 def test_format_md_numpy_view_matches_the_policy():
     """The spec's numpy rebuild of an rrc-flip view is the policy's, bit for bit, and agrees
     with torch's bilinear interpolate to float32 rounding."""
@@ -451,6 +463,7 @@ def test_format_md_numpy_view_matches_the_policy():
             np.testing.assert_allclose(mine, ref, rtol=0, atol=2e-6)
 
 
+@pytest.mark.bitwise
 @settings(max_examples=40, deadline=None)
 @given(
     rows=st.integers(1, 9),

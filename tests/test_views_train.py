@@ -46,6 +46,7 @@ def test_each_epoch_every_sample_takes_one_of_its_own_views(store):
         assert two.rows(0).shape == (2 * n,) and np.array_equal(two.rows(0)[:n], rows)
 
 
+@pytest.mark.bitwise
 def test_a_rows_input_is_rebuilt_from_its_stored_parameters(store):
     base = load_transfer("digits", "test")
     with open_store(store) as s:
@@ -80,6 +81,7 @@ def _pairs(ds: ViewTargetDataset, epoch: int, batch: int, workers: int) -> dict[
     return out
 
 
+@pytest.mark.bitwise
 def test_pairs_are_bit_identical_whatever_the_batch_size_and_workers(store):
     ds = SoftTargetDataset(str(store), "digits", temperature=4.0)  # a views store: one view each
     assert isinstance(ds, ViewTargetDataset) and len(ds) == 359
@@ -94,6 +96,7 @@ def test_pairs_are_bit_identical_whatever_the_batch_size_and_workers(store):
         np.testing.assert_array_equal(one[7][1], s.soft_targets(np.array([row]), 4.0)[0].numpy())
 
 
+@pytest.mark.bitwise
 def test_pairs_are_the_same_whatever_the_world_size(store):
     """The trainer's source: two ranks together take exactly the rows one process takes."""
     with open_store(store) as s:
