@@ -178,8 +178,16 @@ class TokenBatch(NamedTuple):
     labels: torch.Tensor
     target: Any
 
-    def select(self, logits: torch.Tensor) -> torch.Tensor:
-        """The student's (B, L, V) logits at the loss positions: (rows, V)."""
+    def select(self, logits: Any) -> torch.Tensor:
+        """The student's (B, L, V) logits at the loss positions: (rows, V). A transformers
+        model's output (a ``ModelOutput`` with ``.logits``) is taken as it comes."""
+        if not isinstance(logits, torch.Tensor):
+            logits = getattr(logits, "logits", logits)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 3:
+            raise TypeError(
+                "select takes the student's (batch, length, vocabulary) logits, or a transformers "
+                f"output holding them as .logits; got {type(logits).__name__}"
+            )
         return logits[self.loss]
 
 
