@@ -467,6 +467,43 @@ def test_sparse_gradient_matches_autograd_of_the_bucket_kl(seed, t):
     torch.testing.assert_close(zs.grad, zr.grad, atol=1e-5, rtol=1e-4)
 
 
+@given(
+    st.integers(0, 2**32),
+    st.sampled_from([1.0, 2.5]),
+    st.sampled_from([0.2, 0.7, 1.0]),
+    st.floats(0.0, 1.0),
+)
+@settings(max_examples=40, deadline=None)
+def test_sparse_hinton_with_labels_matches_autograd_of_its_formula(seed, t, alpha, unlabelled):
+    """alpha * CE over the labelled rows + (1 - alpha) * T^2 * bucket KL, written out with
+    autograd in float64; at T = 1 the CE term shares the KL's softmax (one fused pass), and a
+    label may fall on a stored id or in the bucket."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(6, 30, generator=g, dtype=torch.float64)
+    ids = torch.stack([torch.randperm(30, generator=g)[:5].sort().values for _ in range(6)])
+    p = torch.softmax(torch.randn(6, 6, generator=g, dtype=torch.float64), 1)
+    target = SparseTargets(ids, p[:, :5].log(), p[:, 5].log())
+    labels = torch.where(
+        torch.rand(6, generator=g) < 0.5, ids[:, 0], torch.randint(0, 30, (6,), generator=g)
+    )
+    labels[torch.rand(6, generator=g) < unlabelled] = -1
+    zs = z.clone().requires_grad_()
+    got = HintonKD(alpha, temperature=t)(zs, target, labels)
+    got.backward()
+    zr = z.clone().requires_grad_()
+    log_q = torch.log_softmax(zr / t, 1)
+    log_out = torch.logsumexp(log_q.scatter(1, ids, float("-inf")), 1)
+    kl = (p[:, :5] * (p[:, :5].log() - log_q.gather(1, ids))).sum() + (
+        p[:, 5] * (p[:, 5].log() - log_out)
+    ).sum()
+    known = labels >= 0
+    ce = -torch.log_softmax(zr, 1)[known, labels[known]].sum() / max(int(known.sum()), 1)
+    want = (1 - alpha) * kl * t**2 / 6 + alpha * ce
+    want.backward()
+    torch.testing.assert_close(got, want.to(got.dtype), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(zs.grad, zr.grad.to(zs.grad.dtype), atol=1e-5, rtol=1e-4)
+
+
 def test_dataset_and_training_from_a_sparse_store(tmp_path):
     store = make_wide(tmp_path / "s.zarr", sparse=SparseSpec(top_k=6, sample=2))
     ds = SoftTargetDataset(str(store), DIGITS, temperature=2.0)

@@ -19,7 +19,13 @@ from __future__ import annotations
 import torch
 
 from softlabels.sparse import SparseTargets
-from trainer.losses import PrecomputedGrad, add_hard_ce, check_temperature, check_weight
+from trainer.losses import (
+    IGNORE_LABEL,
+    PrecomputedGrad,
+    add_hard_ce,
+    check_temperature,
+    check_weight,
+)
 
 
 def _outside(log_q: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -67,11 +73,25 @@ class _SparseHinton(PrecomputedGrad):
         ratio = d.exp()  # P / Q
         mass = p.sum(1) + tail
         scale = beta * temperature / b
-        grad = q * ((mass - ratio) * scale)[:, None]
-        grad.scatter_(1, ids, (q_ids * mass[:, None] - p) * scale)
-        if alpha > 0:
-            log_q = s - log_norm if temperature == 1.0 else None
-            loss = loss + add_hard_ce(z, log_q, labels, temperature, alpha, grad)
+        coef = (mass - ratio) * scale  # (B,): the gradient is q * coef off the ids
+        at_ids = (q_ids * mass[:, None] - p) * scale  # (B, K): and this on them
+        if alpha > 0 and temperature == 1.0:  # q_1 = q_T: CE's gradient alpha (q - onehot) / n
+            known = labels != IGNORE_LABEL  # joins the same pass over q
+            n = int(known.sum())
+            if n:
+                w = known.to(q.dtype) * (alpha / n)
+                coef, at_ids = coef + w, at_ids + q_ids * w[:, None]
+                rows = known.nonzero()[:, 0]
+                y = labels[rows]
+                loss = loss - (s[rows, y] - log_norm[rows, 0]).sum() * (alpha / n)
+        grad = q * coef[:, None]
+        grad.scatter_(1, ids, at_ids)
+        if alpha > 0 and temperature == 1.0:
+            if n:
+                minus = torch.full((len(rows),), -alpha / n, dtype=grad.dtype)
+                grad.index_put_((rows, y), minus, accumulate=True)
+        elif alpha > 0:
+            loss = loss + add_hard_ce(z, None, labels, temperature, alpha, grad)
         ctx.save_for_backward(grad)
         return loss
 
