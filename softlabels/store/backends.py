@@ -218,7 +218,7 @@ class ZarrBackend:
         return dict(self.group.attrs)
 
     def update_attrs(self, values: dict[str, Any]) -> None:
-        self.group.attrs.update(values)
+        self.group.update_attributes(values)  # one write of zarr.json (attrs.update: one per key)
 
     def has(self, name: str) -> bool:
         try:  # a direct lookup of NAME/zarr.json: no listing, so it works over HTTP too
