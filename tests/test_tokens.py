@@ -55,7 +55,7 @@ def test_sparse_token_store_replays_the_teacher_at_every_row(lm, tmp_path):
     seqs = lm["seqs"].window(12, "window")
     with store:
         meta = store.meta
-        assert meta.format_version == 3 and meta.tokens.max_length == 12
+        assert meta.format_version == 5 and meta.tokens.max_length == 12
         assert meta.num_samples == seqs.num_tokens and meta.num_classes == lm["vocab"]
         rows = store.load()
         np.testing.assert_array_equal(rows.arrays["input_ids"], seqs.ids)
@@ -456,10 +456,35 @@ def test_plain_zarr_and_h5py_read_a_token_store(lm, tmp_path, suffix):
         with h5py.File(out, "r") as f:
             arrays = {k: f[k][:] for k in ("input_ids", "position", "labels")}
             attrs = {k: json.loads(v) for k, v in f.attrs.items()}
-    assert attrs["format_version"] == 3
+    assert attrs["format_version"] == 5 and "class_names" not in attrs  # a token's name: its id
     assert attrs["tokens"]["shift"] == "row t predicts the token at t + 1"
     assert attrs["tokens"]["max_length"] == 12 and attrs["tokens"]["window"] == "window"
     np.testing.assert_array_equal(arrays["input_ids"], seqs.ids)
     np.testing.assert_array_equal(np.flatnonzero(arrays["position"] == 0), seqs.offsets[:-1])
     np.testing.assert_array_equal(arrays["labels"], seqs.next_tokens())
     assert arrays["input_ids"].dtype == np.int32 and arrays["position"].dtype == np.int32
+
+
+def test_root_metadata_stays_small_at_any_vocabulary_and_version_3_still_reads(lm, tmp_path):
+    """Version 5 drops the per-id class names that made a V = 128k store's zarr.json 1.9 MB;
+    a version-3 store (with them) still opens, with the same metadata."""
+    import json
+    from dataclasses import replace
+
+    from softlabels.schema import StoreMeta
+
+    out = tmp_path / "t.zarr"
+    generate_tokens([lm["teacher"]], lm["seqs"], out, max_length=12, progress=False).close()
+    with open_store(out) as store:
+        meta = store.meta
+    wide = replace(meta, num_classes=131_072, class_names=tuple(map(str, range(131_072))))
+    assert len(json.dumps(wide.to_attrs())) < 16_000
+    assert StoreMeta.from_attrs(wide.to_attrs()).class_names[-1] == "131071"
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs.update({"format_version": 3, "class_names": list(meta.class_names)})
+    with open_store(out) as old:
+        assert old.meta == meta and old.meta.format_version == 5  # written anew as version 5
+        assert old.read_verified_chunk(0).sample_index[0] == 0
+    group.attrs.update({"format_version": 5})
+    with pytest.raises(StoreFormatError, match="must not carry 'class_names'"):
+        open_store(out)

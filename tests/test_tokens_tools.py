@@ -69,7 +69,7 @@ def test_combined_token_stores_equal_the_ensemble_generated_in_one_run(lm, tmp_p
     )
     with ensemble, open_store(tmp_path / "c.zarr") as combined, open_store(lm["store_a"]) as alone:
         assert meta.num_chunks > 3 and combined.meta.tokens == ensemble.meta.tokens
-        assert combined.meta.tokens == alone.meta.tokens and combined.meta.format_version == 3
+        assert combined.meta.tokens == alone.meta.tokens and combined.meta.format_version == 5
         assert combined.meta.checksums == ensemble.meta.checksums
         rows, want = combined.load(), ensemble.load()
         for name in (schema.INPUT_IDS, schema.POSITION, schema.LOGITS, schema.MEMBER_LOGITS):

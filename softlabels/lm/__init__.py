@@ -1,4 +1,4 @@
-"""Language models: token-level stores (format version 3).
+"""Language models: token-level stores (format version 5; 3 before it).
 
 Data path: ``text`` (documents or pre-tokenised ids -> ``TokenSequences``, windows, prompt
 masks) -> ``generate`` (``generate_tokens``: the teachers, ``models``, over every position) -> a

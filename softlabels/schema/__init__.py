@@ -28,7 +28,7 @@ Version 3 (token stores) adds ``input_ids`` and ``position``; version 4 (views s
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from softlabels.errors import StoreFormatError
@@ -54,13 +54,16 @@ from softlabels.schema.views import ViewSpec
 FORMAT_NAME = "softlabels"
 FORMAT_VERSION = 1  # dense stores
 SPARSE_FORMAT_VERSION = 2  # sparse stores (the `layout` attribute appears in version 2)
-TOKENS_FORMAT_VERSION = 3  # token stores: rows are token positions (the `tokens` attribute)
+TOKENS_V3_FORMAT_VERSION = 3  # token stores: rows are token positions (the `tokens` attribute)
 VIEWS_FORMAT_VERSION = 4  # views stores: rows are (sample, view) pairs (the `views` attribute)
+TOKENS_FORMAT_VERSION = 5  # token stores as written now: no per-id `class_names` attribute
+TOKENS_FORMAT_VERSIONS = (TOKENS_V3_FORMAT_VERSION, TOKENS_FORMAT_VERSION)
 FORMAT_VERSIONS = (
     FORMAT_VERSION,
     SPARSE_FORMAT_VERSION,
-    TOKENS_FORMAT_VERSION,
+    TOKENS_V3_FORMAT_VERSION,
     VIEWS_FORMAT_VERSION,
+    TOKENS_FORMAT_VERSION,
 )
 LAYOUT_DENSE = "dense"
 LAYOUT_SPARSE = "sparse"
@@ -127,7 +130,7 @@ ATTR_RUNTIME = "runtime"
 # Version 2: "dense" or "sparse"; with "sparse", the object ATTR_SPARSE (``SparseSpec``).
 ATTR_LAYOUT = "layout"
 ATTR_SPARSE = "sparse"
-ATTR_TOKENS = "tokens"  # version 3: rows are token positions (``TokenSpec``)
+ATTR_TOKENS = "tokens"  # versions 3 and 5: rows are token positions (``TokenSpec``)
 ATTR_VIEWS = "views"  # version 4: rows are (sample, view) pairs (``ViewSpec``)
 
 # In HDF5 every root attribute value is stored as a JSON-encoded UTF-8 string.
@@ -181,7 +184,7 @@ class StoreMeta:
     complete: bool = False
     runtime: dict[str, str] | None = None  # device type, precision, torch version
     sparse: SparseSpec | None = None  # None: a dense store (format version 1)
-    tokens: TokenSpec | None = None  # rows are token positions (format version 3)
+    tokens: TokenSpec | None = None  # rows are token positions (format version 5, or 3)
     views: ViewSpec | None = None  # rows are (sample, view) pairs (format version 4)
     format: str = field(default=FORMAT_NAME)
 
@@ -210,8 +213,10 @@ class StoreMeta:
         return start, min(start + self.chunk_rows, self.num_samples)
 
     def to_attrs(self) -> dict[str, Any]:
-        attrs = asdict(self)
+        attrs = asdict(replace(self, class_names=()))  # V names are not deep-copied
         attrs[ATTR_CLASS_NAMES] = list(self.class_names)
+        if self.tokens is not None:  # a token's name is its id: kept out of the root metadata
+            del attrs[ATTR_CLASS_NAMES]
         attrs[ATTR_WEIGHTS] = list(self.weights)
         attrs[ATTR_TEACHERS] = [asdict(t) for t in self.teachers]
         attrs[ATTR_CHECKSUMS] = None if self.checksums is None else list(self.checksums)
@@ -245,10 +250,12 @@ class StoreMeta:
                 f"or regenerate the store"
             )
         layout = attrs.get(ATTR_LAYOUT, LAYOUT_DENSE if version == FORMAT_VERSION else None)
-        if (version == TOKENS_FORMAT_VERSION) != (attrs.get(ATTR_TOKENS) is not None):
+        if (version in TOKENS_FORMAT_VERSIONS) != (attrs.get(ATTR_TOKENS) is not None):
             raise StoreFormatError(
-                "a store carries the 'tokens' attribute exactly when its format_version is 3"
+                "a store carries the 'tokens' attribute exactly when its format_version is 3 or 5"
             )
+        if version == TOKENS_FORMAT_VERSION and ATTR_CLASS_NAMES in attrs:
+            raise StoreFormatError("a version-5 token store must not carry 'class_names'")
         if (version == VIEWS_FORMAT_VERSION) != (attrs.get(ATTR_VIEWS) is not None):
             raise StoreFormatError(
                 "a store carries the 'views' attribute exactly when its format_version is 4"
@@ -259,14 +266,17 @@ class StoreMeta:
             raise StoreFormatError(
                 f"store layout {layout!r} is not 'dense' or 'sparse' (version 2 stores name it)"
             )
-        missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+        required = [
+            k for k in REQUIRED_ATTRS if version != TOKENS_FORMAT_VERSION or k != ATTR_CLASS_NAMES
+        ]
+        missing = [k for k in required if k not in attrs]
         if missing:
             raise StoreFormatError(f"store is missing root attributes: {', '.join(missing)}")
         try:
             meta = cls(
                 num_samples=int_field(attrs, ATTR_NUM_SAMPLES, minimum=1),
                 num_classes=int_field(attrs, ATTR_NUM_CLASSES, minimum=2),
-                class_names=tuple(str(c) for c in list_field(attrs, ATTR_CLASS_NAMES)),
+                class_names=_class_names(attrs, version),
                 combine=str(attrs[ATTR_COMBINE]),
                 weights=tuple(float(w) for w in list_field(attrs, ATTR_WEIGHTS)),
                 teachers=tuple(teacher_attr(t) for t in list_field(attrs, ATTR_TEACHERS)),
@@ -398,3 +408,10 @@ def array_layout(meta: StoreMeta, *, journal: bool = False) -> tuple[ArraySpec, 
             )
         )
     return tuple(specs)
+
+
+def _class_names(attrs: dict[str, Any], version: int) -> tuple[str, ...]:
+    """The stored names; in a version-5 token store, each id's decimal string."""
+    if version == TOKENS_FORMAT_VERSION:
+        return tuple(map(str, range(int_field(attrs, ATTR_NUM_CLASSES, minimum=2))))
+    return tuple(str(c) for c in list_field(attrs, ATTR_CLASS_NAMES))

@@ -214,7 +214,7 @@ def nan_logits(out: Path) -> Path:
 
 def future_version(out: Path) -> Path:
     p = build_valid(out, "future_version.zarr")
-    _set_attr(p, "format_version", 5)
+    _set_attr(p, "format_version", 6)
     return p
 
 
@@ -446,7 +446,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "missing_array.zarr": (missing_array, "the labels array deleted"),
     "shape_mismatch.h5": (shape_mismatch, "sample_index shorter than logits"),
     "nan_logits.zarr": (nan_logits, "a NaN member logit, checksums recomputed"),
-    "future_version.zarr": (future_version, "format_version 5"),
+    "future_version.zarr": (future_version, "format_version 6"),
     "wrong_format.zarr": (wrong_format, "format name of another tool"),
     "attrs_not_json.h5": (attrs_not_json_h5, "an HDF5 attribute that is not JSON"),
     "zarr_json_garbage.zarr": (zarr_json_garbage, "zarr.json cut off mid-object"),
