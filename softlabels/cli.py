@@ -13,6 +13,7 @@ from softlabels.audit import AuditOptions, audit_store, format_audit
 from softlabels.clihelp import (
     FriendlyGroup,
     device_option,
+    ensemble_options,
     parse_floats,
     parse_temperatures,
     precision_option,
@@ -49,17 +50,7 @@ def main() -> None:
     required=True,
     help="Checkpoint written by `distill`, or module:function returning an nn.Module. Repeat for an ensemble.",
 )
-@click.option(
-    "--combine",
-    type=click.Choice(schema.COMBINE_RULES),
-    default=None,
-    help="Ensemble rule. Default: single for one teacher, arithmetic for several.",
-)
-@click.option(
-    "--weights",
-    callback=parse_floats,
-    help="Comma-separated member weights (normalised to sum 1). Default: uniform.",
-)
+@ensemble_options()
 @click.option(
     "--transfer",
     required=True,

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from softlabels import schema
 from softlabels.errors import SoftLabelsError
 
 
@@ -95,6 +96,25 @@ def precision_option(
         show_default=default is not None,
         help=help,
     )
+
+
+def ensemble_options() -> Callable[[Any], Any]:
+    """--combine and --weights: how the teachers given with --teacher are combined."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option(
+            "--weights",
+            callback=parse_floats,
+            help="Comma-separated member weights (normalised to sum 1). Default: uniform.",
+        )(f)
+        return click.option(
+            "--combine",
+            type=click.Choice(schema.COMBINE_RULES),
+            default=None,
+            help="Ensemble rule. Default: single for one teacher, arithmetic for several.",
+        )(f)
+
+    return decorate
 
 
 def sparse_options() -> Callable[[Any], Any]:

@@ -238,7 +238,16 @@ def write_store(
         writer = StoreWriter.attach(path, meta, verify=False)
     assert writer is not None
     with writer:
-        d.collective(lambda: write(writer))
+        try:
+            d.collective(lambda: write(writer))
+        except (TeacherError, SparseValueRangeError):
+            # The same inputs fail the same way on --resume, so a partial store is no use: a
+            # store created by this run is removed (one resumed from an earlier run is kept as
+            # it was; the store an overwrite would replace is untouched).
+            if writer.created and d.world == 1:
+                writer.close()
+                remove_store(writer.path)
+            raise
         d.collective(lambda: writer.finalize() if d.is_main else None)
 
 
@@ -273,20 +282,10 @@ def _write_pending(
     rows_left = sum(stop - start for start, stop in map(meta.chunk_bounds, pending))
     desc = "teacher logits" if d.world == 1 else f"teacher logits (rank {d.rank}/{d.world})"
     bar = tqdm(total=rows_left, unit="samples", desc=desc, disable=not opts.progress)
-    try:
-        with bar, BackgroundWriter(writer) as background:
-            for chunk, rows in compute_chunks(
-                teachers, data, meta, pending, opts.batch_size, runtime
-            ):
-                background.put(chunk, rows)
-                bar.update(len(rows))
-    except (TeacherError, SparseValueRangeError):
-        # The same inputs fail the same way on --resume, so a partial store is no use: a store
-        # created by this run is removed (one resumed from an earlier run is kept as it was).
-        if writer.created and d.world == 1:
-            writer.close()
-            remove_store(writer.path)
-        raise
+    with bar, BackgroundWriter(writer) as background:
+        for chunk, rows in compute_chunks(teachers, data, meta, pending, opts.batch_size, runtime):
+            background.put(chunk, rows)
+            bar.update(len(rows))
 
 
 def probe_num_classes(

@@ -113,3 +113,27 @@ def tied_student(*, vocab_size: int, max_length: int):
 
     torch.manual_seed(0)
     return _Tied()
+
+
+def tiny_llama(
+    folder: Path, vocab_size: int = 200, *, context: int = 64, head: int | None = None
+) -> Path:
+    """A two-layer Llama (RoPE: it computes any position, max_position_embeddings is the context
+    it was trained for) with random weights; ``head`` pads the output head past the tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=head or vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(str(folder), safe_serialization=True)
+    return folder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from softlabels.clihelp import device_option, precision_option, sparse_options
+from softlabels.clihelp import device_option, ensemble_options, precision_option, sparse_options
 from softlabels.device import PRECISIONS
 from softlabels.lm.text import WINDOW_MODES, load_text, load_tokens
 from softlabels.schema import SparseSpec
@@ -19,6 +19,7 @@ from softlabels.schema import SparseSpec
     help="hf:DIR (a local transformers causal LM, safetensors weights) or module:function. "
     "Repeat for an ensemble; the members must share one vocabulary.",
 )
+@ensemble_options()
 @click.option(
     "--text",
     default=None,
@@ -81,6 +82,8 @@ from softlabels.schema import SparseSpec
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_lm_cmd(
     teachers: tuple[str, ...],
+    combine: str | None,
+    weights: tuple[float, ...] | None,
     text: str | None,
     tokenizer: str | None,
     text_field: str,
@@ -125,6 +128,8 @@ def generate_lm_cmd(
         out,
         max_length=max_length,
         window=window,
+        combine=combine,
+        weights=weights,
         sparse=sparse,
         chunk_rows=chunk_rows,
         batch_size=batch_size,

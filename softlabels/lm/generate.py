@@ -32,6 +32,7 @@ from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.generate import GenerateOptions, check_sparse, write_store
 from softlabels.lm.models import (
     batch_logits,
+    check_context,
     check_tokenizers,
     sequence_logits,
     teacher_tokenizer,
@@ -96,6 +97,8 @@ def generate_tokens(
             raise SoftLabelsError("distributed generation writes Zarr: write PATH.zarr")
         runtime = Runtime(local_device(resolved, d), opts.precision)
         loaded = [as_teacher(t) for t in teachers]
+        longest = int(seqs.lengths().max())
+        check_context({t.info.name: t.module for t in loaded}, longest, role="teacher")
         for t in loaded:
             t.module.to(runtime.device)
         meta = token_meta(opts, loaded, seqs, max_length, window, runtime)

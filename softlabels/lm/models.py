@@ -129,9 +129,45 @@ def batch_logits(
         ids[i, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.int64))
         mask[i, : len(s)] = 1
     device = next(module.parameters(), torch.empty(0)).device
-    with autocast(device, precision):
-        out = module(ids.to(device), attention_mask=mask.to(device))
+    try:
+        with autocast(device, precision):
+            out = module(ids.to(device), attention_mask=mask.to(device))
+    except Exception as exc:  # a user's model: one clear error, and generate-lm cleans up
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise TeacherError(
+            f"the teacher failed on a batch of {len(sequences)} sequences of up to {longest} "
+            f"tokens: {type(exc).__name__}: {detail}"
+        ) from exc
     return out.float()
+
+
+CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
+
+
+def context_length(module: nn.Module) -> tuple[int, str] | None:
+    """(the most positions a causal LM reads, the config key that says so), or None when its
+    config names none (a ``module:function`` model). RoPE models (Llama, Qwen2) compute any
+    position, but past ``max_position_embeddings`` they extrapolate beyond their training."""
+    model = module.model if isinstance(module, CausalLM) else module
+    config = getattr(model, "config", None)
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, key
+    return None
+
+
+def check_context(models: Mapping[str, nn.Module], length: int, *, role: str) -> None:
+    """Refuse, before anything is written or trained, sequences longer than a model's context:
+    the error names both numbers and the fix."""
+    for name, module in models.items():
+        found = context_length(module)
+        if found is not None and length > found[0]:
+            raise MismatchError(
+                f"{role} {name!r} reads at most {found[0]} positions ({found[1]} in its config), "
+                f"and the sequences run to {length} tokens: cut them to at most {found[0]} "
+                f"tokens (the maximum length), or use a {role} with a longer context"
+            )
 
 
 def teacher_tokenizer(spec: str | None) -> Vocabulary | None:

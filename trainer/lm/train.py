@@ -38,7 +38,7 @@ from softlabels.lm.dataset import (
     sequence_item,
     token_spec,
 )
-from softlabels.lm.models import CausalLM
+from softlabels.lm.models import CausalLM, check_context
 from softlabels.lm.text import TokenSequences
 from softlabels.sparse import ESTIMATORS, SparseTargets
 from softlabels.store import StoreReader
@@ -182,6 +182,9 @@ def train_lm(
         eval_seqs = eval_seqs.window(spec.max_length, spec.window)
         check_token_store(eval_store, eval_seqs)
         check_vocabulary(student, eval_store)
+    for what in (seqs, eval_seqs):
+        if what is not None:
+            check_context({"student": student}, int(what.lengths().max()), role="student")
     data: TokenTargetDataset | _Sequences = (
         TokenTargetDataset(
             store,
@@ -331,6 +334,7 @@ def evaluate_lm(
     if teacher is not None:
         spec = token_spec(teacher)
         seqs = seqs.window(spec.max_length, spec.window)
+    check_context({"student": student}, int(seqs.lengths().max()), role="student")
     data: TokenTargetDataset | _Sequences = (
         _Sequences(seqs, 4096)
         if teacher is None
