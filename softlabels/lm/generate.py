@@ -221,10 +221,14 @@ def _batch_rows(
     members = []
     for t in teachers:
         logits = batch_logits(t.module, sequences, pad_id=pad, precision=runtime.precision)
-        real = torch.cat([logits[i, :n] for i, n in enumerate(lengths)])  # (group rows, V)
+        if min(lengths) == logits.shape[1]:  # no padding: the rows are a view, not a copy
+            real = logits.reshape(-1, logits.shape[2])
+        else:
+            real = torch.cat([logits[i, :n] for i, n in enumerate(lengths)])  # (group rows, V)
         members.append(real[lo - start : hi - start])
         del logits, real
-    z = torch.stack(members, dim=1)  # (R, M, V) float32 on the device
+    # (R, M, V) float32 on the device; one member's is a view of its logits
+    z = members[0][:, None] if len(members) == 1 else torch.stack(members, dim=1)
     del members
     index = np.arange(lo, hi, dtype=np.int64)
     if meta.sparse is not None:
