@@ -47,14 +47,13 @@ def weights_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """A tensor's values as C-order little-endian bytes of its dtype (no header)."""
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's values as C-order little-endian bytes of its dtype (no header), as a view
+    of its memory where it is already contiguous on the CPU (no copy for hashlib)."""
     t = tensor.detach().to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
-    if t.numel() == 0:
-        return b""
     if sys.byteorder != "little":
         raise TeacherError("hashing weights needs a little-endian machine")
-    return t.view(torch.uint8).numpy().tobytes()
+    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
 def has_lazy(module: nn.Module) -> bool:
