@@ -12,12 +12,15 @@ from softlabels import schema
 from softlabels.audit import AuditOptions, audit_store, format_audit
 from softlabels.clihelp import (
     FriendlyGroup,
+    describe_sparse,
     device_option,
     ensemble_options,
     parse_floats,
     parse_temperatures,
     precision_option,
+    report_store,
     sparse_options,
+    store_was_complete,
     views_options,
 )
 from softlabels.device import PRECISIONS
@@ -153,6 +156,7 @@ def generate_cmd(
     STORE paths may also be fsspec URLs (memory://, s3://) for writing Zarr."""
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other; pick one")
+    was_complete = store_was_complete(out, resume)
     store = generate(
         [load_teacher(t) for t in teachers],
         load_transfer(transfer, split),
@@ -177,13 +181,14 @@ def generate_cmd(
     )
     with store:
         meta = store.meta
-    layout = "" if meta.sparse is None else f", sparse K={meta.sparse.k} ({meta.sparse.policy})"
+    layout = "" if meta.sparse is None else f", {describe_sparse(meta.sparse)}"
     if meta.views is not None:
         layout += f", {meta.views.views_per_sample} views per sample ({meta.views.policy_name})"
-    click.echo(
-        f"wrote {out}: {meta.num_samples} rows x {meta.num_classes} classes, "
-        f"{meta.num_members} teacher(s), combine={meta.combine}, dtype={meta.dtype}{layout}"
+    summary = (
+        f"{meta.num_samples} rows x {meta.num_classes} classes, {meta.num_members} teacher(s), "
+        f"combine={meta.combine}, dtype={meta.dtype}{layout}"
     )
+    report_store(out, summary, was_complete=was_complete)
 
 
 @main.command("inspect")

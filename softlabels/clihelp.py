@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -158,7 +159,8 @@ def sparse_options() -> Callable[[Any], Any]:
             default=DEFAULT_VALUE_STEP,
             show_default=True,
             help="Fixed-point step of the stored logits (error <= step/2 per logit); 0 stores "
-            "them as floats in --dtype.",
+            "them as floats, in the store's float dtype (float32, or --dtype where the command "
+            "has it).",
         ),
         click.option(
             "--tail-temperatures",
@@ -243,3 +245,31 @@ def views_options() -> Callable[[Any], Any]:
         return wrapper
 
     return decorate
+
+
+def store_was_complete(out: str, resume: bool) -> bool:
+    """Whether ``--resume`` finds a complete store at ``out`` (then nothing will be written)."""
+    from softlabels.store import backends, open_store
+
+    if not resume or not backends.exists(out):
+        return False
+    try:
+        with open_store(out, allow_incomplete=True) as store:
+            return store.meta.complete
+    except Exception:  # not a readable store: the command itself says what is wrong
+        return False
+
+
+def report_store(out: str, summary: str, *, was_complete: bool) -> None:
+    """The closing line of a command that writes a store; under torchrun, rank 0's only."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    verb = "already complete, nothing written:" if was_complete else "wrote"
+    click.echo(f"{verb} {out}: {summary}")
+
+
+def describe_sparse(sparse: Any) -> str:
+    """'sparse K=64 (top 48 + 16 sampled)' for a SparseSpec."""
+    if not sparse.sample:
+        return f"sparse K={sparse.k} (top {sparse.top_k})"
+    return f"sparse K={sparse.k} (top {sparse.top_k} + {sparse.sample} sampled)"

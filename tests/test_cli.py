@@ -93,3 +93,19 @@ def test_verify_exit_code_on_corruption(tmp_path):
     zarr.open_group(a, mode="r+").attrs["complete"] = False
     res = run("verify", a)
     assert res.exit_code == 1 and "[FAIL] complete" in res.output
+
+
+def test_the_closing_line_says_what_happened(tmp_path, monkeypatch):
+    """A --resume that finds the store complete writes nothing and says so; a sparse store's K
+    is split into its top and sampled ids; under torchrun only rank 0 reports."""
+    out = str(tmp_path / "s.zarr")
+    args = ["generate", *TEACHERS, "--transfer", "digits", "--out", out, "--quiet"]
+    args += ["--top-k", "6", "--sample", "2"]
+    res = run(*args)
+    assert res.exit_code == 0 and res.output.startswith(f"wrote {out}: "), res.output
+    assert "sparse K=8 (top 6 + 2 sampled)" in res.output
+    res = run(*args, "--resume")
+    assert res.exit_code == 0 and res.output.startswith(f"already complete, nothing written: {out}")
+    monkeypatch.setenv("RANK", "1")
+    res = run(*args, "--resume")
+    assert res.exit_code == 0 and res.output == "", res.output

@@ -107,3 +107,11 @@ def test_generate_lm_combines_an_ensemble_with_weights(lm, tmp_path):
         rows = store.read(0, 5)
         expected = 0.25 * rows.member_logits[:, 0] + 0.75 * rows.member_logits[:, 1]
         torch.testing.assert_close(torch.from_numpy(rows.logits), torch.from_numpy(expected))
+
+
+def test_quiet_silences_the_weight_loading_bars(lm, tmp_path, capfd):
+    result = _generate_lm(lm, lm["gpt64"], tmp_path / "q.zarr", "--max-length", "16")
+    assert result.exit_code == 0, result.output
+    captured = capfd.readouterr()
+    text = result.output + captured.err + captured.out + (result.stderr or "")
+    assert "Loading weights" not in text and "%|" not in text

@@ -350,7 +350,7 @@ def test_killed_sparse_generate_resumes_bitwise_equal(tmp_path):
 def test_resume_refuses_other_sparse_options(tmp_path):
     path = make_wide(tmp_path / "s.zarr", sparse=SparseSpec(top_k=5))
     make_wide(path, sparse=SparseSpec(top_k=5), resume=True)  # a no-op
-    with pytest.raises(MismatchError, match="sparse: store has"):
+    with pytest.raises(MismatchError, match=r"sparse\.k: store has 5, this run has 6"):
         make_wide(path, sparse=SparseSpec(top_k=6), resume=True)
 
 

@@ -188,7 +188,7 @@ def test_generate_lm_cli(lm, tmp_path):
         ],
     )
     assert out.exit_code == 0, out.output
-    assert "token rows" in out.output and "sparse K=10" in out.output
+    assert "token rows" in out.output and "sparse K=10 (top 8 + 2 sampled)" in out.output
     with open_store(tmp_path / "a.zarr") as s:
         assert s.meta.tokens.tokenizer.startswith("sha256:") and s.meta.tokens.max_length == 16
     out = CliRunner().invoke(cli, [*base, "--text", str(corpus), "--out", str(tmp_path / "b.zarr")])

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from softlabels.clihelp import device_option, ensemble_options, precision_option, sparse_options
+from softlabels.clihelp import (
+    describe_sparse,
+    device_option,
+    ensemble_options,
+    precision_option,
+    report_store,
+    sparse_options,
+    store_was_complete,
+)
 from softlabels.device import PRECISIONS
 from softlabels.lm.text import WINDOW_MODES, load_text, load_tokens
 from softlabels.schema import SparseSpec
@@ -106,12 +114,18 @@ def generate_lm_cmd(
     the teachers' distribution over the token at t + 1 (with --top-k, sparse)."""
     from softlabels.lm.generate import generate_tokens
 
+    if quiet:  # transformers' own "Loading weights" bars too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
     if (text is None) == (tokens is None):
         raise click.UsageError("give --text (with --tokenizer) or --tokens, one of them")
     if text is not None and tokenizer is None:
         raise click.UsageError("--text needs --tokenizer (a tokenizer.json or a tokenizer folder)")
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other; pick one")
+    was_complete = store_was_complete(out, resume)
     if text is not None:
         seqs = load_text(
             text,
@@ -141,8 +155,6 @@ def generate_lm_cmd(
     )
     with store:
         meta = store.meta
-    layout = "dense" if meta.sparse is None else f"sparse K={meta.sparse.k}"
-    click.echo(
-        f"wrote {out}: {meta.num_samples} token rows over {meta.num_classes} ids, {layout}, "
-        f"{meta.num_members} teacher(s)"
-    )
+    layout = "dense" if meta.sparse is None else describe_sparse(meta.sparse)
+    summary = f"{meta.num_samples} token rows over {meta.num_classes} ids, {layout}, "
+    report_store(out, summary + f"{meta.num_members} teacher(s)", was_complete=was_complete)

@@ -259,15 +259,39 @@ def _restore_journal(backend: Backend, meta: StoreMeta) -> None:
 
 
 def check_same_run(existing: StoreMeta, wanted: StoreMeta) -> None:
-    """Raise MismatchError naming every run field in which two stores' metadata differ."""
-    diffs = [
-        f"{f}: store has {getattr(existing, f)!r}, this run has {getattr(wanted, f)!r}"
-        for f in RUN_FIELDS
-        if getattr(existing, f) != getattr(wanted, f)
-    ]
+    """Raise MismatchError naming every run field in which two stores' metadata differ, down to
+    the differing leaf (``teachers[0].sha256``), with long values shortened."""
+    a, b = existing.to_attrs(), wanted.to_attrs()
+    if existing.class_names != wanted.class_names:  # not in a token store's attributes
+        a[schema.ATTR_CLASS_NAMES] = list(existing.class_names)
+        b[schema.ATTR_CLASS_NAMES] = list(wanted.class_names)
+    diffs = [d for f in RUN_FIELDS for d in differences(a.get(f), b.get(f), f)]
     if diffs:
         raise MismatchError(
             "the existing store was written by a different run ("
             + "; ".join(diffs)
             + "); regenerate it with --overwrite (overwrite=True) or choose another output path"
         )
+
+
+def differences(a: object, b: object, path: str) -> list[str]:
+    """'path: store has A, this run has B' for each leaf where two JSON-like values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in differences(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        if len(a) != len(b):
+            return [f"{path}: store has {len(a)} entries, this run has {len(b)}"]
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in differences(x, y, f"{path}[{i}]")
+        ]
+    if a == b:
+        return []
+    return [f"{path}: store has {_short(a)}, this run has {_short(b)}"]
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
