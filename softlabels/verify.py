@@ -89,6 +89,15 @@ def verify_store(
             )
             return report
         report.add("complete", True, "complete flag set")
+        if meta.attributes_sha256 is None:
+            report.add(
+                "attributes",
+                True,
+                "unprotected: this store predates attributes_sha256, so a hand edit of its "
+                "attributes would go unnoticed; convert or regenerate it to protect them",
+            )
+        else:
+            report.add("attributes", True, "they match their SHA-256 (attributes_sha256)")
         bad_sums, bad_rows, sparse_problems, layout_problems = store.scan_chunks()
         _check(report, "checksums", lambda: _checksum_detail(store, bad_sums))
         index = "a permutation of 0..N-1"

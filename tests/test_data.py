@@ -9,7 +9,7 @@ from softlabels.errors import ChecksumError, IncompleteStoreError, MismatchError
 from softlabels.store import open_store
 from softlabels.transfer import load_transfer
 from tests.conftest import make_store
-from tests.helpers import FLOAT32
+from tests.helpers import FLOAT32, reseal
 from tests.test_ensemble import direct_arithmetic
 from trainer.data import InMemoryTargets, StreamingTargets, join, make_target_source
 
@@ -87,6 +87,7 @@ def test_join_follows_sample_index_not_row_order(tmp_path):
 
     with open_store(path) as s:
         g.attrs["checksums"] = [chunk_checksum(s.read(0, 1438))]
+    reseal(g)
     with open_joined_store(str(path), load_transfer("digits")) as s:
         memory = InMemoryTargets(s, 1.0, 64, 0)
     np.testing.assert_allclose(

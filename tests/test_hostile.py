@@ -82,6 +82,14 @@ EXPECTED: dict[str, tuple[type[SoftLabelsError], str, dict[str, str], bool]] = {
         {"checksums": r"^chunks \[0\] do not match their recorded SHA-256"},
         True,
     ),
+    "edited_attributes.zarr": (
+        StoreFormatError,
+        r"^the attributes of '[^']*/edited_attributes\.zarr' were changed after it was written: "
+        r"they no longer match their SHA-256 \(attributes_sha256\), so its targets cannot be "
+        r"trusted; restore the original store or regenerate it$",
+        {"format": SAME},
+        False,
+    ),
     "future_version.zarr": (
         StoreFormatError,
         r"^store format version 6 is not supported by this reader \(it reads versions 1, 2, 3, "

@@ -24,7 +24,7 @@ from softlabels.store import open_store
 from softlabels.store.rows import chunk_checksum
 from softlabels.tools import combine_stores, convert_store
 from tests.faults_campaign import ENV, ROOT
-from tests.helpers import child_env
+from tests.helpers import child_env, reseal
 from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus
 
 MAX_LENGTH = 12
@@ -145,17 +145,20 @@ def test_token_stores_with_other_tokenizers_or_rows_are_not_combined(lm, tmp_pat
     group = zarr.open_group(str(path), mode="r+")
     tokens = dict(group.attrs["tokens"])
     group.attrs["tokens"] = {**tokens, "tokenizer": "sha256:" + "1" * 64, "pad_id": 1}
+    reseal(group)  # as that producer would
     pair = (str(lm["store_a"]), str(path))
     with pytest.raises(
         MismatchError, match=r"tokens\.tokenizer differs .*; tokens\.pad_id differs \(0 vs 1\)"
     ):
         combine_stores(pair, str(tmp_path / "x.zarr"), combine="arithmetic")
     group.attrs["tokens"] = tokens
+    reseal(group)
     group[schema.POSITION][45] = 3  # rewritten with checksums to match, as a producer would
     with open_store(path) as s:
         group.attrs["checksums"] = [
             chunk_checksum(s.read_chunk(k)) for k in range(s.meta.num_chunks)
         ]
+    reseal(group)
     with pytest.raises(MismatchError, match=r"per-row position differs \(first at row 45\)"):
         combine_stores(pair, str(tmp_path / "x.zarr"), combine="arithmetic")
     assert not (tmp_path / "x.zarr").exists()

@@ -43,6 +43,7 @@ def test_verify_passes_a_good_store_with_rerun(digits_store):
     assert [name for name, _, _ in report.checks] == [
         "format",
         "complete",
+        "attributes",
         "checksums",
         "sample_index",
         "labels",

@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from softlabels.cli import main as softlabels
 from softlabels.errors import SpecError, StoreFormatError
 from softlabels.transfer import load_transfer
+from tests.helpers import reseal
 from tests.user_helpers import wine_arrays, wine_teacher
 from trainer.cli import main as distill
 
@@ -240,6 +241,7 @@ def test_store_with_a_label_of_minus_two(d, tmp_path):
     group["labels"][3] = -2
     sums[0] = chunk_sha256(group, 0, CHUNK_ROWS)
     group.attrs["checksums"] = sums  # so only the label check can catch it
+    reseal(group)
     message = "store labels must be -1..2, but rows [3] hold [-2]"
 
     res = invoke(softlabels, ["verify", path])

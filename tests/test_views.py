@@ -36,7 +36,7 @@ from softlabels.views.augment import RandomResizedCropFlip, augment_spec, policy
 from softlabels.views.transfer import ViewTransfer, load_views_policy, view_input
 from tests.conftest import make_store
 from tests.faults_campaign import ENV, ROOT, generate_cmd
-from tests.helpers import FLOAT32, child_env, teacher_a, teacher_b, torch_threads
+from tests.helpers import FLOAT32, child_env, reseal, teacher_a, teacher_b, torch_threads
 
 TWO = ("tests.helpers:teacher_a", "tests.helpers:teacher_b")
 RRC = RandomResizedCropFlip()
@@ -94,6 +94,7 @@ def tamper(path: Path, name: str, row: int, value) -> None:
         sums = list(s.meta.checksums)
         sums[chunk] = chunk_checksum(s.read_chunk(chunk))
     group.attrs["checksums"] = sums
+    reseal(group)
 
 
 # -- the policy: sampling and applying
@@ -340,6 +341,7 @@ def test_verify_teacher_catches_other_params_that_pass_checksums(store, tmp_path
     group[schema.VIEW_PARAMS][:] = params
     with open_store(path) as s:
         group.attrs["checksums"] = [chunk_checksum(s.read_chunk(c)) for c in range(8)]
+    reseal(group)
     report = verify_store(str(path), transfer="digits", teachers=TWO, sample=64)
     checks = {n: (ok, detail) for n, ok, detail in report.checks}
     assert checks["checksums"][0] and checks["views"][0] and checks["transfer"][0]

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from softlabels.errors import StoreFormatError
+from softlabels.schema.digest import ATTR_ATTRIBUTES_SHA256
 from softlabels.schema.fields import MAX_ATTRS_BYTES as MAX_ATTRS_BYTES
 from softlabels.schema.fields import (  # re-exported: the HDF5 attribute codec
     decode_h5_attr as decode_h5_attr,
@@ -183,6 +184,7 @@ class StoreMeta:
     checksums: tuple[str, ...] | None = None  # one hex SHA-256 per row chunk, once complete
     complete: bool = False
     runtime: dict[str, str] | None = None  # device type, precision, torch version
+    attributes_sha256: str | None = None  # the attributes' digest (schema.digest), once complete
     sparse: SparseSpec | None = None  # None: a dense store (format version 1)
     tokens: TokenSpec | None = None  # rows are token positions (format version 5, or 3)
     views: ViewSpec | None = None  # rows are (sample, view) pairs (format version 4)
@@ -220,6 +222,8 @@ class StoreMeta:
         attrs[ATTR_WEIGHTS] = list(self.weights)
         attrs[ATTR_TEACHERS] = [asdict(t) for t in self.teachers]
         attrs[ATTR_CHECKSUMS] = None if self.checksums is None else list(self.checksums)
+        if self.attributes_sha256 is None:
+            del attrs[ATTR_ATTRIBUTES_SHA256]  # written by the writer at finalisation
         if self.runtime is None:
             del attrs[ATTR_RUNTIME]  # optional: absent rather than null
         del attrs[ATTR_SPARSE], attrs[ATTR_TOKENS], attrs[ATTR_VIEWS]
@@ -290,6 +294,7 @@ class StoreMeta:
                 else tuple(str(c) for c in list_field(attrs, ATTR_CHECKSUMS)),
                 complete=attrs[ATTR_COMPLETE] is True,
                 runtime=runtime_attr(attrs.get(ATTR_RUNTIME)),
+                attributes_sha256=_digest_attr(attrs.get(ATTR_ATTRIBUTES_SHA256)),
                 sparse=None
                 if layout == LAYOUT_DENSE
                 else SparseSpec.from_attr(attrs.get(ATTR_SPARSE)),
@@ -415,3 +420,11 @@ def _class_names(attrs: dict[str, Any], version: int) -> tuple[str, ...]:
     if version == TOKENS_FORMAT_VERSION:
         return tuple(map(str, range(int_field(attrs, ATTR_NUM_CLASSES, minimum=2))))
     return tuple(str(c) for c in list_field(attrs, ATTR_CLASS_NAMES))
+
+
+def _digest_attr(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not (isinstance(value, str) and len(value) == 64 and set(value) <= set("0123456789abcdef")):
+        raise ValueError(f"attributes_sha256 must be 64 lowercase hex digits, got {value!r}")
+    return value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from softlabels.errors import (
     StoreFormatError,
 )
 from softlabels.schema import StoreMeta
+from softlabels.schema.digest import ATTR_ATTRIBUTES_SHA256, attributes_digest
 from softlabels.sparse import replay as sparse_replay
 from softlabels.sparse.replay import SparseTargets
 from softlabels.store.backends import HDF5Backend, ZarrBackend, open_backend, store_kind
@@ -351,8 +353,23 @@ def read_meta(backend: Backend) -> StoreMeta:
             f"{backend.path!r} is not a softlabels store (it has no store attributes)"
         )
     meta = StoreMeta.from_attrs(attrs)
+    check_attributes_digest(attrs, backend.path)
     check_arrays(backend, meta)
     return meta
+
+
+def check_attributes_digest(attrs: dict[str, Any], path: str) -> None:
+    """Refuse a store whose root attributes no longer hash to its ``attributes_sha256`` (a
+    store written before the digest has none, and reads as before)."""
+    recorded = attrs.get(ATTR_ATTRIBUTES_SHA256)
+    if recorded is None:
+        return
+    if recorded != attributes_digest(attrs):
+        raise StoreFormatError(
+            f"the attributes of {path!r} were changed after it was written: they no longer "
+            f"match their SHA-256 (attributes_sha256), so its targets cannot be trusted; "
+            f"restore the original store or regenerate it"
+        )
 
 
 def check_arrays(backend: Backend, meta: StoreMeta) -> None:

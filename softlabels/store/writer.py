@@ -25,6 +25,7 @@ from softlabels.errors import (
     StoreNotFoundError,
 )
 from softlabels.schema import StoreMeta
+from softlabels.schema.digest import ATTR_ATTRIBUTES_SHA256, attributes_digest
 from softlabels.sparse.device import sparsify_torch
 from softlabels.store import backends
 from softlabels.store.reader import Backend, StoreReader, journal_committed, read_meta
@@ -73,7 +74,7 @@ class StoreWriter:
     ) -> StoreWriter:
         """A new, empty, incomplete store at ``path``, built under a staging name and moved
         into place whole, so no reader or writer ever sees it half-created."""
-        meta = replace(meta, complete=False, checksums=None)
+        meta = replace(meta, complete=False, checksums=None, attributes_sha256=None)
         meta.validate()
         target = str(path)
         if backends.exists(path):
@@ -181,8 +182,10 @@ class StoreWriter:
         self._b.delete(schema.COMMIT_JOURNAL)
         self._b.flush()
         faults.point("finalize_journal_deleted")
+        digest = attributes_digest(self._b.attrs())  # all but itself and complete
+        self._b.update_attrs({ATTR_ATTRIBUTES_SHA256: digest})
         self._b.update_attrs({schema.ATTR_COMPLETE: True})
-        self.meta = replace(self.meta, checksums=checksums, complete=True)
+        self.meta = replace(self.meta, checksums=checksums, complete=True, attributes_sha256=digest)
         if self.target != self.path:  # a complete replacement: only now does the old one go
             self._b.close()
             faults.point("replace_complete")

@@ -28,6 +28,7 @@ import zarr
 from softlabels.schema import MAX_ATTRS_BYTES, SparseSpec, StoreMeta, TeacherInfo, TransferInfo
 from softlabels.store import Rows, StoreWriter, chunk_checksum, open_store
 from softlabels.transfer import load_transfer
+from tests.helpers import reseal
 
 N, C, M, CHUNK = 20, 3, 2, 8
 TRANSFER = "transfer.npz"
@@ -82,6 +83,7 @@ def _rechecksum(path: Path) -> None:
     else:
         with h5py.File(path, "r+") as f:
             f.attrs["checksums"] = json.dumps(sums)
+    reseal(path)  # and the attributes' SHA-256, as that producer would
 
 
 def _edit_array(path: Path, name: str, fn: Callable[[np.ndarray], None]) -> None:
@@ -99,7 +101,16 @@ def _edit_array(path: Path, name: str, fn: Callable[[np.ndarray], None]) -> None
 
 
 def _set_attr(path: Path, key: str, value) -> None:
+    """Edit an attribute as a malicious producer would: its SHA-256 recomputed, so the deeper
+    check it is meant to reach is the one that refuses it (``edited_attributes`` does not)."""
     zarr.open_group(str(path), mode="r+").attrs[key] = value
+    reseal(path)
+
+
+def edited_attributes(out: Path) -> Path:
+    p = build_valid(out, "edited_attributes.zarr")
+    zarr.open_group(str(p), mode="r+").attrs["combine"] = "geometric"  # was arithmetic
+    return p
 
 
 def build_sparse(out: Path, name: str) -> Path:
@@ -447,6 +458,10 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "shape_mismatch.h5": (shape_mismatch, "sample_index shorter than logits"),
     "nan_logits.zarr": (nan_logits, "a NaN member logit, checksums recomputed"),
     "future_version.zarr": (future_version, "format_version 6"),
+    "edited_attributes.zarr": (
+        edited_attributes,
+        "combine edited by hand, the attributes' SHA-256 not recomputed",
+    ),
     "wrong_format.zarr": (wrong_format, "format name of another tool"),
     "attrs_not_json.h5": (attrs_not_json_h5, "an HDF5 attribute that is not JSON"),
     "zarr_json_garbage.zarr": (zarr_json_garbage, "zarr.json cut off mid-object"),
