@@ -18,6 +18,7 @@ import zarr
 from softlabels.checkpoint import load_checkpoint, load_model
 from softlabels.errors import CheckpointError, SoftLabelsError
 from tests.conftest import make_store
+from tests.helpers import reseal
 
 MARKER = Path("/tmp/softlabels-pwned-marker")
 
@@ -162,6 +163,7 @@ def named_store_run(tmp_path_factory) -> dict[str, dict]:
     teachers[0]["spec"] = f"{MARKER_MODULE}:teacher"
     teachers[1]["spec"] = "tests.evil_on_import:teacher"
     g.attrs["teachers"] = teachers
+    reseal(g)  # as the producer of such a store would
 
     (tmp / "mods").mkdir()
     marker = tmp / "imported.txt"
