@@ -215,8 +215,8 @@ def _batch_rows(
     the combined and member logits, brought to the host. Labels come later, per chunk."""
     lo, hi = rows
     start = int(seqs.offsets[group.start])
-    lengths = [len(seqs.sequence(i)) for i in group]
     sequences = [seqs.sequence(i) for i in group]
+    lengths = [len(s) for s in sequences]
     pad = meta.tokens.pad_id if meta.tokens is not None else 0
     members = []
     for t in teachers:
