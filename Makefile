@@ -36,10 +36,15 @@ help:
 	@echo "           DEVICE=cpu|cuda (make bench: stage one at bf16 and the students on that device)"
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt tools/torchvision_cpu_shim.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,lm]'
+	# PyPI's torchvision is a CUDA build whose operators cannot load beside the CPU torch; this
+	# start-up hook lets it (and so transformers and timm) import anyway: see its docstring.
+	$(BIN)/python -c "import shutil, sysconfig; p = sysconfig.get_paths()['purelib']; \
+	  shutil.copy('tools/torchvision_cpu_shim.py', p + '/_softlabels_torchvision_cpu_shim.py'); \
+	  open(p + '/_softlabels_torchvision_cpu_shim.pth', 'w').write('import _softlabels_torchvision_cpu_shim\n')"
 	touch $@
 
 # The suite, then its bitwise promises again (tests marked `bitwise`: resume, worker counts,
