@@ -71,6 +71,21 @@ def test_float16_values_and_a_wide_row_equal_the_reference():
     _assert_same(expected, got)
 
 
+def test_one_fixed_point_teacher_over_a_wide_vocabulary_equals_the_reference():
+    """The language-model path (one teacher, fixed point, top ids only: its tails come from a
+    histogram of the codes), on wide rows with and without ties at the k-th place, and a row
+    whose span is all but the largest the codes hold."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 2, (5, 1, 6000)).astype(np.float32)
+    z[1] = np.round(z[1] * 4) / 4  # many ties across the 64th place
+    z[2, 0, :3000] = 0.0  # half the row tied
+    z[3, 0, 7] = z[3, 0].min() + 4000.0  # a span of 64,000 steps of 1/16
+    spec = SparseSpec(top_k=64, value_step=1 / 16)
+    expected, got = _both(z, spec, "single")
+    _assert_same(expected, got)
+    assert got[schema.TAIL].shape == (5, 1, 4)
+
+
 def test_top_ids_break_ties_to_the_lower_id():
     zbar = torch.tensor(
         [
