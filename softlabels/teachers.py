@@ -18,9 +18,10 @@ from softlabels.errors import SpecError, TeacherError
 from softlabels.lm.models import HF_PREFIX, load_hf
 from softlabels.models import forward
 from softlabels.schema import TeacherInfo
+from softlabels.schema.provenance import LAZY_SHA256
 from softlabels.transfer import import_callable
 
-LAZY = "lazy"  # a TeacherInfo.sha256 that initialise_lazy replaces before anything is written
+LAZY = LAZY_SHA256  # a TeacherInfo.sha256 that initialise_lazy replaces before anything is written
 
 
 @dataclass(frozen=True)

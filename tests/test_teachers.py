@@ -11,8 +11,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import softlabels
+from softlabels import schema
 from softlabels.cli import main as softlabels_cli
 from softlabels.errors import TeacherError
+from softlabels.schema.provenance import LAZY_SHA256
+from softlabels.store import StoreWriter
 from softlabels.teachers import as_teacher, initialise_lazy, weights_sha256
 from tests import helpers
 from trainer.cli import main as distill_cli
@@ -104,3 +107,19 @@ def test_dtypes_hash_and_differ(dtype):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
     assert weights_sha256(net.to(dtype)) != weights_sha256(net.float())
+
+
+def test_a_store_never_records_an_unhashed_lazy_teacher(tmp_path):
+    """The writer refuses a teacher whose hash is still the lazy placeholder (a path that
+    skipped initialise_lazy), and leaves nothing behind."""
+    teacher = as_teacher(helpers.batchnorm_teacher())
+    assert teacher.info.sha256 == LAZY_SHA256
+    meta = schema.StoreMeta(
+        num_samples=4, num_classes=10, class_names=tuple(map(str, range(10))), combine="single",
+        weights=(1.0,), teachers=(teacher.info,),
+        transfer=schema.TransferInfo("x", "train", 4, "sha256:" + "0" * 64), dtype="float32",
+        chunk_rows=4, created_at="now", producer="test",
+    )  # fmt: skip
+    with pytest.raises(TeacherError, match="lazy parameters.*initialise_lazy"):
+        StoreWriter.create(tmp_path / "s.zarr", meta)
+    assert list(tmp_path.iterdir()) == []

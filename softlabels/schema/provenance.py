@@ -8,6 +8,11 @@ from typing import Any
 
 from softlabels.schema.fields import int_field
 
+# The sha256 of a teacher whose lazy parameters (nn.LazyLinear) are not set yet; its first
+# batch sets them (softlabels.teachers.initialise_lazy) and the real hash replaces this. It is
+# never written: StoreWriter refuses it.
+LAZY_SHA256 = "lazy"
+
 
 @dataclass(frozen=True)
 class TeacherInfo:

@@ -23,9 +23,11 @@ from softlabels.errors import (
     StoreExistsError,
     StoreFormatError,
     StoreNotFoundError,
+    TeacherError,
 )
 from softlabels.schema import StoreMeta
 from softlabels.schema.digest import ATTR_ATTRIBUTES_SHA256, attributes_digest
+from softlabels.schema.provenance import LAZY_SHA256
 from softlabels.sparse.device import sparsify_torch
 from softlabels.store import backends
 from softlabels.store.reader import Backend, StoreReader, journal_committed, read_meta
@@ -76,6 +78,7 @@ class StoreWriter:
         into place whole, so no reader or writer ever sees it half-created."""
         meta = replace(meta, complete=False, checksums=None, attributes_sha256=None)
         meta.validate()
+        _refuse_unhashed_teachers(meta)
         target = str(path)
         if backends.exists(path):
             if not overwrite:
@@ -298,3 +301,14 @@ def differences(a: object, b: object, path: str) -> list[str]:
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _refuse_unhashed_teachers(meta: StoreMeta) -> None:
+    """A store never records a teacher whose weights were not hashed yet (a lazy module)."""
+    lazy = [t.name for t in meta.teachers if t.sha256 == LAZY_SHA256]
+    if lazy:
+        raise TeacherError(
+            f"teacher(s) {', '.join(lazy)} still have uninitialised lazy parameters, so their "
+            f"weights cannot be hashed: run one forward pass over a batch of the transfer set "
+            f"first (softlabels.teachers.initialise_lazy), then write the store"
+        )
