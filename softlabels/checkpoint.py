@@ -32,7 +32,8 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, tmp)
+        with open(tmp, "wb") as f:  # closed here even when the write fails
+            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, f)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as
         tmp.unlink(missing_ok=True)  # RuntimeError("... unexpected pos ..."): no errno

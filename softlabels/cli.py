@@ -12,6 +12,7 @@ from softlabels import schema
 from softlabels.audit import AuditOptions, audit_store, format_audit
 from softlabels.clihelp import (
     FriendlyGroup,
+    cli_message,
     describe_sparse,
     device_option,
     ensemble_options,
@@ -255,7 +256,7 @@ def verify_cmd(
         precision=precision,
         augment=None if augment is None else augment_spec(augment),
     )
-    click.echo(report.render())
+    click.echo(cli_message(report.render()))
     if not report.ok:
         sys.exit(1)
 
