@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ from torch import nn
 
 from softlabels.errors import CheckpointError
 from softlabels.models import build_model
+from softlabels.store.failures import is_disk_full
 
 CHECKPOINT_FORMAT = "softlabels-checkpoint"
 CHECKPOINT_VERSION = 1
+DISK_FULL_BYTES = 1 << 20  # a write that fails with less free than this ran out of space
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
@@ -28,8 +31,24 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # closed here even when the write fails
+            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, f)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as
+        tmp.unlink(missing_ok=True)  # RuntimeError("... unexpected pos ..."): no errno
+        raise CheckpointError(_write_failure(path, exc)) from exc
+
+
+def _write_failure(path: Path, exc: BaseException) -> str:
+    free = shutil.disk_usage(path.parent).free
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if is_disk_full(exc) or "unexpected pos" in text or free < DISK_FULL_BYTES:
+        return (
+            f"cannot write the checkpoint {str(path)!r}: the disk is full ({free:,} bytes free); "
+            f"free some space and run again (the previous checkpoint, if any, is kept as it was)"
+        )
+    return f"cannot write the checkpoint {str(path)!r}: {text}"
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -67,7 +86,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights. Returns (model, arch)."""
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt["arch"])
+    try:
+        model = build_model(ckpt["arch"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {exc}") from exc
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

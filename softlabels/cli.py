@@ -12,9 +12,11 @@ from softlabels import schema
 from softlabels.audit import AuditOptions, audit_store, format_audit
 from softlabels.clihelp import (
     FriendlyGroup,
+    cli_message,
     describe_sparse,
     device_option,
     ensemble_options,
+    lease_wait_option,
     parse_floats,
     parse_temperatures,
     precision_option,
@@ -98,6 +100,7 @@ def main() -> None:
     "--resume", is_flag=True, help="Finish an interrupted store from its last committed chunk."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+@lease_wait_option()
 @click.option(
     "--workers",
     type=click.IntRange(min=0),
@@ -128,6 +131,7 @@ def generate_cmd(
     compress: bool,
     resume: bool,
     overwrite: bool,
+    lease_wait: float,
     workers: int,
     device: str,
     precision: str,
@@ -178,6 +182,7 @@ def generate_cmd(
         augment=augment,
         views=views,
         view_seed=view_seed,
+        lease_wait=lease_wait,
     )
     with store:
         meta = store.meta
@@ -251,7 +256,7 @@ def verify_cmd(
         precision=precision,
         augment=None if augment is None else augment_spec(augment),
     )
-    click.echo(report.render())
+    click.echo(cli_message(report.render()))
     if not report.ok:
         sys.exit(1)
 
@@ -322,19 +327,31 @@ def audit_cmd(
 @click.argument("src")
 @click.argument("dst")
 @click.option("--overwrite", is_flag=True, help="Replace an existing DST.")
+@lease_wait_option()
 @click.option(
     "--compress/--no-compress", default=True, show_default=True, help="Compress DST's chunks."
 )
 @sparse_options()
 def convert_cmd(
-    src: str, dst: str, overwrite: bool, compress: bool, sparse: SparseSpec | None
+    src: str,
+    dst: str,
+    overwrite: bool,
+    lease_wait: float,
+    compress: bool,
+    sparse: SparseSpec | None,
 ) -> None:
     """Copy a store between Zarr (.zarr) and HDF5 (.h5), losslessly (checksums are compared).
 
     With --top-k K, sparsify a dense SRC instead: DST keeps each row's K largest logits and a
     tail summary, exactly as `generate --top-k K` would have written them."""
     meta = convert_store(
-        src, dst, overwrite=overwrite, compress=compress, sparse=sparse, progress=True
+        src,
+        dst,
+        overwrite=overwrite,
+        compress=compress,
+        sparse=sparse,
+        progress=True,
+        lease_wait=lease_wait,
     )
     if sparse is None:
         click.echo(f"converted {src} -> {dst} ({meta.num_chunks} chunks, checksums identical)")
@@ -358,6 +375,7 @@ def convert_cmd(
 )
 @click.option("--out", required=True, help="Output store: PATH.zarr or PATH.h5.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@lease_wait_option()
 @sparse_options()
 def combine_cmd(
     stores: tuple[str, ...],
@@ -365,6 +383,7 @@ def combine_cmd(
     weights: tuple[float, ...] | None,
     out: str,
     overwrite: bool,
+    lease_wait: float,
     sparse: SparseSpec | None,
 ) -> None:
     """Build one ensemble store from stores made separately on the same transfer set.
@@ -374,7 +393,13 @@ def combine_cmd(
     pool only when exact: arithmetic rule, top-k stores with the same options and the same ids
     in every row."""
     meta = combine_stores(
-        stores, out, combine=rule, weights=weights, overwrite=overwrite, sparse=sparse
+        stores,
+        out,
+        combine=rule,
+        weights=weights,
+        overwrite=overwrite,
+        sparse=sparse,
+        lease_wait=lease_wait,
     )
     click.echo(f"wrote {out}: {meta.num_members} members, combine={meta.combine}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,19 @@ import click
 
 from softlabels import schema
 from softlabels.errors import SoftLabelsError
+
+# Library errors name the keyword that fixes them; on the command line, the flag does.
+_KEYWORD_FLAGS = {
+    "overwrite=True": "--overwrite",
+    "resume=True": "--resume",
+    "lease_wait=SECONDS": "--lease-wait SECONDS",
+}
+_KEYWORDS = re.compile("|".join(re.escape(k) for k in _KEYWORD_FLAGS))
+
+
+def cli_message(text: str) -> str:
+    """A library error's text as the command line says it: keywords become flags."""
+    return _KEYWORDS.sub(lambda m: _KEYWORD_FLAGS[m.group(0)], text)
 
 
 class FriendlyGroup(click.Group):
@@ -22,7 +36,21 @@ class FriendlyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (SoftLabelsError, OSError) as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(cli_message(str(exc))) from exc
+
+
+def lease_wait_option() -> Callable[[Any], Any]:
+    """--lease-wait SECONDS, for the commands that write a store."""
+    return click.option(
+        "--lease-wait",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="When another process is writing the same output store (it holds the store's "
+        "writer lease, .NAME.lease beside it), wait up to SECONDS for it to finish instead of "
+        "stopping at once. A lease left by a killed writer on this host is taken over.",
+    )
 
 
 def parse_floats(

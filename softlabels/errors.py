@@ -17,7 +17,16 @@ class StoreNotFoundError(SoftLabelsError, FileNotFoundError):
 
 
 class StoreExistsError(SoftLabelsError, FileExistsError):
-    """Refusing to overwrite an existing store without ``--overwrite``."""
+    """Refusing to replace an existing store unless asked to (``overwrite``)."""
+
+
+class StoreBusyError(SoftLabelsError, BlockingIOError):
+    """Another live writer holds the store's writer lease."""
+
+
+class StoreReadError(SoftLabelsError, OSError):
+    """A store's bytes could not be read (permission denied, a network failure, a full disk on
+    write): the store may be fine; the message says what failed."""
 
 
 class IncompleteStoreError(SoftLabelsError, RuntimeError):

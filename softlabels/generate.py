@@ -39,9 +39,9 @@ from softlabels.store import (
     backends,
     check_same_run,
     open_store,
-    remove_store,
     store_kind,
 )
+from softlabels.store.lease import WriterLease
 from softlabels.teachers import Teacher, as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views.augment import Policy, augment_spec
@@ -70,6 +70,8 @@ class GenerateOptions:
     sparse: SparseSpec | None = None
     views: int | None = None  # views per sample, with an augmentation policy
     view_seed: int = 0
+    lease_wait: float = 0.0  # seconds to wait for another writer of the store to finish
+    tool: str = "generate"  # the command writing the store, recorded for readers' advice
 
     def validate(self, num_teachers: int) -> None:
         if num_teachers < 1:
@@ -94,6 +96,8 @@ class GenerateOptions:
             raise SoftLabelsError(f"views per sample must be at least 1, got {self.views}")
         if self.view_seed < 0:
             raise SoftLabelsError(f"the view seed must be >= 0, got {self.view_seed}")
+        if not self.lease_wait >= 0:
+            raise SoftLabelsError(f"lease_wait must be >= 0 seconds, got {self.lease_wait}")
         check_precision(self.precision)
         check_sparse(self.sparse, self.dtype, None)
 
@@ -134,6 +138,7 @@ def generate(
     augment: Policy | str | None = None,
     views: int | None = None,
     view_seed: int = 0,
+    lease_wait: float = 0.0,
 ) -> StoreReader:
     """Run the teacher(s) over a transfer set once and write their logits to a store at ``out``
     (PATH.zarr, PATH.h5, or a Zarr fsspec URL). Returns the finished store, opened: close it, or
@@ -151,6 +156,8 @@ def generate(
     resume: finish an interrupted store; create it if absent; do nothing if it is complete and
         was made from the same teachers and inputs (refuse one made from others).
     overwrite: replace an existing store.
+    lease_wait: when another writer is writing ``out`` (it holds the store's writer lease),
+        wait up to this many seconds for it to finish before refusing (default: refuse at once).
     device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or "mps"; an absent device is
         an error. Teachers given as modules are moved there. precision: the teachers' forward
         pass, "fp32", "bf16" or "fp16" (autocast); logits are stored from float32 copies.
@@ -183,6 +190,7 @@ def generate(
         sparse=sparse,
         views=views,
         view_seed=view_seed,
+        lease_wait=lease_wait,
     )
     opts.validate(len(teachers))
     if (augment is None) != (views is None):
@@ -235,7 +243,7 @@ def write_store(
     if path is None:
         return
     if not d.is_main:
-        writer = StoreWriter.attach(path, meta, verify=False)
+        writer = StoreWriter.attach(path, meta, verify=False, joined=True)
     assert writer is not None
     with writer:
         try:
@@ -245,28 +253,36 @@ def write_store(
             # store created by this run is removed (one resumed from an earlier run is kept as
             # it was; the store an overwrite would replace is untouched).
             if writer.created and d.world == 1:
-                writer.close()
-                remove_store(writer.path)
+                writer.discard()
             raise
         d.collective(lambda: writer.finalize() if d.is_main else None)
 
 
 def _open_writer(out: str, meta: StoreMeta, opts: GenerateOptions) -> StoreWriter | None:
-    """A writer on a new or resumed store; None when ``resume`` finds it already complete."""
-    if opts.resume and backends.exists(out):
-        with open_store(out, allow_incomplete=True) as existing:
-            if existing.meta.complete:
-                check_same_run(existing.meta, meta)
-                return None
-        return StoreWriter.attach(out, meta)
+    """A writer on a new or resumed store; None when ``resume`` finds it already complete.
+    The store's writer lease is taken first, so what is found is not being written."""
+    lease = WriterLease.acquire(out, wait=opts.lease_wait)
     try:
-        return StoreWriter.create(out, meta, compress=opts.compress, overwrite=opts.overwrite)
+        if opts.resume and backends.exists(out):
+            with open_store(out, allow_incomplete=True) as existing:
+                if existing.meta.complete:
+                    check_same_run(existing.meta, meta)
+                    lease.release()
+                    return None
+            return StoreWriter.attach(out, meta, lease=lease)
+        return StoreWriter.create(
+            out, meta, compress=opts.compress, overwrite=opts.overwrite, tool=opts.tool, lease=lease
+        )
     except StoreExistsError as exc:
+        lease.release()
         if opts.overwrite:  # the path holds something that is not a store: no resume hint
             raise
         raise StoreExistsError(
-            f"{exc}, or finish an interrupted run with --resume (resume=True)"
+            f"{exc.args[0]}, or finish an interrupted run with resume=True"
         ) from exc
+    except BaseException:
+        lease.release()  # idempotent: create and attach give it back themselves on failure
+        raise
 
 
 def _write_pending(

@@ -72,9 +72,18 @@ def _store_diffs(transfer: TransferSet, store: StoreReader) -> list[str]:
         mine = transfer.labels[index]
         differ = np.flatnonzero((stored >= 0) & (stored != mine))
         if len(differ):
+            _blame_store_first(store, differ)
             positions = index[differ[:10]].tolist()
             diffs.append(
                 f"labels: the store's labels differ from the transfer set's at positions "
                 f"{positions} ({len(differ)} in all)"
             )
     return diffs
+
+
+def _blame_store_first(store: StoreReader, rows: np.ndarray) -> None:
+    """Before blaming the transfer set for labels that differ, check the store's chunks that
+    hold them against their checksums: a damaged store (a chunk deleted or overwritten) raises
+    ChecksumError naming the store instead."""
+    for chunk in np.unique(rows // store.meta.chunk_rows)[:8]:
+        store.read_verified_chunk(int(chunk))

@@ -55,6 +55,7 @@ def cnn(
 
 
 ARCHITECTURES = {"mlp": mlp, "cnn": cnn}
+MAX_PARAMETERS = 2**31  # 8 GiB of float32: far beyond any built-in model a checkpoint records
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
@@ -67,9 +68,20 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"architecture kwargs must be a mapping, got {type(kwargs).__name__}")
     try:
-        return ARCHITECTURES[name](**kwargs)
-    except TypeError as exc:
+        with torch.device("meta"):  # sizes only, nothing allocated: bound it before building
+            size = sum(p.numel() for p in ARCHITECTURES[name](**kwargs).parameters())
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise CheckpointError(f"bad arguments for architecture {name!r}: {exc}") from exc
+    if size > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"architecture {name!r} with {kwargs} would have {size:,} parameters, over the "
+            f"{MAX_PARAMETERS:,} this loader builds; the recorded architecture is not a real "
+            f"model's"
+        )
+    try:
+        return ARCHITECTURES[name](**kwargs)
+    except (RuntimeError, MemoryError) as exc:
+        raise CheckpointError(f"cannot build architecture {name!r} with {kwargs}: {exc}") from exc
 
 
 def expected_input(module: nn.Module) -> str:

@@ -29,6 +29,7 @@ from softlabels.errors import NonFiniteLogitsError, SoftLabelsError, TeacherErro
 from softlabels.models import forward
 from softlabels.schema import StoreMeta
 from softlabels.store import Rows, StoreWriter
+from softlabels.store.failures import disk_full_message, is_disk_full
 from softlabels.teachers import Teacher
 from softlabels.transfer import TransferSet
 
@@ -199,9 +200,14 @@ class BackgroundWriter:
                     self._error = exc
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise SoftLabelsError(
-                f"writing the store failed: {self._error}. Chunks committed so far are kept and "
-                f"the store is marked incomplete; fix the cause (e.g. free disk space) and rerun "
-                f"with --resume"
-            ) from self._error
+        if self._error is None:
+            return
+        what = (
+            disk_full_message(self._writer.path, self._error)
+            if is_disk_full(self._error)
+            else f"writing the store failed: {self._error}"
+        )
+        raise SoftLabelsError(
+            f"{what}. Chunks committed so far are kept and the store is marked incomplete; fix "
+            f"the cause (e.g. free disk space) and run the same command again with resume=True"
+        ) from self._error

@@ -23,9 +23,9 @@ from softlabels.store import (
     StoreWriter,
     backends,
     open_store,
-    remove_store,
     store_kind,
 )
+from softlabels.store.lease import WriterLease
 
 
 def convert_store(
@@ -36,12 +36,14 @@ def convert_store(
     compress: bool = True,
     sparse: SparseSpec | None = None,
     progress: bool = False,
+    lease_wait: float = 0.0,
 ) -> StoreMeta:
     """Copy a complete store between Zarr and HDF5 (or to the same kind), losslessly: the
     destination's checksums must equal the source's.
 
     With ``sparse``, sparsify a dense store instead: from a float32 store the result is what
-    ``generate(..., sparse=sparse)`` writes from the same teachers."""
+    ``generate(..., sparse=sparse)`` writes from the same teachers. ``lease_wait``: seconds to
+    wait for another writer of ``dst`` to finish (default: refuse at once)."""
     store_kind(dst)
     if str(src) == str(dst) or (
         not backends.is_url(src) and os.path.abspath(src) == os.path.abspath(dst)
@@ -57,7 +59,9 @@ def convert_store(
             dtype = "float32" if sparse.value_step is not None else meta.dtype
             check_sparse(sparse, dtype, meta.num_classes)
             meta = replace(meta, sparse=sparse, dtype=dtype, producer=f"softlabels {__version__}")
-        with _fresh_writer(dst, meta, compress=compress, overwrite=overwrite) as writer:
+        with _fresh_writer(
+            dst, meta, compress=compress, overwrite=overwrite, tool="convert", wait=lease_wait
+        ) as writer:
             chunks = source.iter_chunks() if sparse is None else _verified_chunks(source)
             bar = tqdm(total=meta.num_samples, unit="rows", desc="convert", disable=not progress)
             with bar:
@@ -83,6 +87,7 @@ def combine_stores(
     overwrite: bool = False,
     compress: bool = True,
     sparse: SparseSpec | None = None,
+    lease_wait: float = 0.0,
 ) -> StoreMeta:
     """Pool the members of stores made separately on one transfer set into one ensemble store.
 
@@ -91,16 +96,15 @@ def combine_stores(
     weight inside that store. ``sparse`` writes dense inputs as a sparse store. Sparse inputs
     pool only where that is exact: see ``_check_sparse_combinable``. Token stores combine only
     with token stores cut the same way (equal ``tokens`` attributes, input_ids and positions),
-    whose ``tokens`` attribute and per-row arrays the result keeps.
+    whose ``tokens`` attribute and per-row arrays the result keeps. ``lease_wait``: seconds to
+    wait for another writer of ``out`` to finish (default: refuse at once).
     """
     if len(paths) < 2:
         raise SoftLabelsError("combine needs at least two stores")
     if combine not in (schema.COMBINE_ARITHMETIC, schema.COMBINE_GEOMETRIC):
         raise SoftLabelsError(f"--combine must be arithmetic or geometric, got {combine!r}")
     if backends.exists(out) and not overwrite:
-        raise StoreExistsError(
-            f"{out!r} already exists; replace it with --overwrite (overwrite=True)"
-        )
+        raise StoreExistsError(f"{out!r} already exists; pass overwrite=True to replace it")
     stores = [open_store(p) for p in paths]
     try:
         for st in stores:  # a corrupt input must not come out with fresh, valid checksums
@@ -131,7 +135,9 @@ def combine_stores(
             check_sparse(sparse, dtype, meta.num_classes)
             meta = replace(meta, sparse=sparse, dtype=dtype)
         w = torch.tensor(meta.weights, dtype=torch.float64)
-        with _fresh_writer(out, meta, compress=compress, overwrite=overwrite) as writer:
+        with _fresh_writer(
+            out, meta, compress=compress, overwrite=overwrite, tool="combine", wait=lease_wait
+        ) as writer:
             for chunk in range(meta.num_chunks):
                 start, stop = meta.chunk_bounds(chunk)
                 parts = [s.read(start, stop) for s in stores]
@@ -154,17 +160,20 @@ def combine_stores(
 
 @contextmanager
 def _fresh_writer(
-    path: str, meta: StoreMeta, *, compress: bool, overwrite: bool
+    path: str, meta: StoreMeta, *, compress: bool, overwrite: bool, tool: str, wait: float
 ) -> Iterator[StoreWriter]:
     """A new store for a tool that cannot resume: if writing it fails, the half-written store
-    is removed, so nothing incomplete is left at ``path``."""
-    writer = StoreWriter.create(path, meta, compress=compress, overwrite=overwrite)
+    is removed (under the writer lease), so nothing incomplete is left at ``path``."""
+    lease = WriterLease.acquire(path, wait=wait)
+    writer = StoreWriter.create(
+        path, meta, compress=compress, overwrite=overwrite, tool=tool, lease=lease
+    )
     try:
-        with writer:
-            yield writer
+        yield writer
     except BaseException:
-        remove_store(writer.path)  # the new store, or the replacement beside an old one
+        writer.discard()  # the new store, or the replacement beside an old one
         raise
+    writer.close()
 
 
 def _token_arrays(parts: list[Rows], stores: list[StoreReader]) -> dict[str, np.ndarray]:

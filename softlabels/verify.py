@@ -13,11 +13,12 @@ from torch import nn
 from softlabels import schema
 from softlabels.device import resolve_device
 from softlabels.ensemble import combined_logits
-from softlabels.errors import MismatchError, SoftLabelsError
+from softlabels.errors import MismatchError, SoftLabelsError, StoreReadError
 from softlabels.join import check_transfer
 from softlabels.pipeline import Runtime, forward_teachers
 from softlabels.sparse import replay as sparse_replay
 from softlabels.store import StoreReader, open_store
+from softlabels.store.failures import finish_advice
 from softlabels.teachers import as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views.augment import Policy
@@ -85,7 +86,7 @@ def verify_store(
             report.add(
                 "complete",
                 False,
-                f"incomplete: {how_far}; finish it with `softlabels generate ... --resume`",
+                f"incomplete: {how_far}; {finish_advice(store.writing_tool)}",
             )
             return report
         report.add("complete", True, "complete flag set")
@@ -98,7 +99,11 @@ def verify_store(
             )
         else:
             report.add("attributes", True, "they match their SHA-256 (attributes_sha256)")
-        bad_sums, bad_rows, sparse_problems, layout_problems = store.scan_chunks()
+        try:
+            bad_sums, bad_rows, sparse_problems, layout_problems = store.scan_chunks()
+        except StoreReadError as exc:  # unreadable (permissions, network), not mismatched
+            report.add("readable", False, str(exc))
+            return report
         _check(report, "checksums", lambda: _checksum_detail(store, bad_sums))
         index = "a permutation of 0..N-1"
         if meta.views is not None:

@@ -22,7 +22,7 @@ from tests.helpers import child_env
 
 def test_refuses_existing_store_without_overwrite(tmp_path):
     path = make_store(tmp_path / "s.zarr")
-    with pytest.raises(StoreExistsError, match="already exists; replace it with --overwrite"):
+    with pytest.raises(StoreExistsError, match="already exists; pass overwrite=True to replace it"):
         make_store(path)
     make_store(path, overwrite=True)
     with open_store(path) as s:

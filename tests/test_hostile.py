@@ -108,7 +108,7 @@ EXPECTED: dict[str, tuple[type[SoftLabelsError], str, dict[str, str], bool]] = {
     "incomplete.zarr": (
         IncompleteStoreError,
         r"^store '[^']*/incomplete\.zarr' is not complete \(its writer did not finish\); finish "
-        r"it with `softlabels generate \.\.\. --resume`",
+        r"it by running the same `softlabels generate` again with (resume=True|--resume);",
         {
             "complete": r"^incomplete: every one of its 3 chunks is committed, but its writer stopped"
         },
@@ -262,7 +262,8 @@ EXPECTED: dict[str, tuple[type[SoftLabelsError], str, dict[str, str], bool]] = {
     "truncated.h5": (
         StoreFormatError,
         r"^'[^']*/truncated\.h5' is not a readable HDF5 file \(.*truncated file.*\); if it was "
-        r"being written when the writer died, HDF5 cannot recover it: regenerate it \(overwrite\)$",
+        r"being written when the writer died, HDF5 cannot recover it: regenerate it, replacing "
+        r"it \((overwrite=True|--overwrite)\)$",
         {"format": SAME},
         False,
     ),

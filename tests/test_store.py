@@ -126,7 +126,7 @@ class StoreContract:
     def test_refuses_overwrite(self, store_path):
         with open_store(store_path) as s:
             meta = s.meta
-        with pytest.raises(StoreExistsError, match="--overwrite"):
+        with pytest.raises(StoreExistsError, match="overwrite=True"):
             StoreWriter.create(store_path, meta)
 
     def test_missing_store(self, tmp_path):

@@ -9,8 +9,12 @@ from typing import Any
 
 def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     tmp = out / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    tmp.replace(out / "metrics.jsonl")
+    try:
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+        tmp.replace(out / "metrics.jsonl")
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+        raise
 
 
 def plot_curves(out: Path, history: list[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ from softlabels.clihelp import (
     describe_sparse,
     device_option,
     ensemble_options,
+    lease_wait_option,
     precision_option,
     report_store,
     sparse_options,
@@ -79,6 +80,7 @@ from softlabels.schema import SparseSpec
     help="Finish an interrupted store (made on the same device type at the same --precision).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+@lease_wait_option()
 @device_option("Where the teachers run: ")
 @precision_option(
     tuple(PRECISIONS),
@@ -105,6 +107,7 @@ def generate_lm_cmd(
     batch_size: int,
     resume: bool,
     overwrite: bool,
+    lease_wait: float,
     device: str,
     precision: str,
     sparse: SparseSpec | None,
@@ -152,6 +155,7 @@ def generate_lm_cmd(
         progress=not quiet,
         device=device,
         precision=precision,
+        lease_wait=lease_wait,
     )
     with store:
         meta = store.meta

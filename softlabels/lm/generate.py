@@ -64,6 +64,7 @@ def generate_tokens(
     progress: bool = True,
     device: str = "auto",
     precision: str = "fp32",
+    lease_wait: float = 0.0,
 ) -> StoreReader:
     """Write the next-token targets of ``teachers`` (causal LMs: ``hf:DIR``, or modules mapping
     (B, L) token ids and an attention mask to (B, L, V) logits) over ``sequences``, cut to
@@ -73,7 +74,8 @@ def generate_tokens(
         an error, never a fallback. Teachers given as modules are moved there. precision: the
         teachers' forward pass, "fp32", "bf16" or "fp16" (autocast); logits are combined and
         stored from float32 copies, and the store records both (``runtime``). Resuming a store
-        made on another device type or at another precision is refused."""
+        made on another device type or at another precision is refused. lease_wait: as for
+        ``softlabels.generate``."""
     opts = GenerateOptions(
         combine=combine,
         weights=None if weights is None else tuple(weights),
@@ -87,6 +89,8 @@ def generate_tokens(
         sparse=sparse,
         device=device,
         precision=precision,
+        lease_wait=lease_wait,
+        tool="generate-lm",
     )
     opts.validate(len(teachers))
     seqs = sequences.window(max_length, window)

@@ -91,6 +91,7 @@ MAX_CLASSES = 2**31  # ids are int32
 # Writer-private commit journal: (n_chunks, 32) uint8, one SHA-256 row per chunk, written
 # after that chunk's data. Present only while a store is incomplete.
 COMMIT_JOURNAL = "_chunk_commits"
+JOURNAL_TOOL = "tool"  # attribute of the journal array: the command writing the store
 
 # Arrays in checksum order: a chunk's checksum hashes these arrays' rows in this order.
 CHECKSUM_ORDER = (

@@ -17,6 +17,7 @@ old store as it was.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -27,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from softlabels import schema
-from softlabels.errors import StoreExistsError, StoreFormatError, StoreNotFoundError
+from softlabels.errors import (
+    StoreBusyError,
+    StoreExistsError,
+    StoreFormatError,
+    StoreNotFoundError,
+    StoreReadError,
+)
+from softlabels.store.failures import read_failure, writer_note
 
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -204,14 +212,27 @@ class ZarrBackend:
             ) from exc
         except (ValueError, TypeError, KeyError) as exc:
             raise StoreFormatError(f"{path!r} is not a readable Zarr v3 group: {exc}") from exc
-        except OSError as exc:
-            raise StoreNotFoundError(f"cannot open the Zarr store at {path!r}: {exc}") from exc
+        except Exception as exc:
+            failure = read_failure(exc, "the metadata", path)
+            if failure is not None:  # a network fault or permissions: the store may be fine
+                raise failure from exc
+            if isinstance(exc, OSError):
+                raise StoreNotFoundError(f"cannot open the Zarr store at {path!r}: {exc}") from exc
+            raise
         self.path = path
         self._arrays: dict[str, Any] = {}  # opening an array reads its zarr.json: do it once
 
     def _array(self, name: str) -> Any:
         if name not in self._arrays:
-            self._arrays[name] = self.group[name]
+            try:
+                self._arrays[name] = self.group[name]
+            except KeyError:
+                raise
+            except Exception as exc:
+                failure = read_failure(exc, f"the array {name!r}", self.path)
+                if failure is not None:
+                    raise failure from exc
+                raise
         return self._arrays[name]
 
     def attrs(self) -> dict[str, Any]:
@@ -219,6 +240,13 @@ class ZarrBackend:
 
     def update_attrs(self, values: dict[str, Any]) -> None:
         self.group.update_attributes(values)  # one write of zarr.json (attrs.update: one per key)
+
+    def set_array_attr(self, name: str, key: str, value: str) -> None:
+        self._array(name).attrs[key] = value
+
+    def array_attr(self, name: str, key: str) -> str | None:
+        value = self._array(name).attrs.get(key)
+        return value if isinstance(value, str) else None
 
     def has(self, name: str) -> bool:
         try:  # a direct lookup of NAME/zarr.json: no listing, so it works over HTTP too
@@ -260,9 +288,17 @@ class ZarrBackend:
 
         async def fetch() -> list[Any]:
             rows = slice(start, stop)
-            return await asyncio.gather(*(self._array(n).async_array.getitem(rows) for n in names))
+            # return_exceptions: every fetch finishes before one failure is raised, so no
+            # failed task is left for asyncio to report (a screenful of noise on a network fault)
+            return await asyncio.gather(
+                *(self._array(n).async_array.getitem(rows) for n in names), return_exceptions=True
+            )
 
-        return [np.asarray(a) for a in sync(fetch())]
+        results = sync(fetch())
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [np.asarray(a) for a in results]
 
     def write(self, name: str, start: int, data: np.ndarray) -> None:
         self._array(name)[start : start + len(data)] = data
@@ -300,9 +336,17 @@ class HDF5Backend:
         except FileExistsError as exc:
             raise StoreExistsError(f"{path!r} already exists") from exc
         except OSError as exc:
+            busy = writer_note(path)
+            if busy:  # HDF5 locks a file while it is written: this is not damage
+                raise StoreBusyError(f"{path!r} cannot be opened now{busy}") from exc
+            if not os.access(path, os.R_OK):
+                raise StoreReadError(
+                    f"{path!r} cannot be read: permission denied; fix its permissions"
+                ) from exc
             raise StoreFormatError(
                 f"{path!r} is not a readable HDF5 file ({exc}); if it was being written when the "
-                f"writer died, HDF5 cannot recover it: regenerate it (overwrite)"
+                f"writer died, HDF5 cannot recover it: regenerate it, replacing it "
+                f"(overwrite=True)"
             ) from exc
         self.path = path
 
@@ -318,6 +362,15 @@ class HDF5Backend:
         for key, value in values.items():
             self.file.attrs[key] = schema.encode_h5_attr(value)
         self.file.flush()
+
+    def set_array_attr(self, name: str, key: str, value: str) -> None:
+        self.file[name].attrs[key] = value
+
+    def array_attr(self, name: str, key: str) -> str | None:
+        value = self.file[name].attrs.get(key)
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        return value if isinstance(value, str) else None
 
     def has(self, name: str) -> bool:
         import h5py
@@ -346,16 +399,34 @@ class HDF5Backend:
         return [self.read(n, start, stop) for n in names]
 
     def write(self, name: str, start: int, data: np.ndarray) -> None:
-        self.file[name][start : start + len(data)] = data
+        # HDF5 cannot recover from a failed write (its cache is left inconsistent: later calls
+        # fail, and closing the file can crash the process), so a write that would not fit is
+        # refused before HDF5 starts it, and the file stays a valid, resumable store.
+        check_free_space(self.path, data.nbytes)
+        try:
+            self.file[name][start : start + len(data)] = data
+        except Exception:
+            self._broken = True
+            raise
 
     def delete(self, name: str) -> None:
         del self.file[name]
 
     def flush(self) -> None:
-        self.file.flush()
+        try:
+            self.file.flush()
+        except Exception:
+            self._broken = True
+            raise
 
     def close(self) -> None:
-        self.file.close()
+        if not getattr(self, "_broken", False):
+            self.file.close()
+            return
+        try:  # after a failed write, closing reports the same failure again: it is known
+            self.file.close()
+        except Exception:
+            pass
 
     def nbytes_on_disk(self) -> int:
         return os.path.getsize(self.path)
@@ -363,6 +434,22 @@ class HDF5Backend:
     def array_nbytes(self, name: str) -> int:
         """Bytes of the array's stored (compressed) chunks."""
         return int(self.file[name].id.get_storage_size())
+
+
+HDF5_FREE_MARGIN = 1 << 20  # bytes left free for HDF5's own metadata (chunk index, heaps)
+
+
+def check_free_space(path: str, nbytes: int) -> None:
+    """Raise ENOSPC when the file system holding ``path`` has no room for ``nbytes`` more (at
+    most that many, written uncompressed, plus ``HDF5_FREE_MARGIN``)."""
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    need = nbytes + nbytes // 64 + HDF5_FREE_MARGIN
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: {free:,} bytes free, a chunk needs up to {need:,}",
+            path,
+        )
 
 
 def check_contained(path: str) -> None:

@@ -33,6 +33,7 @@ from softlabels.store.checks import (
     token_edge_problems,
     token_problems,
 )
+from softlabels.store.failures import finish_advice, journal_tool, read_failure, writer_note
 from softlabels.store.rows import Rows, chunk_checksum, nonfinite_rows
 from softlabels.views.transfer import check_view_rows, view_row_problems
 
@@ -80,6 +81,11 @@ class StoreReader:
     @property
     def is_sparse(self) -> bool:
         return self.meta.sparse is not None
+
+    @property
+    def writing_tool(self) -> str | None:
+        """The command writing an incomplete store (``generate``, ``combine``...), if recorded."""
+        return None if self.meta.complete else journal_tool(self._b)
 
     def array_names(self) -> list[str]:
         """The data arrays of this store's layout, in checksum order."""
@@ -163,7 +169,10 @@ class StoreReader:
         names = self.array_names()
         try:
             arrays = dict(zip(names, self._b.read_many(names, start, stop), strict=True))
-        except Exception as exc:  # codec or I/O failure inside zarr/h5py: the bytes are bad
+        except Exception as exc:  # codec or I/O failure inside zarr/h5py
+            failure = read_failure(exc, f"rows [{start}, {stop})", self.path)
+            if failure is not None:  # the bytes could not be fetched: not a corrupt store
+                raise failure from exc
             raise StoreFormatError(
                 f"cannot decode rows [{start}, {stop}) of {self.path!r} ({type(exc).__name__}: "
                 f"{exc}); the store is corrupt: run `softlabels verify` and regenerate it"
@@ -264,12 +273,15 @@ class StoreReader:
             done = int(self.committed_chunks().sum())
             raise IncompleteStoreError(
                 f"{self.path!r} is incomplete: {done} of {self.meta.num_chunks} chunks were "
-                f"committed before its writer stopped; finish it with `softlabels generate ... "
-                f"--resume`"
+                f"committed before its writer stopped; {finish_advice(journal_tool(self._b))}"
+                f"{writer_note(self.path)}"
             )
         try:
             return self._b.read(name, 0, self.meta.num_samples)
-        except Exception as exc:  # codec or I/O failure inside zarr/h5py: the bytes are bad
+        except Exception as exc:  # codec or I/O failure inside zarr/h5py
+            failure = read_failure(exc, f"the array {name!r}", self.path)
+            if failure is not None:  # the bytes could not be fetched: not a corrupt store
+                raise failure from exc
             raise StoreFormatError(
                 f"cannot decode the array {name!r} of {self.path!r} ({type(exc).__name__}: "
                 f"{exc}); the store is corrupt: run `softlabels verify` and regenerate it"
@@ -335,9 +347,9 @@ def open_store(path: str | os.PathLike[str], *, allow_incomplete: bool = False) 
         meta = read_meta(backend)
         if not meta.complete and not allow_incomplete:
             raise IncompleteStoreError(
-                f"store {str(path)!r} is not complete (its writer did not finish); finish it with "
-                f"`softlabels generate ... --resume` (resume=True); `softlabels inspect` and "
-                f"`softlabels verify` show how far it got"
+                f"store {str(path)!r} is not complete (its writer did not finish); "
+                f"{finish_advice(journal_tool(backend))}; `softlabels inspect` and "
+                f"`softlabels verify` show how far it got{writer_note(str(path))}"
             )
     except Exception:
         backend.close()
@@ -382,7 +394,8 @@ def check_arrays(backend: Backend, meta: StoreMeta) -> None:
             if not meta.complete:  # attributes arrive first when a store is moved object by object
                 raise IncompleteStoreError(
                     f"{backend.path!r} is still being created (array {spec.name!r} is not there "
-                    f"yet); wait for its writer, or rerun it with --resume"
+                    f"yet); wait for its writer, or if it died, "
+                    f"{finish_advice(journal_tool(backend))}"
                 )
             raise StoreFormatError(f"store is missing the array {spec.name!r}")
         if backend.shape(spec.name) != spec.shape:

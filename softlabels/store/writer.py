@@ -30,6 +30,7 @@ from softlabels.schema.digest import ATTR_ATTRIBUTES_SHA256, attributes_digest
 from softlabels.schema.provenance import LAZY_SHA256
 from softlabels.sparse.device import sparsify_torch
 from softlabels.store import backends
+from softlabels.store.lease import WriterLease
 from softlabels.store.reader import Backend, StoreReader, journal_committed, read_meta
 from softlabels.store.rows import Rows, chunk_checksum
 
@@ -58,12 +59,13 @@ class StoreWriter:
     a disjoint set of chunks; exactly one of them calls ``finalize`` after all have committed.
     """
 
-    def __init__(self, backend: Backend, meta: StoreMeta) -> None:
+    def __init__(self, backend: Backend, meta: StoreMeta, lease: WriterLease | None) -> None:
         self._b = backend
         self.meta = meta
         self.path = backend.path  # where this writer writes
         self.target = backend.path  # where the store is published: path, or the store it replaces
         self.created = False  # True when this writer created the store (not resumed it)
+        self.lease = lease  # None for a rank joining the writer that holds it
 
     @classmethod
     def create(
@@ -73,53 +75,67 @@ class StoreWriter:
         *,
         compress: bool = True,
         overwrite: bool = False,
+        tool: str = "generate",
+        lease: WriterLease | None = None,
     ) -> StoreWriter:
         """A new, empty, incomplete store at ``path``, built under a staging name and moved
-        into place whole, so no reader or writer ever sees it half-created."""
+        into place whole, so no reader or writer ever sees it half-created.
+
+        ``tool`` names the command that writes it (``generate``, ``generate-lm``, ``combine``,
+        ``convert``), recorded on the commit journal so that a reader of the store, should the
+        writer die, says how to finish it. ``lease``: the store's writer lease, already taken;
+        None takes it here (without waiting). The writer gives it back at ``finalize``/``close``.
+        """
         meta = replace(meta, complete=False, checksums=None, attributes_sha256=None)
         meta.validate()
         _refuse_unhashed_teachers(meta)
         target = str(path)
-        if backends.exists(path):
-            if not overwrite:
-                raise StoreExistsError(
-                    f"{target!r} already exists; replace it with --overwrite (overwrite=True)"
-                )
-            backends.check_is_store(path)  # never replace what is not a soft-label store
-            path = backends.replacement_path(path)  # built beside it; swapped in at finalize
-            if backends.exists(path):  # left by an earlier replacement that failed
-                backends.remove_store(path)
-        staging = backends.staging_path(path)
-        backend = backends.open_backend(staging, "w")
+        lease = lease or WriterLease.acquire(target)
         try:
-            backend.update_attrs(meta.to_attrs())
-            for spec in schema.array_layout(meta, journal=True):
-                backend.create(spec, compress)
-            backend.flush()
-            backend.close()
-            faults.point("create_staged")
-            backends.publish(staging, path)
+            if backends.exists(path):
+                if not overwrite:
+                    raise StoreExistsError(
+                        f"{target!r} already exists; pass overwrite=True to replace it"
+                    )
+                backends.check_is_store(path)  # never replace what is not a soft-label store
+                path = backends.replacement_path(path)  # built beside it; swapped in at finalize
+                if backends.exists(path):  # left by an earlier replacement that failed
+                    backends.remove_store(path)
+            _build(backends.staging_path(path), path, meta, compress=compress, tool=tool)
+            writer = cls(backends.open_backend(path, "r+"), meta, lease)
         except BaseException:
-            backend.close()
-            backends.discard(staging)
+            lease.release()
             raise
-        writer = cls(backends.open_backend(path, "r+"), meta)
         writer.created = True
         writer.target = target
         return writer
 
     @classmethod
     def attach(
-        cls, path: str | os.PathLike[str], meta: StoreMeta, *, verify: bool = True
+        cls,
+        path: str | os.PathLike[str],
+        meta: StoreMeta,
+        *,
+        verify: bool = True,
+        lease: WriterLease | None = None,
+        joined: bool = False,
     ) -> StoreWriter:
         """Open an existing incomplete store for writing; its metadata must match ``meta``.
 
         Committed chunks whose data no longer matches their journal entry are un-committed, so
-        they are rewritten.
+        they are rewritten. ``lease`` as for ``create``; ``joined``: this process joins a writer
+        that holds the lease (another rank of one distributed run), and takes none.
         """
-        if not backends.exists(path):
-            raise StoreNotFoundError(f"nothing to resume at {str(path)!r}")
-        backend = backends.open_backend(path, "r+")
+        if not joined:
+            lease = lease or WriterLease.acquire(path)
+        try:
+            if not backends.exists(path):
+                raise StoreNotFoundError(f"nothing to resume at {str(path)!r}")
+            backend = backends.open_backend(path, "r+")
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
         try:
             existing = StoreMeta.from_attrs(backend.attrs())
             if existing.complete:
@@ -128,10 +144,12 @@ class StoreWriter:
             if not backend.has(schema.COMMIT_JOURNAL):
                 _restore_journal(backend, existing)
             read_meta(backend)  # every array is there, with its shape and dtype
-        except Exception:
+        except BaseException:
             backend.close()
+            if lease is not None:
+                lease.release()
             raise
-        writer = cls(backend, existing)
+        writer = cls(backend, existing, lease)
         if verify:  # one process verifies; in a process group the other ranks skip it
             writer._drop_corrupt_commits()
         return writer
@@ -143,7 +161,19 @@ class StoreWriter:
         self.close()
 
     def close(self) -> None:
+        """Close the store and give back the lease (the store stays as it is: resumable)."""
         self._b.close()
+        if self.lease is not None:
+            self.lease.release()
+
+    def discard(self) -> None:
+        """Delete the store this writer writes (a new store, or the replacement beside an old
+        one) before giving back the lease: for a run that failed and cannot be resumed."""
+        self._b.close()
+        try:
+            backends.remove_store(self.path)
+        finally:
+            self.close()
 
     def committed(self) -> np.ndarray:
         return journal_committed(self._b, self.meta)
@@ -195,6 +225,8 @@ class StoreWriter:
             backends.swap_in(self.path, self.target)
             self.path = self.target
             self._b = backends.open_backend(self.path, "r")
+        if self.lease is not None:
+            self.lease.release()  # complete (and swapped in): another writer may come
         return self.meta
 
     def _cast(self, rows: Rows) -> Rows:
@@ -247,13 +279,32 @@ class StoreWriter:
         self._b.flush()
 
 
+def _build(staging: str, path: str, meta: StoreMeta, *, compress: bool, tool: str) -> None:
+    """Create the whole empty store under ``staging``, then move it to ``path``."""
+    backend = backends.open_backend(staging, "w")
+    try:
+        backend.update_attrs(meta.to_attrs())
+        for spec in schema.array_layout(meta, journal=True):
+            backend.create(spec, compress)
+        backend.set_array_attr(schema.COMMIT_JOURNAL, schema.JOURNAL_TOOL, tool)
+        backend.flush()
+        backend.close()
+        faults.point("create_staged")
+        backends.publish(staging, path)
+    except BaseException:
+        backend.close()
+        backends.discard(staging)
+        raise
+
+
 def _restore_journal(backend: Backend, meta: StoreMeta) -> None:
     """A writer killed inside ``finalize`` after deleting the journal left every chunk committed
     and the digests in ``checksums``: rebuild the journal from them (``attach`` then re-verifies
     every chunk against it)."""
     if meta.checksums is None:
         raise StoreFormatError(
-            f"{backend.path!r} has neither a commit journal nor checksums; regenerate it (overwrite)"
+            f"{backend.path!r} has neither a commit journal nor checksums; it cannot be resumed: "
+            f"regenerate it, replacing it (overwrite=True)"
         )
     journal_spec = schema.array_layout(meta, journal=True)[-1]
     backend.create(journal_spec, False)
@@ -276,7 +327,7 @@ def check_same_run(existing: StoreMeta, wanted: StoreMeta) -> None:
         raise MismatchError(
             "the existing store was written by a different run ("
             + "; ".join(diffs)
-            + "); regenerate it with --overwrite (overwrite=True) or choose another output path"
+            + "); regenerate it, replacing it (overwrite=True), or choose another output path"
         )
 
 
