@@ -17,6 +17,7 @@ import softlabels
 from softlabels import faults
 from softlabels.cli import main as softlabels_cli
 from softlabels.store import backends
+from softlabels.store.lease import lease_path
 from tests.helpers import teacher_a
 
 GOOD = ["--teacher", "tests.helpers:teacher_a", "--transfer", "digits", "--chunk-rows", "500"]
@@ -81,7 +82,8 @@ def test_a_kill_before_the_swap_keeps_the_old_store_and_a_rerun_replaces_it(tmp_
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
     assert _checksums(out) == before
-    assert _siblings(out) == [Path(backends.replacement_path(out)).name]
+    stale_lease = Path(lease_path(out)).name  # the killed writer's: the rerun takes it over
+    assert _siblings(out) == sorted([Path(backends.replacement_path(out)).name, stale_lease])
     res = CliRunner().invoke(softlabels_cli, args)
     assert res.exit_code == 0, res.output
     assert _checksums(out) != before and _siblings(out) == []
