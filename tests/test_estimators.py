@@ -41,7 +41,7 @@ MEMBERS = np.stack(
         SINGLE,
         np.array(
             [
-                [0.5, 2.0, -0.5, 1.0, -1.0, 0.0, 2.5, -0.75, 0.25, -1.25],
+                [0.5, 2.0, -0.5, 1.0, -1.0, 0.0, 2.5, 2.25, 0.25, -1.25],
                 [-0.5, 1.5, 2.0, -0.25, 0.5, 2.75, -1.0, 0.0, 1.0, -2.0],
             ]
         ),
@@ -206,3 +206,41 @@ def test_default_estimator_is_importance_up_to_tq_and_bucket_above(tmp_path):
     np.testing.assert_allclose(
         above.log_probs.numpy(), expected(z, weights, ids, 4.0, "bucket")[0], rtol=2e-6
     )
+
+
+def _member_tail_below_smallest_anchor(z: np.ndarray, ids: np.ndarray, t: float) -> np.ndarray:
+    """FORMAT.md, below the smallest anchor, for one member group (R, C) logits: the middle of
+    the last chord's extension and max(it, f_last + (1/T - b_last) * the member's smallest
+    logit on the top ids), from exact log-partitions at the nodes b = 0, 1/4, 1."""
+    outside = np.ones(z.shape, bool)
+    np.put_along_axis(outside, ids, False, axis=1)
+    rest = [z[r][outside[r]] for r in range(len(z))]
+    f_last = np.array([np.log(np.exp(v).sum()) for v in rest])  # b = 1 (T = 1)
+    f_prev = np.array([np.log(np.exp(v / 4).sum()) for v in rest])  # b = 1/4 (T = 4)
+    x = 1 / t
+    lower = f_last + (f_last - f_prev) / 0.75 * (x - 1)
+    ceiling = np.take_along_axis(z, ids[:, :TOP], axis=1).min(1)
+    upper = np.maximum(lower, f_last + ceiling * (x - 1))
+    return (lower + upper) / 2
+
+
+def test_arithmetic_members_below_the_smallest_anchor(tmp_path):
+    """At T = 1/2, below the smallest anchor (1): each member group's tail uses that member's own
+    smallest logit on the top ids (no bound for a member: here an outside logit exceeds it),
+    and the members are mixed after."""
+    z, weights, ids, step = CASES["arithmetic-fixed"]
+    assert z[0, 1, 7] > np.take_along_axis(z[:, 1], ids[:, :TOP], 1)[0].min()  # not a bound
+    path = tmp_path / "hand.zarr"
+    write_sparse(path, z, weights, ids, step)
+    t = 0.5
+    p, tail = 0.0, 0.0
+    for m, w in enumerate(weights):
+        v = np.take_along_axis(z[:, m], ids, axis=1) / t
+        f = _member_tail_below_smallest_anchor(z[:, m], ids, t)
+        log_z = np.logaddexp(np.log(np.exp(v).sum(1)), f)
+        p = p + w * np.exp(v - log_z[:, None])
+        tail = tail + w * np.exp(f - log_z)
+    with open_store(path) as s:
+        got = s.soft_targets(np.arange(2), t, estimator="bucket")
+    np.testing.assert_allclose(got.log_probs.numpy(), np.log(p), rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(got.log_tail.numpy(), np.log(tail), rtol=2e-6, atol=2e-6)

@@ -166,7 +166,9 @@ def _sequences() -> TokenSequences:
     return TokenSequences(name="toks", split="train", ids=TOKEN_IDS, offsets=OFFSETS)
 
 
-def write_token_store(path, sample_index: np.ndarray) -> None:
+def write_token_store(
+    path, sample_index: np.ndarray, labels: np.ndarray | None = None, first: int = 0
+) -> None:
     seqs = _sequences()
     meta = StoreMeta(
         num_samples=9,
@@ -184,8 +186,8 @@ def write_token_store(path, sample_index: np.ndarray) -> None:
             tokenizer=None, tokenizer_vocab_size=None, max_length=4, window="window", pad_id=0
         ),
     )
-    labels = seqs.next_tokens()
-    position = np.array([0, 1, 2, 0, 1, 2, 3, 0, 1], dtype=np.int32)
+    labels = seqs.next_tokens() if labels is None else labels
+    position = np.array([first, 1, 2, 0, 1, 2, 3, 0, 1], dtype=np.int32)
     with StoreWriter.create(path, meta, compress=False) as writer:
         for chunk in range(meta.num_chunks):
             a, b = meta.chunk_bounds(chunk)
@@ -224,6 +226,30 @@ def test_token_store_not_in_token_order_is_refused(tmp_path):
     write_token_store(path, np.array([0, 1, 2, 3, 4, 5, 6, 8, 7]))
     with pytest.raises(MismatchError, match="token order"):
         SoftTargetDataset(str(path), _sequences(), temperature=2.0)
+
+
+def test_token_store_final_row_label_is_minus_one(tmp_path):
+    """FORMAT.md: row N - 1 ends the last sequence, so its label MUST be -1; a store whose final
+    row names a next token (an off-by-one writer) is refused, and so is one whose row 0 does not
+    start a sequence."""
+    good = tmp_path / "good.zarr"
+    write_token_store(good, np.arange(9))
+    with open_store(good) as s:
+        assert s.labels()[-1] == -1 and s.scan_chunks()[3] == []
+    labels = _sequences().next_tokens()
+    labels[-1] = 3
+    bad = tmp_path / "bad.zarr"
+    write_token_store(bad, np.arange(9), labels=labels)
+    with open_store(bad) as s:
+        with pytest.raises(StoreFormatError, match="final row 8 has label 3, not -1"):
+            s.soft_targets(np.arange(9), 1.0)
+        assert any("final row 8" in p for p in s.scan_chunks()[3])
+    with pytest.raises(StoreFormatError, match="final row"):
+        SoftTargetDataset(str(bad), _sequences(), temperature=1.0)[2]
+    shifted = tmp_path / "shifted.zarr"
+    write_token_store(shifted, np.arange(9), first=1)
+    with open_store(shifted) as s, pytest.raises(StoreFormatError, match="row 0 has position 1"):
+        s.read_verified_chunk(0)
 
 
 # -- views stores: row r MUST be view r % V of sample r // V -------------------------------------

@@ -199,7 +199,7 @@ class StoreReader:
             decoded = sparse_replay.decode(rows.arrays, self.meta)
             sparse_replay.check(decoded, self.meta, rows.start, self.path)
         if self.meta.tokens is not None:
-            check_token_rows(rows, self.meta.num_classes, self.path)
+            check_token_rows(rows, self.meta.num_classes, self.path, self.meta.num_samples)
         if self.meta.views is not None:
             check_view_rows(rows.start, rows.arrays, self.meta.views, self.path)
         return rows
@@ -343,7 +343,8 @@ class StoreReader:
                 )
             if self.meta.tokens is not None:
                 layout += [
-                    f"chunk {chunk}: {p}" for p in token_problems(rows, self.meta.num_classes)
+                    f"chunk {chunk}: {p}"
+                    for p in token_problems(rows, self.meta.num_classes, self.meta.num_samples)
                 ]
                 if previous is not None:
                     layout += token_edge_problems(previous, rows)
