@@ -5,6 +5,7 @@ the resumed store must equal an uninterrupted run's, bytes and checksums."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -43,15 +44,23 @@ def _corrupt(path: Path, how: str) -> None:
         (path / schema.MEMBER_LOGITS / "c" / "1" / "0" / "0").write_bytes(b"\x00garbage" * 9)
 
 
-@pytest.mark.bitwise
-@pytest.mark.parametrize("how", ["values", "bytes"])
-def test_resume_rewrites_a_corrupted_committed_chunk(tmp_path, reference, how):
-    path = tmp_path / "killed.zarr"
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> Path:
+    """A run SIGKILLed right after its fourth commit (chunks 0..3 committed)."""
+    path = tmp_path_factory.mktemp("killed") / "killed.zarr"
     env = child_env({**ENV, "SOFTLABELS_FAULT": "chunk_committed:4"})
     res = subprocess.run(generate_cmd(path), env=env, timeout=300, capture_output=True)
-    assert res.returncode == -9, res.stderr.decode()[-2000:]  # killed after 4 commits
+    assert res.returncode == -9, res.stderr.decode()[-2000:]
     with open_store(path, allow_incomplete=True) as s:
         assert np.flatnonzero(s.committed_chunks()).tolist() == [0, 1, 2, 3]
+    return path
+
+
+@pytest.mark.bitwise
+@pytest.mark.parametrize("how", ["values", "bytes"])
+def test_resume_rewrites_a_corrupted_committed_chunk(tmp_path, reference, killed, how):
+    path = tmp_path / "killed.zarr"
+    shutil.copytree(killed, path)
     _corrupt(path, how)
     untouched = path / schema.LOGITS / "c" / "0" / "0"
     before = untouched.stat().st_mtime_ns
