@@ -75,7 +75,7 @@ def audit_store(
         sums = {t: _Sums(estimators) for t in options.temperatures}
         for start in range(0, len(positions), BLOCK_ROWS):
             block = positions[start : start + BLOCK_ROWS]
-            rows = store.rows_at(block)  # read and verified once, replayed at every T
+            rows = _rows(store, block)  # read and verified once, replayed at every T
             members = reference.member_logits(block)
             z = students.logits(block)
             for t in options.temperatures:
@@ -126,6 +126,11 @@ def _estimators(store: StoreReader) -> tuple[str, ...]:
     return ESTIMATORS if store.meta.sparse.sample else ("bucket",)  # type: ignore[union-attr]
 
 
+def _rows(store: StoreReader, keys: np.ndarray) -> Rows:
+    """The sampled rows: transfer positions, or store rows in a views store (V per sample)."""
+    return store.rows_at(keys) if store.meta.views is None else store.read_rows(keys)
+
+
 def _sample(n: int, rows: int, seed: int) -> np.ndarray:
     if rows < 1:
         raise SoftLabelsError(f"rows must be at least 1, got {rows}")
@@ -174,7 +179,7 @@ class _Reference:
 
     def member_logits(self, positions: np.ndarray) -> torch.Tensor:
         if self.dense is not None:
-            rows = self.dense.rows_at(positions)
+            rows = _rows(self.dense, positions)
             return torch.from_numpy(rows.all_member_logits().astype(np.float64))
         assert self.data is not None
         x = torch.from_numpy(self.data.gather(positions)).to(self.runtime.device)

@@ -255,7 +255,7 @@ def _inputs(
             f"set has {len(data)}"
         )
     policy = load_views_policy(store.meta, augment)
-    block = store.rows_at(rows)  # in a views store, positions are store rows
+    block = store.read_rows(rows)  # in a views store, the sampled rows are store rows
     params, samples = block.arrays[schema.VIEW_PARAMS], block.sample_index
     return np.stack(
         [view_input(x, p, policy) for x, p in zip(data.gather(samples), params, strict=True)]
@@ -268,7 +268,7 @@ def _compared(
     """(stored, re-run) logits to compare: the combined logits of a dense store; every
     member's logits at the stored ids of a sparse one."""
     meta = store.meta
-    rows = store.rows_at(positions)
+    rows = store.rows_at(positions) if meta.views is None else store.read_rows(positions)
     if meta.sparse is None:
         weights = torch.tensor(meta.weights, dtype=torch.float64)
         expected = combined_logits(fresh.double(), weights, meta.combine).numpy()

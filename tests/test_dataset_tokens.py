@@ -212,3 +212,18 @@ def test_a_token_store_shared_over_http_trains_as_the_local_one(setup, tmp_path)
                 np.testing.assert_array_equal(a.numpy(), b.numpy())
     finally:
         httpd.shutdown()
+
+
+def test_store_fingerprint_is_over_the_windowed_sequences(setup):
+    """FORMAT.md: SHA-256 over the windowed sequences' ids, then their offsets [0, ..., N], as
+    little-endian int64; not over the documents before windowing."""
+    import hashlib
+
+    store, seqs = setup["store"], setup["seqs"]
+    windows = seqs.window(12, "window")
+    assert len(windows) > len(seqs) and windows.offsets[0] == 0
+    assert windows.offsets[-1] == store.meta.num_samples
+    data = windows.ids.astype("<i8").tobytes() + windows.offsets.astype("<i8").tobytes()
+    assert store.meta.transfer.fingerprint == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert store.meta.transfer.fingerprint != seqs.fingerprint()
+    assert store.labels()[-1] == -1  # the final row ends the last sequence

@@ -79,6 +79,13 @@ def test_mutated_attrs_never_crash(key, value):
     except SoftLabelsError:
         return
     meta.validate()
+    # accepted: the value is what the metadata now holds, and it survives a round trip
+    again = meta.to_attrs()
+    assert StoreMeta.from_attrs(again) == meta
+    if key == schema.ATTR_COMPLETE:  # anything but true reads as incomplete: the safe side
+        assert meta.complete == (value is True)
+    elif key in again:
+        assert json.loads(json.dumps(again[key])) == json.loads(json.dumps(value))
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,11 +279,29 @@ def exercise(path: Path) -> str:
             s.read(0, n)
             for k in range(s.meta.num_chunks):
                 s.read_verified_chunk(k)
-            s.load()
-            s.soft_targets(np.arange(n), 2.0)
+            loaded = s.load()
+            targets = s.soft_targets(np.arange(n), 2.0)
+            meta = s.meta
     except SoftLabelsError as exc:
         return raised_in(exc)
+    # an accepted store's targets follow from its stored arrays, by position (not only "no crash")
+    assert loaded.sample_index.tolist() == list(range(n))
+    np.testing.assert_allclose(targets.numpy(), reference_targets(meta, loaded, 2.0), rtol=1e-5)
     return "ok"
+
+
+def reference_targets(meta: StoreMeta, rows: Rows, t: float) -> np.ndarray:
+    """float64 log soft targets from FORMAT.md's combine rules, on the stored arrays."""
+
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    if meta.combine != "arithmetic":
+        return log_softmax(rows.logits.astype(np.float64) / t)
+    p = np.exp(log_softmax(rows.member_logits.astype(np.float64) / t))
+    with np.errstate(divide="ignore"):
+        return np.log(np.einsum("nmc,m->nc", p, np.asarray(meta.weights)))
 
 
 def raised_in(exc: BaseException) -> str:
@@ -746,7 +771,11 @@ def test_random_store_layouts_never_crash(n, c, m, arrays, complete):
                 g[name][...] = np.ones(shape, dtype=dtype)
         try:
             with open_store(path, allow_incomplete=True) as s:
-                s.read(0, s.meta.num_samples)
+                block = s.read(0, s.meta.num_samples)
+                # accepted: the reader returns the stored values (all ones) in the meta's shapes
+                for name, a in block.arrays.items():
+                    assert a.shape[0] == n and a.dtype == np.dtype(arrays[name][1])
+                    assert (a == 1).all()
                 s.sample_index()
                 for k in range(s.meta.num_chunks):
                     try:

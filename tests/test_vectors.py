@@ -520,3 +520,69 @@ def test_sparse_vector_is_what_the_writer_makes_from_the_logits(tmp_path):
     assert make.SPARSE_LOGITS == vector["logits"] and make.SPARSE_SPEC == SparseSpec.from_attr(spec)
     final = make.write_sparse(tmp_path / "again.zarr")
     assert list(final.checksums) == SPARSE_CHECKSUMS
+
+
+# ---- the float16 sparse vector (FORMAT.md, "Sparse float16 test vector") -----------------------
+
+
+def _sparse_f16_vector() -> dict:
+    text = (ROOT / "FORMAT.md").read_text()
+    section = text.split("\n## Sparse float16 test vector\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```json\n(.*?)```", section, flags=re.S)
+    return json.loads(block)
+
+
+SPARSE_F16_CHECKSUMS = [
+    "8ceb1f86516d7adcf4f6c8f5202fd634b0aef098a46a174fe170e42f56d77107",
+    "60a29f73a88e803996fa9eb5a48062bfd99a35a94078e4afb4a7eed971a8e75a",
+]
+
+
+def test_sparse_f16_vector_committed_store_holds_the_listed_arrays():
+    vector = _sparse_f16_vector()
+    assert vector["checksums"] == SPARSE_F16_CHECKSUMS
+    arrays = vector["arrays"]
+    values = np.asarray(arrays["values"], dtype=np.float64)
+    # every listed value is a float16, and the listed bytes are those values
+    np.testing.assert_array_equal(values.astype(np.float16).astype(np.float64), values)
+    assert values.astype("<f2").tobytes().hex() == vector["values_f2"]
+    with open_store(VECTORS / "tiny-sparse-f16.zarr") as s:
+        assert s.meta.dtype == "float16" and list(s.meta.checksums) == SPARSE_F16_CHECKSUMS
+        assert s.meta.sparse.to_attr() == vector["sparse"]
+        rows = s.read(0, 4)
+        assert rows.arrays["values"].dtype == np.float16
+        assert rows.arrays["values"].tobytes().hex() == vector["values_f2"]
+        assert {k: v.tolist() for k, v in rows.arrays.items()} == arrays
+        assert [chunk_checksum(s.read_chunk(c)) for c in range(2)] == SPARSE_F16_CHECKSUMS
+
+
+def test_sparse_f16_vector_ranks_the_decoded_logits_ties_to_the_lower_id():
+    """Row 0: 2.3 (id 3) and 2.3004 (id 5) are one float16; the stored top ids are 0 and 3, the
+    raw logits' top two 0 and 5."""
+    vector = _sparse_f16_vector()
+    raw = np.asarray(vector["logits"], dtype=np.float32)
+    decoded = raw.astype(np.float16).astype(np.float64)
+    gaps = np.asarray(vector["arrays"]["id_gaps"])
+    top = np.cumsum(gaps[:, :2], axis=1)
+    stored_top = np.sort(np.argsort(-decoded, axis=1, kind="stable")[:, :2], axis=1)
+    np.testing.assert_array_equal(top, stored_top)
+    assert top[0].tolist() == [0, 3]
+    assert np.sort(np.argsort(-raw[0], kind="stable")[:2]).tolist() == [0, 5]
+    # the tails are over the decoded logits of the ids in neither segment
+    ids = np.concatenate([top, np.cumsum(gaps[:, 2:], axis=1)], axis=1)
+    for r in range(4):
+        rest = np.setdiff1d(np.arange(8), ids[r])
+        want = [t * np.log(np.exp(decoded[r, rest] / t).sum()) for t in (1.0, 4.0)]
+        np.testing.assert_allclose(vector["arrays"]["tail"][r][0], want, rtol=2e-7)
+
+
+@pytest.mark.bitwise
+def test_sparse_f16_vector_is_what_the_writer_makes_from_the_logits(tmp_path):
+    from softlabels.schema import SparseSpec
+
+    vector = _sparse_f16_vector()
+    make = _make_vectors()
+    assert make.SPARSE_F16_LOGITS == vector["logits"]
+    assert make.SPARSE_F16_SPEC == SparseSpec.from_attr(vector["sparse"])
+    final = make.write_sparse_f16(tmp_path / "again.zarr")
+    assert list(final.checksums) == SPARSE_F16_CHECKSUMS

@@ -93,7 +93,7 @@ def test_pairs_are_bit_identical_whatever_the_batch_size_and_workers(store):
         np.testing.assert_array_equal(one[i][1], other[i][1])
     with open_store(store) as s:  # the target is the stored view's own
         row = int(ds.views.rows(2)[7])
-        np.testing.assert_array_equal(one[7][1], s.soft_targets(np.array([row]), 4.0)[0].numpy())
+        np.testing.assert_array_equal(one[7][1], s.soft_targets(s.read_rows([row]), 4.0)[0].numpy())
 
 
 @pytest.mark.bitwise

@@ -250,8 +250,8 @@ class ViewTargets:
     ) -> None:
         self.views, self.batch_size, self.seed = views, batch_size, seed
         self.samples = shard.take(np.arange(views.num_samples))
-        rows = np.arange(store.meta.num_samples)
-        self.targets = store.soft_targets(rows, temperature, estimator=estimator)
+        every = np.arange(views.num_samples)  # positions: each gives its V rows, store order
+        self.targets = store.soft_targets(every, temperature, estimator=estimator)
 
     def batches(self, epoch: int) -> Iterator[Batch]:
         drawn = self.views.rows(epoch).reshape(self.views.per_epoch, self.views.num_samples)

@@ -3,7 +3,6 @@ covers the split, top-1 agreement with the teacher and KL(teacher || student).""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,7 +84,7 @@ def evaluate(
 def teacher_metrics(store: StoreReader, labels: torch.Tensor) -> dict[str, object]:
     """Each member's and the stored teacher's metrics at T = 1, from the store alone (rows by
     transfer position; ``labels`` in the same order)."""
-    rows = store.rows_at(np.arange(store.meta.num_samples))  # read once for every member
+    rows = store.load()  # every row, by transfer position; read once for every member
     return {
         "members": [
             _metrics(store.soft_targets(rows, 1.0, member=m), labels)

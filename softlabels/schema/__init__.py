@@ -38,7 +38,7 @@ from softlabels.schema.fields import (  # re-exported: the HDF5 attribute codec
     decode_h5_attr as decode_h5_attr,
 )
 from softlabels.schema.fields import encode_h5_attr as encode_h5_attr
-from softlabels.schema.fields import int_field, list_field
+from softlabels.schema.fields import int_field, list_field, numbers, str_field, strings
 from softlabels.schema.provenance import TeacherInfo as TeacherInfo
 from softlabels.schema.provenance import TransferInfo as TransferInfo
 from softlabels.schema.provenance import runtime_attr, teacher_attr, transfer_attr
@@ -282,17 +282,17 @@ class StoreMeta:
                 num_samples=int_field(attrs, ATTR_NUM_SAMPLES, minimum=1),
                 num_classes=int_field(attrs, ATTR_NUM_CLASSES, minimum=2),
                 class_names=_class_names(attrs, version),
-                combine=str(attrs[ATTR_COMBINE]),
-                weights=tuple(float(w) for w in list_field(attrs, ATTR_WEIGHTS)),
+                combine=str_field(attrs, ATTR_COMBINE),
+                weights=numbers(list_field(attrs, ATTR_WEIGHTS), ATTR_WEIGHTS),
                 teachers=tuple(teacher_attr(t) for t in list_field(attrs, ATTR_TEACHERS)),
                 transfer=transfer_attr(attrs[ATTR_TRANSFER]),
-                dtype=str(attrs[ATTR_DTYPE]),
+                dtype=str_field(attrs, ATTR_DTYPE),
                 chunk_rows=int_field(attrs, ATTR_CHUNK_ROWS, minimum=1),
-                created_at=str(attrs[ATTR_CREATED_AT]),
-                producer=str(attrs[ATTR_PRODUCER]),
+                created_at=str_field(attrs, ATTR_CREATED_AT),
+                producer=str_field(attrs, ATTR_PRODUCER),
                 checksums=None
                 if attrs[ATTR_CHECKSUMS] is None
-                else tuple(str(c) for c in list_field(attrs, ATTR_CHECKSUMS)),
+                else strings(list_field(attrs, ATTR_CHECKSUMS), ATTR_CHECKSUMS),
                 complete=attrs[ATTR_COMPLETE] is True,
                 runtime=runtime_attr(attrs.get(ATTR_RUNTIME)),
                 attributes_sha256=_digest_attr(attrs.get(ATTR_ATTRIBUTES_SHA256)),
@@ -420,7 +420,7 @@ def _class_names(attrs: dict[str, Any], version: int) -> tuple[str, ...]:
     """The stored names; in a version-5 token store, each id's decimal string."""
     if version == TOKENS_FORMAT_VERSION:
         return tuple(map(str, range(int_field(attrs, ATTR_NUM_CLASSES, minimum=2))))
-    return tuple(str(c) for c in list_field(attrs, ATTR_CLASS_NAMES))
+    return strings(list_field(attrs, ATTR_CLASS_NAMES), ATTR_CLASS_NAMES)
 
 
 def _digest_attr(value: Any) -> str | None:

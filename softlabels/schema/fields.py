@@ -26,6 +26,24 @@ def number_field(attrs: dict[str, Any], key: str) -> float:
     return float(value)
 
 
+def str_field(attrs: dict[str, Any], key: str) -> str:
+    """A string attribute, taken as it is (never another JSON type turned into text)."""
+    value = attrs[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def numbers(values: list[Any], key: str) -> tuple[float, ...]:
+    """A list of JSON numbers (not strings or booleans), as floats."""
+    return tuple(number_field({key: v}, key) for v in values)
+
+
+def strings(values: list[Any], key: str) -> tuple[str, ...]:
+    """A list of JSON strings."""
+    return tuple(str_field({key: v}, key) for v in values)
+
+
 def list_field(attrs: dict[str, Any], key: str) -> list[Any]:
     value = attrs[key]
     if not isinstance(value, list):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from softlabels.schema.fields import int_field
+from softlabels.schema.fields import int_field, str_field
 
 # The sha256 of a teacher whose lazy parameters (nn.LazyLinear) are not set yet; its first
 # batch sets them (softlabels.teachers.initialise_lazy) and the real hash replaces this. It is
@@ -41,10 +41,10 @@ def teacher_attr(entry: Any) -> TeacherInfo:
     if arch is not None and not isinstance(arch, dict):
         raise ValueError("teacher architecture must be an object or null")
     return TeacherInfo(
-        name=str(entry["name"]),
-        spec=None if entry["spec"] is None else str(entry["spec"]),
+        name=str_field(entry, "name"),
+        spec=None if entry["spec"] is None else str_field(entry, "spec"),
         architecture=arch,
-        sha256=str(entry["sha256"]),
+        sha256=str_field(entry, "sha256"),
     )
 
 
@@ -60,8 +60,8 @@ def transfer_attr(entry: Any) -> TransferInfo:
     if not isinstance(entry, dict):
         raise ValueError(f"transfer must be an object, got {entry!r}")
     return TransferInfo(
-        name=str(entry["name"]),
-        split=str(entry["split"]),
+        name=str_field(entry, "name"),
+        split=str_field(entry, "split"),
         num_samples=int_field(entry, "num_samples", minimum=1),
-        fingerprint=str(entry["fingerprint"]),
+        fingerprint=str_field(entry, "fingerprint"),
     )

@@ -23,9 +23,9 @@ def check_sample_index(index: np.ndarray, num_samples: int) -> None:
         raise StoreFormatError(f"sample_index repeats transfer positions {dup.tolist()}")
 
 
-def check_token_rows(rows: Rows, vocab: int, path: str) -> None:
+def check_token_rows(rows: Rows, vocab: int, path: str, num_rows: int | None = None) -> None:
     """Token rows must follow the shift convention (``token_problems``)."""
-    problems = token_problems(rows, vocab)
+    problems = token_problems(rows, vocab, num_rows)
     if problems:
         raise StoreFormatError(
             f"{path!r} is not a valid token store ({'; '.join(problems)}): row t must predict "
@@ -33,11 +33,20 @@ def check_token_rows(rows: Rows, vocab: int, path: str) -> None:
         )
 
 
-def token_problems(rows: Rows, vocab: int) -> list[str]:
+def token_problems(rows: Rows, vocab: int, num_rows: int | None = None) -> list[str]:
     """What breaks the shift convention in these rows: inside a sequence, position rises by
-    one and each row's label is the next row's input token; a sequence starts at position 0."""
+    one and each row's label is the next row's input token; a sequence starts at position 0.
+    For a block starting at row 0, or ending at the store's last row (``num_rows``): row 0
+    starts a sequence, and the last row ends one (label -1)."""
     ids, pos, labels = rows.arrays[schema.INPUT_IDS], rows.arrays[schema.POSITION], rows.labels
     problems = []
+    if len(pos) and rows.start == 0 and pos[0] != 0:
+        problems.append(f"row 0 has position {int(pos[0])}: the first row starts a sequence (0)")
+    if len(labels) and num_rows is not None and rows.stop == num_rows and labels[-1] != -1:
+        problems.append(
+            f"the final row {num_rows - 1} has label {int(labels[-1])}, not -1: it ends the last "
+            f"sequence, which has no next token"
+        )
     if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
         problems.append(f"input ids outside the {vocab}-token vocabulary")
     same = pos[1:] == pos[:-1] + 1  # row r + 1 continues row r's sequence

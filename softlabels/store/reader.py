@@ -125,8 +125,12 @@ class StoreReader:
         ``estimator`` picks how sampled ids stand in for the tail (``softlabels.sparse.replay``;
         None: the store's default).
 
-        ``rows`` is a block read from this store (``read``, ``read_chunk``, ``load``), or an int
-        array of R transfer-set positions, read here and returned in that order. ``member=None``
+        ``rows`` is a block read from this store (``read``, ``read_chunk``, ``read_rows``,
+        ``load``), or an int array of R transfer-set positions, read here (through
+        ``sample_index``, whatever the stored row order) and returned in that order. An int array
+        means transfer positions in every layout: in a token store a position is a token; in a
+        views store, which holds V views of each position, each position gives its V rows in
+        view order (R * V rows). For store rows, pass ``read_rows(rows)``. ``member=None``
         gives the stored teacher (an ensemble replayed exactly for its combine rule: arithmetic
         from its members' own logits, geometric and single teachers from ``logits``); ``member=m``
         gives ensemble member m alone.
@@ -204,7 +208,7 @@ class StoreReader:
             decoded = sparse_replay.decode(rows.arrays, self.meta)
             sparse_replay.check(decoded, self.meta, rows.start, self.path)
         if self.meta.tokens is not None:
-            check_token_rows(rows, self.meta.num_classes, self.path)
+            check_token_rows(rows, self.meta.num_classes, self.path, self.meta.num_samples)
         if self.meta.views is not None:
             check_view_rows(rows.start, rows.arrays, self.meta.views, self.path)
         return rows
@@ -224,13 +228,39 @@ class StoreReader:
         return self._loaded
 
     def rows_at(self, positions: np.ndarray) -> Rows:
-        """The rows of transfer positions ``positions``, in that order (verified chunks). In a
-        views store, where each sample has V rows, ``positions`` are store rows."""
+        """The rows of transfer positions ``positions``, in that order (verified chunks), joined
+        through ``sample_index``. In a views store each position gives its V rows, in view order
+        (R * V rows)."""
+        keys = self._position_keys(np.asarray(positions, dtype=np.int64))
         if self._loaded is not None:
-            return self._loaded.take(positions)
+            return self._loaded.take(keys)
         if self._row_of is None:
             self._row_of = np.argsort(self.sample_index(), kind="stable")
-        rows = self._row_of[positions]
+        return self.read_rows(self._row_of[keys])
+
+    def _position_keys(self, positions: np.ndarray) -> np.ndarray:
+        """Indices into the rows sorted by position (stable): position p's V rows are
+        p * V .. p * V + V - 1 (V = 1 outside a views store). Out-of-range positions raise."""
+        views = 1 if self.meta.views is None else self.meta.views.views_per_sample
+        count = self.meta.num_samples // views
+        outside = positions[(positions < 0) | (positions >= count)]
+        if len(outside):
+            raise IndexError(
+                f"transfer positions {outside[:10].tolist()} are outside the store's {count} "
+                f"positions (0..{count - 1})"
+            )
+        if views == 1:
+            return positions
+        return (positions[:, None] * views + np.arange(views)).reshape(-1)
+
+    def read_rows(self, rows: np.ndarray) -> Rows:
+        """Store rows ``rows`` (any order, repeats allowed), in that order, from verified
+        chunks. Rows are not positions: join them to inputs through their ``sample_index``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n = self.meta.num_samples
+        outside = rows[(rows < 0) | (rows >= n)]
+        if len(outside):
+            raise IndexError(f"rows {outside[:10].tolist()} are outside the store's {n} rows")
         chunks = rows // self.meta.chunk_rows
         parts, where = [], []
         for c in np.unique(chunks):
@@ -238,6 +268,8 @@ class StoreReader:
             sel = np.flatnonzero(chunks == c)
             parts.append(block.take(rows[sel] - block.start))
             where.append(sel)
+        if not parts:
+            return self.read(0, 0)
         gathered = Rows.concat(parts)
         return gathered.take(np.argsort(np.concatenate(where), kind="stable"))
 
@@ -323,7 +355,8 @@ class StoreReader:
                 )
             if self.meta.tokens is not None:
                 layout += [
-                    f"chunk {chunk}: {p}" for p in token_problems(rows, self.meta.num_classes)
+                    f"chunk {chunk}: {p}"
+                    for p in token_problems(rows, self.meta.num_classes, self.meta.num_samples)
                 ]
                 if previous is not None:
                     layout += token_edge_problems(previous, rows)

@@ -10,6 +10,7 @@ hand (the script prints the values to copy).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,43 @@ def write_sparse(path: Path) -> StoreMeta:
         return writer.finalize()
 
 
+# ---- the float16 sparse vector: the same shape, float values stored as float16 ---------------
+# Not multiples of 1/4: float16 rounds them. Row 0's ids 3 and 5 (2.3 and 2.3004) round to the
+# same float16 (2.30078125), so the ranking on the decoded logits ties and takes id 3, the lower,
+# where the raw logits would take id 5.
+SPARSE_F16_LOGITS = [
+    [3.1, -1.0, 0.55, 2.3, -0.7, 2.3004, 0.1, -2.2],
+    [-0.45, 1.1, 4.05, 0.3, 1.7, -1.3, 2.6, 0.7],
+    [0.1, 0.05, 1.15, -3.1, 0.45, 2.05, -0.2, 1.3],
+    [1.45, 2.8, -1.1, 0.03, 3.55, 0.2, -0.55, 1.05],
+]
+SPARSE_F16_SPEC = SparseSpec(
+    top_k=2,
+    sample=2,
+    proposal_temperature=2.0,
+    seed=7,
+    tail_temperatures=(1.0, 4.0),
+    value_step=None,
+)
+
+
+def sparse_f16_meta() -> StoreMeta:
+    return replace(sparse_meta(), dtype="float16", sparse=SPARSE_F16_SPEC)
+
+
+def write_sparse_f16(path: Path) -> StoreMeta:
+    """The float16 sparse vector: float32 dense rows in, the writer rounds and sparsifies."""
+    m = sparse_f16_meta()
+    with StoreWriter.create(path, m, compress=False, overwrite=True) as writer:
+        for chunk in range(m.num_chunks):
+            start, stop = m.chunk_bounds(chunk)
+            logits = np.array(SPARSE_F16_LOGITS[start:stop], dtype=np.float32)
+            index = np.array(SPARSE_SAMPLE_INDEX[start:stop], dtype=np.int64)
+            labels = np.full(stop - start, -1, dtype=np.int64)
+            writer.write_chunk(chunk, Rows.dense(logits, None, index, labels, start=start))
+        return writer.finalize()
+
+
 def main() -> None:
     for name in ("tiny.zarr", "tiny.h5"):
         final = write(HERE / name)
@@ -187,6 +225,13 @@ def main() -> None:
         for name, array in rows.arrays.items():
             print(f"{name}: {array.tolist()}")
     print("uniforms(7, [0, 1, 2, 3]):", uniforms(7, np.arange(4)).tolist())
+    final = write_sparse_f16(HERE / "tiny-sparse-f16.zarr")
+    print(f"tiny-sparse-f16.zarr: checksums {list(final.checksums or ())}")
+    with open_store(HERE / "tiny-sparse-f16.zarr") as s:
+        rows = s.read(0, 4)
+        for name, array in rows.arrays.items():
+            print(f"{name}: {array.tolist()}")
+        print("values as <f2 hex:", rows.arrays["values"].astype("<f2").tobytes().hex())
 
 
 if __name__ == "__main__":
