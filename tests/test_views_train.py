@@ -19,7 +19,12 @@ from softlabels.views.dataset import StoredViews, ViewTargetDataset, view_choice
 from softlabels.views.transfer import load_views_policy, view_input
 from tests.test_views import views_store
 from trainer.cli import main as distill
-from trainer.data import ViewTargets
+from trainer.data import (
+    StreamingViewTargets,
+    ViewTargets,
+    make_view_source,
+    store_nbytes_in_memory,
+)
 from trainer.train import TrainConfig, train
 
 V = 4
@@ -160,6 +165,50 @@ def test_train_on_views_matches_the_dataset_pairs(store, tmp_path):
         ds = ViewTargetDataset(s, "digits", temperature=4.0)
         views = StoredViews(s, "digits", seed=0)
         np.testing.assert_array_equal(ds.views.rows(0), views.rows(0))
+
+
+def _served(source, epoch: int) -> tuple[list[np.ndarray], dict[int, np.ndarray]]:
+    """The rows of each batch, and each row's target (log p_T)."""
+    batches, targets = [], {}
+    for rows, t in source.batches(epoch):
+        batches.append(rows)
+        for r, row_t in zip(rows.tolist(), t.numpy(), strict=True):
+            targets.setdefault(r, row_t)
+            np.testing.assert_array_equal(targets[r], row_t)  # a row served twice: same target
+    return batches, targets
+
+
+@pytest.mark.parametrize("per_epoch", [1, 2])
+def test_a_views_store_over_the_memory_budget_streams_the_same_pairs(store, per_epoch):
+    """Over the budget, the views source reads a chunk or two at a time (never every row's
+    targets): each epoch it serves exactly the rows StoredViews draws, duplicates included,
+    each with the target the in-memory source gives it, in full batches but the last."""
+    with open_store(store) as s:
+        views = StoredViews(s, "digits", seed=5, views_per_epoch=per_epoch)
+        whole = make_view_source(s, views, 4.0, 64, 5, 2**30)
+        one_chunk = int(store_nbytes_in_memory(s) / s.meta.num_chunks * 3) + 1
+        streamed = make_view_source(s, views, 4.0, 64, 5, one_chunk)
+        assert isinstance(whole, ViewTargets) and isinstance(streamed, StreamingViewTargets)
+        assert streamed.buffer_chunks == 1
+        for epoch in (0, 1):
+            batches, got = _served(streamed, epoch)
+            rows = np.concatenate(batches)
+            np.testing.assert_array_equal(np.sort(rows), np.sort(views.rows(epoch)))
+            assert [len(b) for b in batches[:-1]] == [64] * (len(batches) - 1)
+            _, want = _served(whole, epoch)
+            assert sorted(got) == sorted(want)
+            for r in got:
+                np.testing.assert_allclose(got[r], want[r], rtol=1e-6, atol=1e-6)
+            assert not np.array_equal(rows, np.sort(rows))  # shuffled, not in store order
+
+
+def test_distill_train_streams_a_views_store_over_its_memory_budget(store, tmp_path):
+    config = TrainConfig(
+        out=str(tmp_path / "r"), store=str(store), split="test", eval_split=None, epochs=1,
+        progress=False, memory_budget_mb=0.05,
+    )  # fmt: skip
+    run = train(config)
+    assert np.isfinite(run.history[0]["train_loss"]) and run.history[0]["train_loss"] > 0
 
 
 def test_views_refusals(store, digits_test_store, tmp_path):

@@ -155,26 +155,37 @@ class StreamingTargets:
         groups = [
             order[i : i + self.buffer_chunks] for i in range(0, len(order), self.buffer_chunks)
         ]
-        b = self.batch_size
-        carry: list[Batch] = []  # fewer than b rows left over from the last buffer
-        for positions, targets in _prefetch(self.store, groups, self.temperature, self.estimator):
-            perm = torch.from_numpy(rng.permutation(len(positions)))
-            start = 0
-            if carry:  # top the leftover up to a full batch from this buffer
-                start = min(b - len(carry[0][0]), len(perm))
-                head = perm[:start]
-                carry = [_join(carry[0], (positions[head.numpy()], take(targets, head)))]
-                if len(carry[0][0]) == b:
-                    yield carry.pop()
-            stop = start + (len(perm) - start) // b * b
-            for s in range(start, stop, b):  # index per batch: no shuffled copy of the buffer
-                idx = perm[s : s + b]
-                yield positions[idx.numpy()], take(targets, idx)
-            if stop < len(perm):
-                tail = perm[stop:]
-                rest = (positions[tail.numpy()], take(targets, tail))
-                carry = [_join(carry[0], rest) if carry else rest]
-        yield from carry
+        buffers = (
+            (rows.sample_index, targets)
+            for rows, targets in _prefetch(self.store, groups, self.temperature, self.estimator)
+        )
+        return shuffled_batches(buffers, rng, self.batch_size)
+
+
+def shuffled_batches(
+    buffers: Iterator[tuple[np.ndarray, Targets]], rng: np.random.Generator, b: int
+) -> Iterator[Batch]:
+    """Batches of ``b`` from each buffer of (ids, targets) in a random order, the leftover of a
+    buffer topped up from the next one, so every batch but the last is full."""
+    carry: list[Batch] = []  # fewer than b rows left over from the last buffer
+    for ids, targets in buffers:
+        perm = torch.from_numpy(rng.permutation(len(ids)))
+        start = 0
+        if carry:  # top the leftover up to a full batch from this buffer
+            start = min(b - len(carry[0][0]), len(perm))
+            head = perm[:start]
+            carry = [_join(carry[0], (ids[head.numpy()], take(targets, head)))]
+            if len(carry[0][0]) == b:
+                yield carry.pop()
+        stop = start + (len(perm) - start) // b * b
+        for s in range(start, stop, b):  # index per batch: no shuffled copy of the buffer
+            idx = perm[s : s + b]
+            yield ids[idx.numpy()], take(targets, idx)
+        if stop < len(perm):
+            tail = perm[stop:]
+            rest = (ids[tail.numpy()], take(targets, tail))
+            carry = [_join(carry[0], rest) if carry else rest]
+    yield from carry
 
 
 def _join(a: Batch, b: Batch) -> Batch:
@@ -184,7 +195,7 @@ def _join(a: Batch, b: Batch) -> Batch:
 
 def _prefetch(
     store: StoreReader, groups: list[np.ndarray], temperature: float, estimator: str | None
-) -> Iterator[tuple[np.ndarray, Targets]]:
+) -> Iterator[tuple[Rows, Targets]]:
     """Read and verify each group of chunks on a thread, one group ahead; compute its targets
     here, once per buffer (torch ops on two threads at once contend for one OpenMP pool: the
     reading thread stays numpy- and codec-only)."""
@@ -203,11 +214,8 @@ def _prefetch(
     while (item := q.get()) is not None:
         if isinstance(item, BaseException):
             raise item
-        yield item.sample_index, store.soft_targets(item, temperature, estimator=estimator)
+        yield item, store.soft_targets(item, temperature, estimator=estimator)
     thread.join()
-
-
-TargetSource = HardLabelSource | InMemoryTargets | StreamingTargets
 
 
 class ViewRows:
@@ -258,6 +266,79 @@ class ViewTargets:
         rows = drawn[:, self.samples].ravel()
         rows = rows[np.random.default_rng([self.seed, epoch]).permutation(len(rows))]
         return _batches(rows, take(self.targets, torch.from_numpy(rows)), self.batch_size)
+
+
+class StreamingViewTargets:
+    """``ViewTargets`` for a views store larger than the memory budget: each epoch the drawn
+    rows are read ``buffer_chunks`` chunks at a time, in a shuffled chunk order, on a
+    background thread, and shuffled within each buffer; never more than about three buffers
+    of rows and their targets are held. The drawn rows are ``StoredViews.rows(epoch)``, as in
+    memory, so each (input, target) pair is the same; only the batch order differs."""
+
+    def __init__(
+        self,
+        store: StoreReader,
+        views: StoredViews,
+        temperature: float,
+        batch_size: int,
+        seed: int,
+        buffer_chunks: int,
+        shard: Dist = SINGLE,
+        estimator: str | None = None,
+    ) -> None:
+        self.store, self.views, self.temperature = store, views, temperature
+        self.batch_size, self.seed, self.estimator = batch_size, seed, estimator
+        self.buffer_chunks = max(1, buffer_chunks)
+        self.samples = shard.take(np.arange(views.num_samples))
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        drawn = self.views.rows(epoch).reshape(self.views.per_epoch, self.views.num_samples)
+        rows = np.sort(drawn[:, self.samples].ravel())  # a row drawn twice is trained twice
+        chunk_of = rows // self.store.meta.chunk_rows
+        rng = np.random.default_rng([self.seed, epoch])
+        chunks = np.unique(chunk_of)[rng.permutation(len(np.unique(chunk_of)))]
+        step = self.buffer_chunks
+        groups = [np.sort(chunks[i : i + step]) for i in range(0, len(chunks), step)]
+        read = _prefetch(self.store, groups, self.temperature, self.estimator)
+        buffers = (
+            self._drawn_in(rows, chunk_of, group, targets)
+            for group, (_, targets) in zip(groups, read, strict=True)
+        )
+        return shuffled_batches(buffers, rng, self.batch_size)
+
+    def _drawn_in(
+        self, rows: np.ndarray, chunk_of: np.ndarray, group: np.ndarray, targets: Targets
+    ) -> tuple[np.ndarray, Targets]:
+        """The drawn ``rows`` in this buffer's chunks (``group``, ascending), with their targets
+        (``targets``: those of every row of the chunks, in store order)."""
+        meta = self.store.meta
+        held = np.concatenate([np.arange(*meta.chunk_bounds(int(c))) for c in group])
+        mine = rows[np.isin(chunk_of, group)]
+        return mine, take(targets, torch.from_numpy(np.searchsorted(held, mine)))
+
+
+def make_view_source(
+    store: StoreReader,
+    views: StoredViews,
+    temperature: float,
+    batch_size: int,
+    seed: int,
+    memory_budget_bytes: int,
+    shard: Dist = SINGLE,
+    estimator: str | None = None,
+) -> ViewTargets | StreamingViewTargets:
+    """A views store's targets: in memory when they fit the budget, streamed otherwise."""
+    if store_nbytes_in_memory(store) / shard.world <= memory_budget_bytes:
+        return ViewTargets(store, views, temperature, batch_size, seed, shard, estimator)
+    chunks = buffer_chunks_for(store, memory_budget_bytes)
+    return StreamingViewTargets(
+        store, views, temperature, batch_size, seed, chunks, shard, estimator
+    )
+
+
+TargetSource = (
+    HardLabelSource | InMemoryTargets | StreamingTargets | ViewTargets | StreamingViewTargets
+)
 
 
 def make_target_source(

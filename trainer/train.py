@@ -39,9 +39,9 @@ from trainer.config import LOSSES, RunResult, TrainConfig
 from trainer.data import (
     TargetSource,
     ViewRows,
-    ViewTargets,
     join,
     make_target_source,
+    make_view_source,
     steps_per_epoch,
     views_per_epoch_rows,
 )
@@ -210,8 +210,8 @@ def _run(
     if store is not None and store.meta.views is not None:  # one stored view per sample
         views = StoredViews(store, data, seed=config.seed, views_per_epoch=config.views_per_epoch)
         rows = ViewRows(views)
-        source: TargetSource = ViewTargets(
-            store, views, temperature, rank_batch, config.seed, d, config.estimator
+        source: TargetSource = make_view_source(
+            store, views, temperature, rank_batch, config.seed, budget, d, config.estimator
         )
         per_rank = [views_per_epoch_rows(views, Dist(r, d.world)) for r in range(d.world)]
         steps = min(-(-n // rank_batch) for n in per_rank) if d.world > 1 else None
