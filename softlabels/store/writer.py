@@ -31,7 +31,8 @@ from softlabels.schema.provenance import LAZY_SHA256
 from softlabels.sparse.device import sparsify_torch
 from softlabels.store import backends
 from softlabels.store.lease import WriterLease
-from softlabels.store.reader import Backend, StoreReader, journal_committed, read_meta
+from softlabels.store.metadata import Backend, journal_committed, read_meta
+from softlabels.store.reader import StoreReader
 from softlabels.store.rows import Rows, chunk_checksum
 
 # Fields two runs must share for one to resume (or be a no-op repeat of) the other.
