@@ -36,7 +36,9 @@ def test_disk_full_then_resume(tmp_path, monkeypatch):
     reference = make_store(tmp_path / "ref.zarr")
     path = tmp_path / "full.zarr"
     monkeypatch.setenv("SOFTLABELS_FAULT", "chunk_array:7:enospc")
-    with pytest.raises(SoftLabelsError, match=r"disk is full.*No space left on device.*again with resume=True"):
+    with pytest.raises(
+        SoftLabelsError, match=r"disk is full.*No space left on device.*again with resume=True"
+    ):
         make_store(path)
     monkeypatch.delenv("SOFTLABELS_FAULT")
     with pytest.raises(IncompleteStoreError):
