@@ -5,7 +5,11 @@ two asks of a store; ``StoreWriter`` creates, resumes and finalises a store. Bot
 two backends (Zarr v3 directory, HDF5 file) with the same logical layout, described in
 FORMAT.md and named in ``softlabels.schema``.
 
-    backends.py   where a store lives: exists, remove, atomic create; Zarr, HDF5, fsspec URLs
+    backends.py   where a store lives: exists, remove, atomic create; Zarr, fsspec URLs
+    hdf5.py       the HDF5 backend (refuses a write that would not fit: HDF5 cannot recover)
+    lease.py      the writer lease: one writer at a time, holder named, stale ones taken over
+    failures.py   what a failure to move bytes means (disk full, network, permissions), and
+                  how to finish an incomplete store
     rows.py       a block of rows and its chunk checksum
     reader.py     open_store, StoreReader (validation, reading, soft targets)
     writer.py     StoreWriter (create, attach for resume, commit, finalize)
