@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from softlabels.cli import main as softlabels_cli
-from softlabels.errors import StoreBusyError
+from softlabels.errors import IncompleteStoreError, StoreBusyError
 from softlabels.store import StoreWriter, open_store
 from softlabels.store.lease import WriterLease, lease_path
 from tests.conftest import make_store
@@ -69,6 +69,10 @@ def test_overwrite_while_another_writes_is_refused_and_harms_nothing(tmp_path, s
     assert "is being written by another writer" in res.output and "--lease-wait" in res.output
     assert "Traceback" not in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created or deleted
+    # a reader is told the store is being written (HDF5 locks it: not "regenerate it")
+    expected = StoreBusyError if suffix == ".h5" else IncompleteStoreError
+    with pytest.raises(expected, match=rf"being written now by process {first.pid} on host"):
+        open_store(out)
     _finish(first, tmp_path)
     with open_store(out) as store:  # the first writer's store, complete and sound
         assert store.verify_checksums() == []
