@@ -14,6 +14,7 @@ from softlabels.lm.models import check_tokenizers, teacher_tokenizer
 from softlabels.lm.sources import load_sequences
 from softlabels.lm.text import TokenSequences, load_tokens
 from softlabels.store import open_store
+from trainer.lm.schedule import SCHEDULES
 from trainer.lm.students import BUILTIN, load_student, save_student
 from trainer.lm.train import STUDENT_PRECISIONS, LMConfig, train_lm
 from trainer.train import prepare_out
@@ -146,6 +147,28 @@ def _sequences(
 )
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate.")
 @click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    default="constant",
+    show_default=True,
+    help="Learning rate after the warmup: constant, or cosine down to 0 at the last step.",
+)
+@click.option(
+    "--warmup-steps",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Optimizer steps of linear warmup from 0 to --lr.",
+)
+@click.option(
+    "--accumulation",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Batches per optimizer step (gradient accumulation): memory of one --batch-size, "
+    "the step of --accumulation times as many sequences.",
+)
+@click.option(
     "--seed", type=int, default=0, show_default=True, help="Seeds the order and the student."
 )
 @click.option(
@@ -188,6 +211,9 @@ def train_lm_cmd(
     epochs: int,
     batch_size: int,
     lr: float,
+    schedule: str,
+    warmup_steps: int,
+    accumulation: int,
     seed: int,
     out: str,
     resume: bool,
@@ -244,6 +270,9 @@ def train_lm_cmd(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            accumulation=accumulation,
             seed=seed,
             kd=not ce_only,
             estimator=estimator,
