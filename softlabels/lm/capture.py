@@ -92,9 +92,15 @@ def read_arrays(path: Path) -> Capture:
 
 
 def read_distillkit(folder: Path) -> Capture:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    import yaml
+    try:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+        import yaml
+    except ImportError as exc:
+        raise SpecError(
+            f"reading a DistillKit capture needs pyarrow and pyyaml ({exc}): pip install "
+            f"pyarrow pyyaml"
+        ) from exc
 
     config_path = folder / CONFIG_FILE
     files = sorted(folder.glob("*.parquet"))
