@@ -118,3 +118,32 @@ def test_schedule_options_are_checked(small):
         with pytest.raises(SoftLabelsError, match=match):
             train_lm(student, small["store"], small["seqs"], LMConfig(**bad))
     np.testing.assert_array_equal(small["seqs"].offsets[:1], [0])
+
+
+@pytest.mark.bitwise
+def test_a_resumed_run_keeps_its_schedule(small, tmp_path, monkeypatch):
+    """Interrupted after its first epoch (checkpoint written) and resumed, a cosine run with
+    accumulation ends bitwise as the uninterrupted run: the scheduler is in the checkpoint."""
+    from softlabels import faults
+
+    config = LMConfig(
+        batch_size=2, accumulation=2, schedule="cosine", warmup_steps=1, epochs=3, lr=1e-2
+    )
+
+    def student():
+        torch.manual_seed(0)
+        return bigram_student(vocab_size=small["vocab"], max_length=64)
+
+    whole = student()
+    expected = train_lm(whole, small["store"], small["seqs"], config)
+    monkeypatch.setattr(faults, "_passes", {})
+    monkeypatch.setenv("SOFTLABELS_FAULT", "epoch_end:1:enospc")
+    with pytest.raises(OSError):
+        train_lm(student(), small["store"], small["seqs"], config, checkpoint=tmp_path / "c.pt")
+    monkeypatch.delenv("SOFTLABELS_FAULT")
+    resumed = student()
+    history = train_lm(resumed, small["store"], small["seqs"], config, checkpoint=tmp_path / "c.pt")
+    assert [h["lr"] for h in history] == [h["lr"] for h in expected]
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in expected]
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
