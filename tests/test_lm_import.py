@@ -124,7 +124,7 @@ def test_a_distillkit_capture_imports_with_the_teacher_s_targets(teacher, tmp_pa
     vocab = teacher["seqs"].vocab_size
     write_distillkit(tmp_path / "capture", teacher, vocab=vocab)
     capture = read_capture(str(tmp_path / "capture"))
-    assert capture.vocab_size == vocab and capture.sha256.startswith("sha256:")
+    assert capture.vocab_size == vocab and len(capture.sha256) == 64
     store = import_capture(
         capture, tmp_path / "imported.zarr", tokenizer=str(teacher["tokenizer"]), progress=False
     )
@@ -160,6 +160,8 @@ def test_plain_arrays_with_every_row_and_the_cli(teacher, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "at T = 1 only" in result.output
+    shown = CliRunner().invoke(softlabels_cli, ["inspect", str(out)])
+    assert shown.exit_code == 0 and "replayed at T=[1.0] only" in shown.output, shown.output
     stored = load_tokens(str(tokens))
     np.testing.assert_array_equal(stored.ids, seqs.ids)  # nothing trimmed: R = T
     from softlabels.store import open_store

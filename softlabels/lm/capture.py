@@ -50,7 +50,7 @@ class Capture:
     ids: np.ndarray
     logprobs: np.ndarray
     vocab_size: int | None  # the distribution's size the capture declares (DistillKit's d)
-    sha256: str  # "sha256:" over the capture's files, in the order read
+    sha256: str  # hex SHA-256 over the capture's files, in the order read
 
 
 def read_capture(path: str) -> Capture:
@@ -223,4 +223,4 @@ def _sha256(files: list[Path]) -> str:
         with f.open("rb") as stream:
             for block in iter(lambda: stream.read(1 << 20), b""):
                 h.update(block)
-    return "sha256:" + h.hexdigest()
+    return h.hexdigest()

@@ -48,7 +48,8 @@ from softlabels.schema import SparseSpec
     "--prompt-field",
     default=None,
     help="A .jsonl field holding a prompt that precedes the text (tokenised apart, then "
-    "joined); the store holds every row, and distill train-lm --prompt-field masks the prompt.",
+    "joined); the store holds every row and records the prompt mask, and distill train-lm "
+    "--prompt-field (the same field) masks the prompt.",
 )
 @click.option(
     "--messages-field",
