@@ -79,7 +79,7 @@ def test_the_trainer_loss_is_kd_from_the_store(hf, tmp_path):
 def test_training_arguments_work_and_a_run_resumes(hf, tmp_path):
     data = TokenTargetDataset(hf["sparse"], hf["seqs"], temperature=T)
     args = {
-        "max_steps": 6,
+        "max_steps": 4,
         "gradient_accumulation_steps": 2,
         "lr_scheduler_type": "cosine",
         "warmup_steps": 1,
@@ -95,16 +95,16 @@ def test_training_arguments_work_and_a_run_resumes(hf, tmp_path):
             alpha=ALPHA,
         )
 
-    whole = trainer(tmp_path / "whole", save_strategy="steps", save_steps=3)
+    whole = trainer(tmp_path / "whole", save_strategy="steps", save_steps=2)
     before = whole.evaluate()["eval_loss"]
     whole.train()
     after = whole.evaluate()["eval_loss"]
     assert after < before * 0.9, (before, after)
     rates = [h["learning_rate"] for h in whole.state.log_history if "learning_rate" in h]
     assert rates[0] < rates[1] and rates[-1] < rates[1]  # warmup, then the cosine
-    assert (tmp_path / "whole" / "checkpoint-3").is_dir()
+    assert (tmp_path / "whole" / "checkpoint-2").is_dir()
     resumed = trainer(tmp_path / "whole")
-    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-3"))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"))
     for (name, a), b in zip(
         whole.model.named_parameters(), resumed.model.parameters(), strict=True
     ):
