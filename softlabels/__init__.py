@@ -37,6 +37,7 @@ from softlabels.lm.dataset import (  # noqa: E402
     collate_tokens,
 )
 from softlabels.lm.generate import generate_tokens  # noqa: E402
+from softlabels.lm.sources import load_chat, load_sequences  # noqa: E402
 from softlabels.lm.text import TokenSequences, load_text, load_tokens  # noqa: E402
 from softlabels.schema import SparseSpec  # noqa: E402
 from softlabels.sparse import SparseTargets  # noqa: E402
@@ -67,6 +68,8 @@ __all__ = [
     "collate_tokens",
     "generate",
     "generate_tokens",
+    "load_chat",
+    "load_sequences",
     "load_text",
     "load_tokens",
     "load_transfer",

@@ -28,6 +28,7 @@ from softlabels.clihelp import (
 from softlabels.device import PRECISIONS
 from softlabels.generate import DEFAULT_CHUNK_ROWS, generate
 from softlabels.lm.cli import generate_lm_cmd
+from softlabels.lm.import_cli import import_cmd
 from softlabels.schema import SparseSpec
 from softlabels.summary import format_inspect, inspect_store
 from softlabels.teachers import load_teacher
@@ -405,6 +406,7 @@ def combine_cmd(
 
 
 main.add_command(generate_lm_cmd)
+main.add_command(import_cmd)
 
 if __name__ == "__main__":
     main()

@@ -39,7 +39,8 @@ def inspect_store(path: str) -> dict[str, Any]:
                 correct[1:] += (member_top1 == rows.labels[:, None])[has].sum(0)
             with np.errstate(all="ignore"):  # unverified rows: a corrupt one may hold Inf
                 for i, t in enumerate(ENTROPY_TEMPERATURES):
-                    entropy[i] += _entropy(store.soft_targets(rows, t))
+                    if _replayable(meta, t):
+                        entropy[i] += _entropy(store.soft_targets(rows, t))
             rows_seen += len(rows)
         accuracy = (correct / labelled).tolist() if labelled else None
         return {
@@ -82,7 +83,7 @@ def inspect_store(path: str) -> dict[str, Any]:
             "teacher_accuracy": None if accuracy is None else accuracy[0],
             "member_accuracy": None if accuracy is None or meta.num_members == 1 else accuracy[1:],
             "mean_entropy_nats": {
-                f"T={t:g}": (entropy[i] / rows_seen if rows_seen else None)
+                f"T={t:g}": (entropy[i] / rows_seen if rows_seen and _replayable(meta, t) else None)
                 for i, t in enumerate(ENTROPY_TEMPERATURES)
             },
         }
@@ -107,6 +108,11 @@ def _top1(store: StoreReader, rows: Rows) -> tuple[np.ndarray, np.ndarray | None
         )
     )
     return top1, np.take_along_axis(ids[:, None, :], best[:, :, None], 2)[:, :, 0]
+
+
+def _replayable(meta: Any, temperature: float) -> bool:
+    """False at the temperatures an imported capture's store refuses (its tail is unknown)."""
+    return meta.sparse is None or meta.sparse.replay_problem(temperature) is None
 
 
 def _entropy(targets: torch.Tensor | SparseTargets) -> float:
@@ -140,6 +146,11 @@ def format_inspect(info: dict[str, Any]) -> str:
         lines.append(
             f"  sparse          K={sp['k']} ({sp['policy']}: top {sp['top_k']}, sampled "
             f"{sp['sample']}), values {enc}, tail anchors T={sp['tail']['temperatures']}"
+            + (
+                f", replayed at T={sp['replay_temperatures']} only (an imported capture)"
+                if sp.get("replay_temperatures")
+                else ""
+            )
         )
         if info["bytes_per_entry"] is not None:
             lines.append(

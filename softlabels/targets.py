@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from softlabels.errors import MismatchError
 from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader, open_store
 
@@ -26,6 +27,9 @@ def opened(store: StoreReader | str, temperature: float) -> Iterator[StoreReader
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     reader = store if isinstance(store, StoreReader) else open_store(store)
     try:
+        problem = reader.meta.sparse and reader.meta.sparse.replay_problem(temperature)
+        if problem:
+            raise MismatchError(f"{reader.path!r}: {problem}")
         yield reader
     except BaseException:
         if reader is not store:

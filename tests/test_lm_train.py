@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -298,10 +299,15 @@ def test_prompts_longer_than_the_windows_train_or_say_why(lm, tmp_path):
     student = load_student("gpt", vocab_size=lm["train"].vocab_size, max_length=16, width=32)
     history = train_lm(student, store, seqs, LMConfig(batch_size=1))
     assert np.isfinite(history[0]["train_loss"])
-    seqs.loss_mask[:] = False  # nothing left to learn from
-    with pytest.raises(SoftLabelsError, match="no row takes a loss"):
-        train_lm(student, store, seqs, LMConfig())
+    empty = replace(seqs, loss_mask=np.zeros_like(seqs.loss_mask))  # nothing left to learn
+    with pytest.raises(MismatchError, match="is not the one"):  # the store records its mask
+        train_lm(student, store, empty, LMConfig())
     store.close()
+    with generate_tokens(
+        [f"hf:{lm['teacher']}"], empty, tmp_path / "q.zarr", max_length=16, progress=False
+    ) as nothing:
+        with pytest.raises(SoftLabelsError, match="no row takes a loss"):
+            train_lm(student, nothing, empty, LMConfig())
 
 
 def test_any_width_builds_a_student():

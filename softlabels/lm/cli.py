@@ -15,7 +15,8 @@ from softlabels.clihelp import (
     store_was_complete,
 )
 from softlabels.device import PRECISIONS
-from softlabels.lm.text import WINDOW_MODES, load_text, load_tokens
+from softlabels.lm.sources import load_sequences
+from softlabels.lm.text import WINDOW_MODES, load_tokens
 from softlabels.schema import SparseSpec
 
 
@@ -32,7 +33,9 @@ from softlabels.schema import SparseSpec
 @click.option(
     "--text",
     default=None,
-    help="Documents: a .txt/.jsonl file, or a folder with train.* and test.*.",
+    help="Documents: a .txt/.jsonl file, a folder with train.* and test.*, or "
+    "datasets:DIR (a datasets save_to_disk folder) or datasets:FILE (.parquet, .jsonl, .json, "
+    ".csv read through datasets).",
 )
 @click.option(
     "--tokenizer",
@@ -46,7 +49,15 @@ from softlabels.schema import SparseSpec
     "--prompt-field",
     default=None,
     help="A .jsonl field holding a prompt that precedes the text (tokenised apart, then "
-    "joined); the store holds every row, and distill train-lm --prompt-field masks the prompt.",
+    "joined); the store holds every row and records the prompt mask, and distill train-lm "
+    "--prompt-field (the same field) masks the prompt.",
+)
+@click.option(
+    "--messages-field",
+    default=None,
+    help="Chat records: the column holding a list of {role, content} messages, rendered with "
+    "the --tokenizer folder's chat template; only rows predicting assistant tokens take a "
+    "loss, and the store records that mask (give the same field to distill train-lm).",
 )
 @click.option(
     "--tokens",
@@ -98,6 +109,7 @@ def generate_lm_cmd(
     tokenizer: str | None,
     text_field: str,
     prompt_field: str | None,
+    messages_field: str | None,
     tokens: str | None,
     split: str,
     max_length: int,
@@ -130,12 +142,13 @@ def generate_lm_cmd(
         raise click.UsageError("--resume and --overwrite contradict each other; pick one")
     was_complete = store_was_complete(out, resume)
     if text is not None:
-        seqs = load_text(
+        seqs = load_sequences(
             text,
             tokenizer,  # type: ignore[arg-type]
             split=split,
             text_field=text_field,
             prompt_field=prompt_field,
+            messages_field=messages_field,
         )
     else:
         seqs = load_tokens(tokens, split=split)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from softlabels.errors import MismatchError, SoftLabelsError
+from softlabels.lm.sources import check_loss_mask
 from softlabels.lm.text import TokenSequences
 from softlabels.schema import TokenSpec
 from softlabels.sparse import SparseTargets
@@ -66,6 +67,7 @@ def check_token_store(reader: StoreReader, seqs: TokenSequences) -> None:
         )
     if not np.array_equal(reader.sample_index(), np.arange(meta.num_samples)):
         raise MismatchError(f"{reader.path!r}: token rows are not in token order")
+    check_loss_mask(spec.loss_mask, seqs, reader.path)
 
 
 def sequence_item(

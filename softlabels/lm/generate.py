@@ -37,6 +37,7 @@ from softlabels.lm.models import (
     sequence_logits,
     teacher_tokenizer,
 )
+from softlabels.lm.sources import loss_mask_record
 from softlabels.lm.text import TokenSequences
 from softlabels.pipeline import BackgroundWriter, Runtime
 from softlabels.schema import SparseSpec, StoreMeta, TokenSpec, TransferInfo
@@ -163,6 +164,7 @@ def token_meta(
             window=window,
             special_tokens=dict(seqs.special_tokens),
             pad_id=seqs.special_tokens.get("<pad>", 0),
+            loss_mask=loss_mask_record(seqs),
         ),
     )
 

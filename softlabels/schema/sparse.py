@@ -30,6 +30,9 @@ class SparseSpec:
     seed: int = 0
     tail_temperatures: tuple[float, ...] = DEFAULT_TAIL_TEMPERATURES
     value_step: float | None = DEFAULT_VALUE_STEP
+    # the only temperatures a reader may replay at (None: any): an imported capture of
+    # log-probabilities at T = 1 knows its tail at T = 1 only ("replay_temperatures")
+    replay_temperatures: tuple[float, ...] | None = None
 
     @property
     def k(self) -> int:
@@ -50,7 +53,10 @@ class SparseSpec:
         values: dict[str, Any] = {"encoding": "float"}
         if self.value_step is not None:
             values = {"encoding": "fixed", "step": self.value_step}
-        return {
+        replay = {}
+        if self.replay_temperatures is not None:
+            replay = {"replay_temperatures": list(self.replay_temperatures)}
+        return replay | {
             "policy": self.policy,
             "k": self.k,
             "top_k": self.top_k,
@@ -103,10 +109,24 @@ class SparseSpec:
             seed=0 if proposal is None else int_field(proposal, "seed", minimum=0),
             tail_temperatures=tuple(float(t) for t in temps),
             value_step=number_field(values, "step") if values["encoding"] == "fixed" else None,
+            replay_temperatures=_replay_temperatures(entry.get("replay_temperatures")),
         )
         if entry.get("k") != spec.k or entry.get("policy") != spec.policy:
             raise ValueError(f"sparse.k and sparse.policy must be {spec.k} and {spec.policy!r}")
         return spec
+
+    def replay_problem(self, temperature: float) -> str | None:
+        """Why this store cannot give targets at ``temperature``, or None when it can."""
+        allowed = self.replay_temperatures
+        if allowed is None or any(math.isclose(temperature, t, rel_tol=1e-9) for t in allowed):
+            return None
+        return (
+            f"this store's tail (the mass outside its {self.k} ids) is known at T = "
+            f"{', '.join(f'{t:g}' for t in allowed)} only (a capture of log-probabilities at "
+            f"that temperature): at T = {temperature:g} the ids' relative logits are exact but "
+            f"the tail's mass is not, so the targets would be guessed; distil at T = "
+            f"{allowed[0]:g}, or capture the teacher's logits with generate-lm"
+        )
 
     def problems(self, num_classes: int) -> list[str]:
         out = []
@@ -132,3 +152,16 @@ class SparseSpec:
         if self.seed < 0 or self.seed >= 2**63:
             out.append(f"seed {self.seed} must be in [0, 2**63)")
         return out
+
+
+def _replay_temperatures(entry: Any) -> tuple[float, ...] | None:
+    """``sparse.replay_temperatures``: absent or null, or a non-empty list of numbers > 0."""
+    if entry is None:
+        return None
+    if (
+        not isinstance(entry, list)
+        or not entry
+        or not all(isinstance(t, int | float) and not isinstance(t, bool) and t > 0 for t in entry)
+    ):
+        raise ValueError(f"sparse.replay_temperatures must be a list of numbers > 0, got {entry!r}")
+    return tuple(float(t) for t in entry)

@@ -23,9 +23,12 @@ class TokenSpec:
     special_tokens: dict[str, int] = field(default_factory=dict)
     pad_id: int = 0
     shift: str = SHIFT
+    # the sequences' loss mask, {"fingerprint": "sha256:...", "rows": n}; None: no mask
+    loss_mask: dict[str, Any] | None = None
 
     def to_attr(self) -> dict[str, Any]:
-        return {
+        mask = {} if self.loss_mask is None else {"loss_mask": dict(self.loss_mask)}
+        return mask | {
             "tokenizer": self.tokenizer,
             "tokenizer_vocab_size": self.tokenizer_vocab_size,
             "max_length": self.max_length,
@@ -58,4 +61,15 @@ class TokenSpec:
             window=str(entry["window"]),
             special_tokens={str(k): int(v) for k, v in specials.items()},
             pad_id=int_field(entry, "pad_id", minimum=0),
+            loss_mask=_loss_mask(entry.get("loss_mask")),
         )
+
+
+def _loss_mask(entry: Any) -> dict[str, Any] | None:
+    """``tokens.loss_mask``: absent or null, or a fingerprint and a row count."""
+    if entry is None:
+        return None
+    fingerprint = entry.get("fingerprint") if isinstance(entry, dict) else None
+    if not isinstance(fingerprint, str) or not fingerprint.startswith("sha256:"):
+        raise ValueError(f"tokens.loss_mask must hold a sha256: fingerprint, got {entry!r}")
+    return {"fingerprint": fingerprint, "rows": int_field(entry, "rows", minimum=0)}

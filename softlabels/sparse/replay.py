@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from softlabels import schema
-from softlabels.errors import StoreFormatError
+from softlabels.errors import MismatchError, StoreFormatError
 from softlabels.schema import StoreMeta
 from softlabels.sparse import tail as tails
 from softlabels.sparse.select import decode_fixed, decode_ids, inclusion
@@ -163,6 +163,9 @@ def replay(
     """The soft targets of decoded rows at ``temperature`` (see the module docstring)."""
     sp = meta.sparse
     assert sp is not None
+    problem = sp.replay_problem(temperature)
+    if problem:
+        raise MismatchError(problem)
     estimator = estimator or default_estimator(meta, temperature)
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")

@@ -11,8 +11,10 @@ from softlabels.clihelp import device_option, precision_option
 from softlabels.device import resolve_device
 from softlabels.errors import SpecError
 from softlabels.lm.models import check_tokenizers, teacher_tokenizer
-from softlabels.lm.text import TokenSequences, load_text, load_tokens
+from softlabels.lm.sources import load_sequences
+from softlabels.lm.text import TokenSequences, load_tokens
 from softlabels.store import open_store
+from trainer.lm.schedule import SCHEDULES
 from trainer.lm.students import BUILTIN, load_student, save_student
 from trainer.lm.train import STUDENT_PRECISIONS, LMConfig, train_lm
 from trainer.train import prepare_out
@@ -25,17 +27,23 @@ def _sequences(
     split: str,
     text_field: str,
     prompt_field: str | None,
+    messages_field: str | None = None,
 ) -> TokenSequences:
     if (text is None) == (tokens is None):
         raise click.UsageError("give --text (with --tokenizer) or --tokens, one of them")
     if text is not None:
         if tokenizer is None:
             raise click.UsageError("--text needs --tokenizer")
-        return load_text(
-            text, tokenizer, split=split, text_field=text_field, prompt_field=prompt_field
+        return load_sequences(
+            text,
+            tokenizer,
+            split=split,
+            text_field=text_field,
+            prompt_field=prompt_field,
+            messages_field=messages_field,
         )
-    if prompt_field is not None:
-        raise click.UsageError("--prompt-field applies to --text .jsonl documents")
+    if prompt_field is not None or messages_field is not None:
+        raise click.UsageError("--prompt-field and --messages-field apply to --text")
     return load_tokens(tokens, split=split)  # type: ignore[arg-type]
 
 
@@ -56,6 +64,12 @@ def _sequences(
     default=None,
     help="The .jsonl field holding a prompt that precedes the text: rows predicting a prompt "
     "token take no loss (give the same field generate-lm was given).",
+)
+@click.option(
+    "--messages-field",
+    default=None,
+    help="Chat records: the column of messages (give the same field generate-lm was given); "
+    "only rows predicting assistant tokens take a loss.",
 )
 @click.option(
     "--eval-split",
@@ -133,6 +147,28 @@ def _sequences(
 )
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate.")
 @click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    default="constant",
+    show_default=True,
+    help="Learning rate after the warmup: constant, or cosine down to 0 at the last step.",
+)
+@click.option(
+    "--warmup-steps",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Optimizer steps of linear warmup from 0 to --lr.",
+)
+@click.option(
+    "--accumulation",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Batches per optimizer step (gradient accumulation): memory of one --batch-size, "
+    "the step of --accumulation times as many sequences.",
+)
+@click.option(
     "--seed", type=int, default=0, show_default=True, help="Seeds the order and the student."
 )
 @click.option(
@@ -162,6 +198,7 @@ def train_lm_cmd(
     tokens: str | None,
     text_field: str,
     prompt_field: str | None,
+    messages_field: str | None,
     eval_split: str,
     eval_store: str | None,
     student: str,
@@ -174,6 +211,9 @@ def train_lm_cmd(
     epochs: int,
     batch_size: int,
     lr: float,
+    schedule: str,
+    warmup_steps: int,
+    accumulation: int,
     seed: int,
     out: str,
     resume: bool,
@@ -203,11 +243,13 @@ def train_lm_cmd(
         if spec is None:
             raise click.UsageError(f"{store} is not a token store; make one with generate-lm")
         load = (text, tokenizer, tokens)
-        train = _sequences(*load, reader.meta.transfer.split, text_field, prompt_field)
+        train = _sequences(
+            *load, reader.meta.transfer.split, text_field, prompt_field, messages_field
+        )
         test = None
         if eval_split != "none":
             try:
-                test = _sequences(*load, "test", text_field, prompt_field)
+                test = _sequences(*load, "test", text_field, prompt_field, messages_field)
             except SpecError as exc:
                 raise click.UsageError(
                     f"no test split to evaluate on ({exc}); give one, or --eval-split none"
@@ -228,6 +270,9 @@ def train_lm_cmd(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
+            schedule=schedule,
+            warmup_steps=warmup_steps,
+            accumulation=accumulation,
             seed=seed,
             kd=not ce_only,
             estimator=estimator,

@@ -43,6 +43,7 @@ from softlabels.lm.text import TokenSequences
 from softlabels.sparse import ESTIMATORS, SparseTargets
 from softlabels.store import StoreReader
 from trainer.lm.chunked import ChunkedHeadLoss
+from trainer.lm.schedule import check_schedule, groups, lr_scheduler, share
 from trainer.lm.students import gpt_student
 from trainer.modules import HardCE, HintonKD
 from trainer.sparse_losses import top1
@@ -66,9 +67,18 @@ class LMConfig:
     # rows per chunk of the memory-lean loss (the head and the loss a chunk at a time, never the
     # full (rows, V) logits; transformers students with a plain linear head); 0: full logits
     loss_chunk_rows: int = 1024
+    # the learning rate per optimizer step (trainer.lm.schedule): a linear warmup over
+    # warmup_steps, then constant or cosine (down to min_lr_ratio * lr at the last step)
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    accumulation: int = 1  # batches per optimizer step (their rows weighted as one batch)
 
 
 STUDENT_PRECISIONS = ("fp32", "bf16")
+# what a checkpoint saved before schedules existed ran with
+SCHEDULE_DEFAULTS = {"schedule": "constant", "warmup_steps": 0, "min_lr_ratio": 0.0}
+SCHEDULE_DEFAULTS |= {"accumulation": 1}
 
 
 def _comparable(config: LMConfig) -> dict[str, Any]:
@@ -163,6 +173,12 @@ def train_lm(
         raise SoftLabelsError(
             f"student precision must be one of {STUDENT_PRECISIONS}, got {config.precision!r}"
         )
+    check_schedule(
+        schedule=config.schedule,
+        warmup_steps=config.warmup_steps,
+        accumulation=config.accumulation,
+        min_lr_ratio=config.min_lr_ratio,
+    )
     device = resolve_device(config.device)
     student.to(device)
     if store is not None:
@@ -208,41 +224,55 @@ def train_lm(
         else None
     )
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr)
+    steps = -(-len(loader) // config.accumulation)  # optimizer steps per epoch (at most)
+    scheduler = lr_scheduler(
+        optimizer,
+        total=steps * config.epochs,
+        warmup_steps=config.warmup_steps,
+        schedule=config.schedule,
+        min_lr_ratio=config.min_lr_ratio,
+    )
     history: list[dict[str, Any]] = []
     identity = {
         "config": _comparable(config),
         "store": None if store is None else list(store.meta.checksums or ()),
     }
     if checkpoint is not None and os.path.exists(checkpoint):
-        history = _restore(checkpoint, identity, student, optimizer)
+        history = _restore(checkpoint, identity, student, optimizer, scheduler)
     for epoch in range(len(history), config.epochs):
         student.train()
         sampler.set_epoch(epoch)
         t0, losses = time.perf_counter(), []
-        for batch in loader:
-            if len(batch.labels) == 0:  # every row of these sequences predicts a prompt token
-                continue
-            batch = _to_device(batch, device)
-            if chunked is not None:  # the head and the loss a chunk of rows at a time
-                with autocast(device, config.precision):
-                    hidden = student.hidden_states(batch.ids, attention_mask=batch.mask)
-                rows = batch.select(hidden)  # (rows, H)
-                loss = chunked(rows, student.head, batch.target, batch.labels)
-            else:
-                with autocast(device, config.precision):
-                    out = student(batch.ids, attention_mask=batch.mask)
-                logits = batch.select(out).float()  # (rows, V)
-                loss = loss_fn(logits, batch.target, batch.labels)
+        # one optimizer step per group of config.accumulation batches (trainer.lm.schedule)
+        for group in groups(loader, config.accumulation):
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss = 0.0
+            for batch in group:
+                part_fn, factor = share(loss_fn, batch, group)
+                batch = _to_device(batch, device)
+                if chunked is not None:  # the head and the loss a chunk of rows at a time
+                    with autocast(device, config.precision):
+                        hidden = student.hidden_states(batch.ids, attention_mask=batch.mask)
+                    rows = batch.select(hidden)  # (rows, H)
+                    part = ChunkedHeadLoss(part_fn, chunk_rows=config.loss_chunk_rows)
+                    loss = part(rows, student.head, batch.target, batch.labels) * factor
+                else:
+                    with autocast(device, config.precision):
+                        out = student(batch.ids, attention_mask=batch.mask)
+                    logits = batch.select(out).float()  # (rows, V)
+                    loss = part_fn(logits, batch.target, batch.labels) * factor
+                loss.backward()
+                step_loss += float(loss.detach())
             optimizer.step()
-            losses.append(float(loss.detach()))
+            scheduler.step()
+            losses.append(step_loss)
         if not losses:
             raise SoftLabelsError(
                 "no row takes a loss: every row predicts a prompt token (prompts longer than "
                 "the windows?); use longer windows or shorter prompts"
             )
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        record["lr"] = float(scheduler.get_last_lr()[0])  # for the next step
         record["epoch_seconds"] = time.perf_counter() - t0
         if eval_seqs is not None:
             record.update(
@@ -258,6 +288,7 @@ def train_lm(
         if checkpoint is not None:
             payload = {"arch": {}, "model": student.state_dict(), "history": history}
             payload |= {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+            payload["scheduler"] = scheduler.state_dict()
             save_checkpoint(checkpoint, payload | identity)
             faults.point("epoch_end")
     return history
@@ -268,13 +299,15 @@ def _restore(
     identity: dict[str, Any],
     student: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> list[dict[str, Any]]:
-    """Load a ``train_lm`` checkpoint into ``student`` and ``optimizer``; its history."""
+    """Load a ``train_lm`` checkpoint into ``student``, ``optimizer`` and ``scheduler``; its
+    history."""
     state = load_checkpoint(path)
     for key, what in (("config", "training options"), ("store", "store")):
         saved = state.get(key)
         if key == "config" and isinstance(saved, dict):  # saved before precision existed
-            saved = {"precision": "fp32", **saved}
+            saved = {"precision": "fp32", **SCHEDULE_DEFAULTS, **saved}
         if saved != identity[key]:
             raise MismatchError(
                 f"cannot resume from {str(path)!r}: that run used other {what}; start again "
@@ -282,6 +315,8 @@ def _restore(
             )
     student.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if "scheduler" in state:  # saved before schedules existed: constant, nothing to restore
+        scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     return list(state["history"])
 
