@@ -67,7 +67,7 @@ def import_capture(
         )
     ids, values, tail = _sparse_rows(capture.ids, capture.logprobs, num_classes)
     meta = _meta(capture, tok, num_classes, ids.shape[1], chunk_rows)
-    writer = StoreWriter.create(out, meta, overwrite=overwrite)
+    writer = StoreWriter.create(out, meta, overwrite=overwrite, tool="import")
     try:
         with writer:
             labels, position = seqs.next_tokens(), _positions(seqs)
