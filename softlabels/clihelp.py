@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -16,13 +18,38 @@ from softlabels.errors import SoftLabelsError
 
 class FriendlyGroup(click.Group):
     """Turns the project's own exceptions into a one-paragraph error and exit code 1,
-    instead of a traceback."""
+    instead of a traceback, and its warnings into one-paragraph notes on stderr. Library
+    messages name Python keywords (``overwrite=True``); here they name the flags."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (SoftLabelsError, OSError) as exc:
-            raise click.ClickException(str(exc)) from exc
+        with warnings.catch_warnings():
+            warnings.showwarning = _note
+            try:
+                return super().invoke(ctx)
+            except (SoftLabelsError, OSError) as exc:
+                raise click.ClickException(cli_message(str(exc))) from exc
+
+
+def _note(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    click.echo(f"Note: {cli_message(str(message))}", err=True)
+
+
+# Library messages name keywords; a command names the flag that sets the keyword.
+_KEYWORD_FLAGS = {
+    "overwrite=True": "--overwrite",
+    "resume=True": "--resume",
+    "num_classes=": "--num-classes",
+}
+
+
+def cli_message(text: str) -> str:
+    """``text`` with each ``FLAG (keyword=...)`` pair reduced to the flag and each keyword the
+    commands set by a flag replaced by that flag."""
+    text = re.sub(r"(--[a-z][a-z0-9-]*) \(([a-z_]+=[^()]*)\)", r"\1", text)
+    text = re.sub(r"\((--[a-z][a-z0-9-]*), [a-z_]+=\)", r"(\1)", text)
+    for keyword, flag in _KEYWORD_FLAGS.items():
+        text = re.sub(rf"(?<![\w-]){re.escape(keyword)}(?![\w])", flag, text)
+    return text
 
 
 def parse_floats(

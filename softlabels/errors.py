@@ -54,3 +54,8 @@ class CheckpointError(SoftLabelsError, ValueError):
 
 class SparseValueRangeError(SoftLabelsError, ValueError):
     """A row's logits span more than a sparse store's fixed-point codes hold at its step."""
+
+
+class LabelsWithheldWarning(UserWarning):
+    """Training withholds transfer-set labels that its store does not hold (the store says -1,
+    "no label"): the store's labels rule."""

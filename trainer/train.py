@@ -31,6 +31,7 @@ from softlabels.checkpoint import load_checkpoint, save_checkpoint
 from softlabels.device import autocast, resolve_device
 from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.errors import SoftLabelsError
+from softlabels.join import withhold_labels
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views.dataset import StoredViews
@@ -73,7 +74,7 @@ def prepare_out(out: str | os.PathLike[str], *, resume: bool, overwrite: bool) -
     if out.exists() and any(out.iterdir()) and not resume:
         if not overwrite:
             raise SoftLabelsError(
-                f"output folder {str(out)!r} is not empty; pass --resume to continue that run or --overwrite to replace it"
+                f"output folder {str(out)!r} is not empty; pass resume=True to continue that run or overwrite=True to replace it"
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,6 +110,8 @@ def train(
     opened: list[StoreReader] = []
     try:
         store = _joined(store, config.store, data, opened)
+        if store is not None:
+            data = withhold_labels(data, store)  # the store's -1 rules
         eval_store = _joined(eval_store, config.eval_store, eval_data, opened)
         device = resolve_device(config.device)
         d = init_from_env(device)
@@ -354,6 +357,8 @@ def train_sweep(
     data = as_transfer(objects.pop("data", None) or config.transfer, config.split)
     opened: list[StoreReader] = []
     store = _joined(objects.pop("store", None), config.store, data, opened)
+    if store is not None:
+        data = withhold_labels(data, store)  # once for the sweep: one message
     try:
         return [
             train(

@@ -1,0 +1,136 @@
+"""README claims that were not true (issue 23), each tested where it is made: the store's labels
+rule over the transfer set's, the command line names flags (not Python keywords), user
+augmentation policies with only sample and apply, what `combine` pools on token stores,
+`make distill-lm` on another corpus, and one-paragraph errors for models that fail on the data."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from softlabels.cli import main as softlabels_cli
+from softlabels.errors import LabelsWithheldWarning, StoreExistsError
+from softlabels.generate import generate
+from softlabels.join import withhold_labels
+from softlabels.transfer import load_transfer
+from trainer import demo_data
+from trainer.cli import main as distill_cli
+from trainer.train import TrainConfig, train
+
+LABELLED = 144  # make distill's 10% of the 1,438 training labels (trainer/demo_data.py)
+
+
+@pytest.fixture(scope="module")
+def partly_labelled(tmp_path_factory) -> tuple[Path, Path]:
+    """make distill's transfer set (10% of the labels known) and a store made over it."""
+    folder = tmp_path_factory.mktemp("digits")
+    _, transfer = demo_data.write(folder, 0.1)
+    store = folder / "softlabels-0.1.zarr"
+    generate(["tests.helpers:teacher_a"], str(transfer), str(store), chunk_rows=512, progress=False)
+    return transfer, store
+
+
+# ---- item 3: the store's -1 rules ------------------------------------------------------------
+
+
+def test_store_without_a_label_withholds_the_transfer_sets_label(partly_labelled):
+    transfer, store_path = partly_labelled
+    from softlabels.store import open_store
+
+    full = load_transfer("digits", "train")
+    with open_store(store_path) as store, pytest.warns(LabelsWithheldWarning) as caught:
+        ruled = withhold_labels(full, store)
+    message = str(caught[0].message)
+    assert f"for {1438 - LABELLED} samples" in message and f"the {LABELLED} labels" in message
+    expected = np.load(transfer)["y_train"]  # what the store was made from: -1 outside the 10%
+    np.testing.assert_array_equal(ruled.labels, expected)
+    assert ruled.fingerprint() == full.fingerprint()
+    with open_store(store_path) as store, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert withhold_labels(load_transfer(str(transfer), "train"), store).labels is not None
+
+
+@pytest.mark.bitwise
+def test_training_on_the_full_transfer_set_sees_only_the_stores_labels(tmp_path, partly_labelled):
+    """alpha = 1, beta = 0: the loss is the cross-entropy on the labels training sees alone.
+    With the fully labelled digits and the 10% store, the student must be bitwise the one
+    trained on the 10% transfer set (same batches): no label outside the 10% reaches it."""
+    transfer, store = partly_labelled
+    common = {
+        "store": str(store),
+        "model": "mlp",
+        "hidden": (8,),
+        "epochs": 1,
+        "alpha": 1.0,
+        "beta": 0.0,
+        "eval_split": None,
+        "progress": False,
+    }
+    ten = train(TrainConfig(out=str(tmp_path / "ten"), transfer=str(transfer), **common))
+    with pytest.warns(LabelsWithheldWarning):
+        full = train(TrainConfig(out=str(tmp_path / "full"), transfer="digits", **common))
+    a = torch.load(ten.model_path, weights_only=True)["model"]
+    b = torch.load(full.model_path, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ten.final["train_loss"] == full.final["train_loss"]
+
+
+def test_distill_train_says_whose_labels_rule(tmp_path, partly_labelled):
+    _, store = partly_labelled
+    args = ["train", "--transfer", "digits", "--store", str(store), "--hidden", "8"]
+    args += ["--epochs", "1", "--eval-split", "none", "--out", str(tmp_path / "run"), "--quiet"]
+    result = CliRunner().invoke(distill_cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"Note: the store {str(store)!r} holds no label (-1) for 1294 samples" in result.output
+    assert "Traceback" not in result.output and "LabelsWithheldWarning" not in result.output
+
+
+# ---- item 14: the command line names flags, the library keywords ----------------------------
+
+
+def test_cli_names_flags_and_the_library_names_keywords(tmp_path, partly_labelled):
+    _, store = partly_labelled
+    out = tmp_path / "copy.zarr"
+    assert CliRunner().invoke(softlabels_cli, ["convert", str(store), str(out)]).exit_code == 0
+    again = CliRunner().invoke(softlabels_cli, ["convert", str(store), str(out)])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    combined = CliRunner().invoke(
+        softlabels_cli,
+        ["combine", str(store), str(store), "--combine", "arithmetic", "--out", str(out)],
+    )
+    assert combined.exit_code == 1 and "--overwrite" in combined.output
+    generated = CliRunner().invoke(
+        softlabels_cli,
+        [
+            "generate",
+            "--teacher",
+            "tests.helpers:teacher_a",
+            "--transfer",
+            "digits",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
+    assert generated.exit_code == 1 and "--resume" in generated.output
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "mine.txt").write_text("x")
+    trained = CliRunner().invoke(distill_cli, ["train", "--out", str(run), "--epochs", "1"])
+    assert trained.exit_code == 1 and "--resume" in trained.output
+    for result in (again, combined, generated, trained):
+        assert "=True" not in result.output, result.output
+    # the library speaks Python: keywords, never flags
+    from softlabels.tools import combine_stores
+
+    with pytest.raises(StoreExistsError) as exc:
+        combine_stores((str(store), str(store)), str(out), combine="arithmetic")
+    assert "overwrite=True" in str(exc.value) and "--overwrite" not in str(exc.value)
+    with pytest.raises(StoreExistsError) as exc:
+        generate(["tests.helpers:teacher_a"], "digits", str(out), progress=False)
+    assert "resume=True" in str(exc.value) and "--resume" not in str(exc.value)
