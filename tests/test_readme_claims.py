@@ -134,3 +134,42 @@ def test_cli_names_flags_and_the_library_names_keywords(tmp_path, partly_labelle
     with pytest.raises(StoreExistsError) as exc:
         generate(["tests.helpers:teacher_a"], "digits", str(out), progress=False)
     assert "resume=True" in str(exc.value) and "--resume" not in str(exc.value)
+
+
+# ---- item 7: a policy with sample and apply only, through the command line --------------------
+
+
+def test_policy_with_only_sample_and_apply_makes_and_trains_a_views_store(tmp_path):
+    store, spec = tmp_path / "views.zarr", "tests.readme_helpers:shift_policy"
+    made = CliRunner().invoke(
+        softlabels_cli,
+        ["generate", "--teacher", "tests.helpers:teacher_a", "--transfer", "digits"]
+        + ["--views", "2", "--augment", spec, "--out", str(store), "--quiet"],
+    )
+    assert made.exit_code == 0, made.output
+    from softlabels import schema
+    from softlabels.store import open_store
+
+    with open_store(store) as s:
+        assert s.meta.views.policy == {"name": spec} and s.meta.views.param_names == ("p0",)
+        params = np.concatenate(
+            [s.read_verified_chunk(c).arrays[schema.VIEW_PARAMS] for c in range(s.meta.num_chunks)]
+        )
+    # row r is view r % 2 of sample r // 2, its shift drawn from the generator of (0, r // 2, r % 2)
+    for r in (0, 1, 7, len(params) - 1):
+        drawn = np.random.default_rng([0, r // 2, r % 2]).uniform(-1.0, 1.0, size=1)
+        assert params[r, 0] == np.float32(drawn[0])
+    args = ["train", "--store", str(store), "--transfer", "digits", "--hidden", "8"]
+    args += ["--epochs", "1", "--quiet"]
+    trained = CliRunner().invoke(
+        distill_cli, [*args, "--augment", spec, "--out", str(tmp_path / "run")]
+    )
+    assert trained.exit_code == 0, trained.output
+    assert (tmp_path / "run" / "model.pt").is_file()
+    refused = CliRunner().invoke(distill_cli, [*args, "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 1 and "--augment" in refused.output
+    assert spec in refused.output and "Traceback" not in refused.output
+    other = CliRunner().invoke(
+        distill_cli, [*args, "--augment", "rrc-flip", "--out", str(tmp_path / "other")]
+    )
+    assert other.exit_code == 1 and "not the one that made the store's views" in other.output

@@ -34,6 +34,7 @@ from softlabels.errors import SoftLabelsError
 from softlabels.join import withhold_labels
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, as_transfer
+from softlabels.views.augment import augment_spec
 from softlabels.views.dataset import StoredViews
 from trainer.build import build_loss, build_student, check_student, resolve_num_classes
 from trainer.config import LOSSES, RunResult, TrainConfig
@@ -190,6 +191,11 @@ def _run(
             f"views per epoch ({config.views_per_epoch}) applies to a views store (generate "
             f"--views); this run's store holds none: leave it at 1"
         )
+    if config.augment is not None and (store is None or store.meta.views is None):
+        raise SoftLabelsError(
+            f"an augmentation policy ({config.augment!r}) rebuilds the views of a views store "
+            f"(generate --views); this run's store holds none: leave it out"
+        )
     if eval_store is not None and eval_store.meta.views is not None:
         raise SoftLabelsError(
             f"{eval_store.path!r} holds augmented views; evaluate against a plain store of the "
@@ -211,7 +217,10 @@ def _run(
     temperature = loss_fn.target_temperature
     rows: TransferSet | ViewRows = data
     if store is not None and store.meta.views is not None:  # one stored view per sample
-        views = StoredViews(store, data, seed=config.seed, views_per_epoch=config.views_per_epoch)
+        policy = None if config.augment is None else augment_spec(config.augment)
+        views = StoredViews(
+            store, data, policy=policy, seed=config.seed, views_per_epoch=config.views_per_epoch
+        )
         rows = ViewRows(views)
         source: TargetSource = ViewTargets(
             store, views, temperature, rank_batch, config.seed, d, config.estimator
