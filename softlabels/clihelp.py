@@ -28,6 +28,11 @@ class FriendlyGroup(click.Group):
                 return super().invoke(ctx)
             except (SoftLabelsError, OSError) as exc:
                 raise click.ClickException(cli_message(str(exc))) from exc
+            except ImportError as exc:  # an optional package (s3fs for s3:// URLs, ...)
+                raise click.ClickException(
+                    f"a package this command needs is not installed ({exc}); for remote stores, "
+                    f"pip install 'softlabels[remote]' (and s3fs for s3:// URLs)"
+                ) from exc
 
 
 def _note(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:

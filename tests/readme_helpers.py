@@ -34,3 +34,9 @@ def lazy_teacher_of_three() -> nn.Module:
     """A lazy teacher with 3 outputs, for a 10-class transfer set: it must be refused."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+
+
+def lazy_conv_teacher() -> nn.Module:
+    """A lazy image teacher: its LazyConv2d fails on the first batch of flat (N, 64) rows."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LazyConv2d(4, 3), nn.Flatten(), nn.LazyLinear(10))

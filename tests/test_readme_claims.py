@@ -173,3 +173,66 @@ def test_policy_with_only_sample_and_apply_makes_and_trains_a_views_store(tmp_pa
         distill_cli, [*args, "--augment", "rrc-flip", "--out", str(tmp_path / "other")]
     )
     assert other.exit_code == 1 and "not the one that made the store's views" in other.output
+
+
+# ---- item 11: one-paragraph errors for models that fail on the data ---------------------------
+
+
+def _one_paragraph(result) -> str:
+    assert result.exit_code == 1, result.output
+    text = result.output.strip()
+    assert text.startswith("Error: ") and "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((40, 64), "these inputs are shaped (64,): give images shaped (N, C, H, W)"),
+        (
+            (40, 28, 28),
+            "shaped (28, 28): add the channel axis: reshape the inputs to (N, 1, 28, 28)",
+        ),
+    ],
+)
+def test_builtin_cnn_on_inputs_that_are_not_images(tmp_path, shape, expected):
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    y = np.arange(shape[0]) % 3
+    np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    out = tmp_path / "run"
+    args = ["train", "--transfer", str(tmp_path / "data.npz"), "--num-classes", "3"]
+    result = CliRunner().invoke(distill_cli, [*args, "--model", "cnn", "--out", str(out)])
+    assert expected in _one_paragraph(result)
+    assert "the built-in cnn takes images shaped (channels, height, width)" in result.output
+    assert not out.exists()  # nothing left behind: the model is built before --out
+
+
+def test_lazy_teacher_that_fails_names_its_lazy_first_layer(tmp_path):
+    flat = tmp_path / "flat.npz"  # (N, 64) rows: a LazyConv2d fails on its first batch
+    np.savez(flat, x=np.random.default_rng(0).random((40, 64), dtype=np.float32))
+    result = CliRunner().invoke(
+        softlabels_cli,
+        ["generate", "--teacher", "tests.readme_helpers:lazy_conv_teacher", "--transfer"]
+        + [str(flat), "--out", str(tmp_path / "s.zarr"), "--quiet"],
+    )
+    text = _one_paragraph(result)
+    assert "'tests.readme_helpers:lazy_conv_teacher' failed on an input batch" in text
+    assert "its first layer, LazyConv2d, is lazy" in text and "takes 0 channels" not in text
+    made = CliRunner().invoke(
+        softlabels_cli,
+        ["generate", "--teacher", "tests.readme_helpers:lazy_teacher", "--transfer", "digits"]
+        + ["--out", str(tmp_path / "ok.zarr"), "--quiet"],
+    )
+    assert made.exit_code == 0, made.output
+
+
+def test_s3_url_without_s3fs_is_one_paragraph():
+    try:
+        import s3fs  # noqa: F401
+
+        pytest.skip("s3fs is installed here")
+    except ImportError:
+        pass
+    result = CliRunner().invoke(softlabels_cli, ["inspect", "s3://bucket/stores/x.zarr"])
+    assert "pip install 'softlabels[remote]'" in _one_paragraph(result)
+    assert "s3fs" in result.output

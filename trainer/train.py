@@ -202,13 +202,13 @@ def _run(
             f"eval split (generate without views)"
         )
     num_classes = resolve_num_classes(config, data, store)
+    torch.manual_seed(config.seed)
+    model, arch = build_student(config, data.input_shape, num_classes)
+    check_student(model, config.model, data, num_classes)  # before --out: a failure leaves none
     out = d.collective(lambda: _prepare_out(config) if d.is_main else Path(config.out))
     if d.is_main:
         (out / "config.json").write_text(json.dumps(_comparable(config), indent=2))
 
-    torch.manual_seed(config.seed)
-    model, arch = build_student(config, data.input_shape, num_classes)
-    check_student(model, config.model, data, num_classes)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = build_loss(config, store is not None)
