@@ -236,3 +236,59 @@ def test_s3_url_without_s3fs_is_one_paragraph():
     result = CliRunner().invoke(softlabels_cli, ["inspect", "s3://bucket/stores/x.zarr"])
     assert "pip install 'softlabels[remote]'" in _one_paragraph(result)
     assert "s3fs" in result.output
+
+
+# ---- item 8: what `combine` pools on token stores -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def token_stores(tmp_path_factory):
+    """Two tiny GPT teachers over one corpus: their dense stores, their top-k stores, and a
+    top-k + sampled store of the first."""
+    from softlabels import SparseSpec, generate_tokens, load_text
+    from tests.lm_helpers import tiny_gpt, train_tokenizer, write_corpus
+
+    root = tmp_path_factory.mktemp("tokens")
+    seqs = load_text(str(write_corpus(root / "corpus")), str(train_tokenizer(root / "tok.json")))
+    teachers = [f"hf:{tiny_gpt(root / f'gpt{i}', seqs.vocab_size, seed=i)}" for i in (0, 1)]
+    kinds = [
+        ("dense", 0, None),
+        ("dense", 1, None),
+        ("top", 0, SparseSpec(top_k=8)),
+        ("top", 1, SparseSpec(top_k=8)),
+        ("sampled", 0, SparseSpec(top_k=4, sample=4)),
+    ]
+    paths = {}
+    for kind, i, sparse in kinds:
+        paths[kind, i] = root / f"{kind}{i}.zarr"
+        generate_tokens(
+            [teachers[i]], seqs, paths[kind, i], max_length=12, sparse=sparse, progress=False
+        ).close()
+    return paths
+
+
+def test_combine_on_token_stores_does_what_the_readme_says(tmp_path, token_stores):
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert "**dense** token stores always (into a dense store, or a sparse one with `--top-k`)" in (
+        readme
+    )
+    assert "stores made with the same `--top-k` and no `--sample` that keep the same ids" in readme
+    assert "Sparse stores of different teachers, or with sampled ids, are refused" in readme
+
+    def combine(*keys, extra=()):
+        out = tmp_path / f"c{len(list(tmp_path.iterdir()))}.zarr"
+        args = ["combine", *(str(token_stores[k]) for k in keys), "--combine", "arithmetic"]
+        return CliRunner().invoke(softlabels_cli, [*args, *extra, "--out", str(out)])
+
+    assert combine(("dense", 0), ("dense", 1)).exit_code == 0  # dense: always
+    assert combine(("dense", 0), ("dense", 1), extra=("--top-k", "8")).exit_code == 0
+    assert combine(("top", 0), ("top", 0)).exit_code == 0  # the same teacher: the same ids
+    for keys, why in [
+        ((("top", 0), ("top", 1)), "the inputs keep different ids"),
+        ((("sampled", 0), ("sampled", 0)), "sampled ids"),
+    ]:
+        result = combine(*keys)
+        assert result.exit_code == 1 and why in result.output, result.output
+        assert "combine the dense stores and sparsify the result" in " ".join(
+            result.output.split()
+        ).replace("Combine", "combine")
