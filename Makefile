@@ -125,10 +125,14 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run --data $(FASHION_MNIST_DIR) --device $(DEVICE)
 
 # ---- language models (bench/lm.py; the README's "Language models") --------------------------
-PYDOCS ?= /usr/share/doc/python3.11/html/_sources
+# BENCHMARKS.md keeps the Python documentation's figures: another corpus's report goes to
+# data/lm/REPORT.md (bench/lm_report.py describes the corpus it was given).
+PYDOCS_DEFAULT := /usr/share/doc/python3.11/html/_sources
+PYDOCS ?= $(PYDOCS_DEFAULT)
+LM_REPORT = $(if $(filter $(PYDOCS_DEFAULT),$(patsubst %/,%,$(PYDOCS))),BENCHMARKS.md,data/lm/REPORT.md)
 distill-lm: $(STAMP)
 	@if [ ! -d $(PYDOCS) ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$(PYDOCS)" = /usr/share/doc/python3.11/html/_sources ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$(PYDOCS)" = $(PYDOCS_DEFAULT) ]; then \
 	    apt-get update -qq && apt-get install -y -qq python3.11-doc; \
 	  else \
 	    echo "No text corpus in $(PYDOCS). Install it (Debian, as root): apt-get install python3.11-doc"; \
@@ -136,7 +140,7 @@ distill-lm: $(STAMP)
 	    exit 1; \
 	  fi; \
 	fi
-	$(BIN)/python -m bench.lm --docs $(PYDOCS) --out data/lm --report BENCHMARKS.md
+	$(BIN)/python -m bench.lm --docs $(PYDOCS) --out data/lm --report $(LM_REPORT)
 
 # The scaling table of token stores against the vocabulary size (bench/lm_scale.py): stage one
 # and a forward + topk + Parquet capture against a bare forward, KD against CE steps, peak RSS.

@@ -292,3 +292,76 @@ def test_combine_on_token_stores_does_what_the_readme_says(tmp_path, token_store
         assert "combine the dense stores and sparsify the result" in " ".join(
             result.output.split()
         ).replace("Combine", "combine")
+
+
+# ---- item 9: make distill-lm on another corpus -------------------------------------------------
+
+
+def _lm_results(docs: str) -> dict:
+    """Results of bench.lm as run() writes them, with made-up figures."""
+    student = {"eval_accuracy": 0.2, "teacher_agreement": 0.4, "teacher_kl": 1.0}
+    res = {
+        "config": {
+            "docs": docs,
+            "out": "data/lm",
+            "vocab_size": 8192,
+            "teacher_width": 192,
+            "teacher_layers": 4,
+            "teacher_tokens": 1_200_000,
+            "student_width": 64,
+            "student_layers": 2,
+            "student_epochs": 4,
+            "temperature": 1.0,
+            "alpha": 0.5,
+            "seeds": [0, 1, 2],
+            "top_k": 48,
+            "sample": 16,
+            "estimator": None,
+        },
+        "teacher_test": {"eval_ppl": 100.0},
+        "teacher_tokens": 54_321,  # a small corpus: fewer than the config asks for
+        "transfer_tokens": 40_000,
+        "test_tokens": 5_000,
+        "students": {},
+        "bytes_per_token": 100.0,
+        "dense_bytes_per_token": 32768.0,
+        "stage1_over_inference": 1.01,
+        "stage1_seconds": 10.0,
+        "bare_seconds": 9.9,
+        "step_seconds": {"ce": [1.0, 1.0, 1.0]},
+        "kd_step_over_ce_step": 1.05,
+        "kd_dense_step_over_ce_step": 1.2,
+    }
+    for key in ("ce", "kd_sparse", "kd_sparse_bucket", "kd_dense"):
+        res["students"][key] = [student] * 3
+        res[f"ppl_{key}"], res[f"ppl_{key}_std"] = 500.0, 10.0
+    return res
+
+
+def test_distill_lm_on_another_corpus_describes_it_and_leaves_benchmarks_alone(tmp_path):
+    import subprocess
+
+    from bench.lm_report import PYTHON_DOCS, report_section
+
+    mine = report_section(_lm_results(str(tmp_path / "my-notes")))
+    assert "Python documentation" not in mine and "python3.11-doc" not in mine
+    assert f"a corpus of your own: the `.rst.txt` files under `{tmp_path / 'my-notes'}`" in mine
+    assert "trained on 54,321 tokens" in mine and "1,200,000" not in mine
+    docs = report_section(_lm_results(PYTHON_DOCS + "/"))
+    assert "(the Python documentation's reST sources, Debian `python3.11-doc`)" in docs
+
+    root = Path(__file__).resolve().parent.parent
+
+    def report_of(*args: str) -> str:
+        dry = subprocess.run(
+            ["make", "-n", "-C", str(root), "distill-lm", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        line = [x for x in dry.stdout.splitlines() if "-m bench.lm " in x][-1]
+        return line.split("--report ", 1)[1].strip()
+
+    assert report_of(f"PYDOCS={tmp_path}") == "data/lm/REPORT.md"
+    assert report_of() == "BENCHMARKS.md"
+    assert report_of(f"PYDOCS={PYTHON_DOCS}/") == "BENCHMARKS.md"
