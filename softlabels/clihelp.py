@@ -6,7 +6,6 @@ import functools
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +14,28 @@ import click
 from softlabels import schema
 from softlabels.errors import SoftLabelsError
 
+# Library errors name the keyword that fixes them; on the command line, the flag does.
+_KEYWORD_FLAGS = {
+    "overwrite=True": "--overwrite",
+    "resume=True": "--resume",
+    "lease_wait=SECONDS": "--lease-wait SECONDS",
+    "num_classes=": "--num-classes",
+}
+_KEYWORDS = re.compile("|".join(re.escape(k) for k in _KEYWORD_FLAGS))
+
+
+def cli_message(text: str) -> str:
+    """A library error's text as the command line says it: keywords become flags."""
+    return _KEYWORDS.sub(lambda m: _KEYWORD_FLAGS[m.group(0)], text)
+
 
 class FriendlyGroup(click.Group):
     """Turns the project's own exceptions into a one-paragraph error and exit code 1,
-    instead of a traceback, and its warnings into one-paragraph notes on stderr. Library
-    messages name Python keywords (``overwrite=True``); here they name the flags."""
+    instead of a traceback, and its warnings into one-paragraph notes on stderr."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import warnings
+
         with warnings.catch_warnings():
             warnings.showwarning = _note
             try:
@@ -37,24 +51,6 @@ class FriendlyGroup(click.Group):
 
 def _note(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     click.echo(f"Note: {cli_message(str(message))}", err=True)
-
-
-# Library messages name keywords; a command names the flag that sets the keyword.
-_KEYWORD_FLAGS = {
-    "overwrite=True": "--overwrite",
-    "resume=True": "--resume",
-    "num_classes=": "--num-classes",
-}
-
-
-def cli_message(text: str) -> str:
-    """``text`` with each ``FLAG (keyword=...)`` pair reduced to the flag and each keyword the
-    commands set by a flag replaced by that flag."""
-    text = re.sub(r"(--[a-z][a-z0-9-]*) \(([a-z_]+=[^()]*)\)", r"\1", text)
-    text = re.sub(r"\((--[a-z][a-z0-9-]*), [a-z_]+=\)", r"(\1)", text)
-    for keyword, flag in _KEYWORD_FLAGS.items():
-        text = re.sub(rf"(?<![\w-]){re.escape(keyword)}(?![\w])", flag, text)
-    return text
 
 
 def parse_floats(

@@ -264,7 +264,9 @@ def _open_writer(out: str, meta: StoreMeta, opts: GenerateOptions) -> StoreWrite
     except StoreExistsError as exc:
         if opts.overwrite:  # the path holds something that is not a store: no resume hint
             raise
-        raise StoreExistsError(f"{exc}, or finish an interrupted run with resume=True") from exc
+        raise StoreExistsError(
+            f"{exc}, or finish an interrupted run with --resume (resume=True)"
+        ) from exc
 
 
 def _write_pending(

@@ -98,7 +98,7 @@ def combine_stores(
     if combine not in (schema.COMBINE_ARITHMETIC, schema.COMBINE_GEOMETRIC):
         raise SoftLabelsError(f"--combine must be arithmetic or geometric, got {combine!r}")
     if backends.exists(out) and not overwrite:
-        raise StoreExistsError(f"{out!r} already exists; replace it with overwrite=True")
+        raise StoreExistsError(f"{out!r} already exists; pass overwrite=True to replace it")
     stores = [open_store(p) for p in paths]
     try:
         for st in stores:  # a corrupt input must not come out with fresh, valid checksums
