@@ -157,6 +157,7 @@ def run(c: LMBench) -> dict[str, Any]:
     res: dict[str, Any] = {
         "config": asdict(c),
         "teacher_test": teacher_ppl,
+        "teacher_tokens": teacher_seqs.num_tokens,  # what the corpus gave, up to the config's
         "transfer_tokens": transfer.num_tokens,
         "test_tokens": test.num_tokens,
     }

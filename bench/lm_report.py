@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,14 @@ from typing import Any
 from bench.common import goal_table, put_section
 
 SECTION = "## Language models (`make distill-lm`)"
+PYTHON_DOCS = "/usr/share/doc/python3.11/html/_sources"  # make distill-lm's corpus (PYDOCS)
+
+
+def corpus_words(docs: str) -> str:
+    """What the corpus in ``docs`` is, in words: the Python documentation only when it is."""
+    if os.path.normpath(docs) == PYTHON_DOCS:
+        return "the Python documentation's reST sources, Debian `python3.11-doc`"
+    return f"a corpus of your own: the `.rst.txt` files under `{docs}`, or else its `.txt` files"
 
 
 def report_section(res: dict[str, Any]) -> str:
@@ -23,10 +32,11 @@ def report_section(res: dict[str, Any]) -> str:
     lines = [
         SECTION,
         "",
-        f"`python -m bench.lm --docs {c['docs']} --out {c['out']}` (the Python documentation's "
-        f"reST sources, Debian `python3.11-doc`). BPE tokenizer with {c['vocab_size']} ids trained "
+        f"`python -m bench.lm --docs {c['docs']} --out {c['out']}` ({corpus_words(c['docs'])}). "
+        f"BPE tokenizer with {c['vocab_size']} ids trained "
         f"here; GPT-2 teacher, width {c['teacher_width']}, {c['teacher_layers']} layers, trained on "
-        f"{c['teacher_tokens']:,} tokens: test perplexity {t['eval_ppl']:.2f}. Students: width "
+        f"{res.get('teacher_tokens', c['teacher_tokens']):,} tokens: test perplexity "
+        f"{t['eval_ppl']:.2f}. Students: width "
         f"{c['student_width']}, {c['student_layers']} layers, {c['student_epochs']} epochs over the "
         f"same {res['transfer_tokens']:,} transfer tokens, T = {c['temperature']:g}, alpha "
         f"{c['alpha']} on the next-token CE; perplexity on {res['test_tokens']:,} test tokens, "

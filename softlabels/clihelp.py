@@ -6,19 +6,21 @@ import functools
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from softlabels import schema
-from softlabels.errors import SoftLabelsError
+from softlabels.errors import SoftLabelsError, SoftLabelsWarning
 
 # Library errors name the keyword that fixes them; on the command line, the flag does.
 _KEYWORD_FLAGS = {
     "overwrite=True": "--overwrite",
     "resume=True": "--resume",
     "lease_wait=SECONDS": "--lease-wait SECONDS",
+    "num_classes=": "--num-classes",
 }
 _KEYWORDS = re.compile("|".join(re.escape(k) for k in _KEYWORD_FLAGS))
 
@@ -30,13 +32,31 @@ def cli_message(text: str) -> str:
 
 class FriendlyGroup(click.Group):
     """Turns the project's own exceptions into a one-paragraph error and exit code 1,
-    instead of a traceback."""
+    instead of a traceback, and its warnings into one-paragraph notes on stderr."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (SoftLabelsError, OSError) as exc:
-            raise click.ClickException(cli_message(str(exc))) from exc
+        with warnings.catch_warnings():
+            warnings.showwarning = _note
+            try:
+                return super().invoke(ctx)
+            except (SoftLabelsError, OSError) as exc:
+                raise click.ClickException(cli_message(str(exc))) from exc
+            except ImportError as exc:  # an optional package (s3fs for s3:// URLs, ...)
+                raise click.ClickException(
+                    f"a package this command needs is not installed ({exc}): install it (for "
+                    f"remote stores, pip install 'softlabels[remote]', plus s3fs for s3:// URLs)"
+                ) from exc
+
+
+_show_warning = warnings.showwarning
+
+
+def _note(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """The project's own warnings as one-paragraph notes; any other as Python shows it."""
+    if issubclass(category, SoftLabelsWarning):
+        click.echo(f"Note: {cli_message(str(message))}", err=True)
+    else:
+        _show_warning(message, category, *args, **kwargs)
 
 
 def lease_wait_option() -> Callable[[Any], Any]:

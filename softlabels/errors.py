@@ -63,3 +63,12 @@ class CheckpointError(SoftLabelsError, ValueError):
 
 class SparseValueRangeError(SoftLabelsError, ValueError):
     """A row's logits span more than a sparse store's fixed-point codes hold at its step."""
+
+
+class SoftLabelsWarning(UserWarning):
+    """Something the user should know that is not an error; the CLI prints it as a note."""
+
+
+class LabelsWithheldWarning(SoftLabelsWarning):
+    """Training withholds transfer-set labels that its store does not hold (the store says -1,
+    "no label"): the store's labels rule."""

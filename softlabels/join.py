@@ -6,9 +6,11 @@ transfer set), ``verify --transfer``, ``SoftTargetDataset`` and the trainer's jo
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from softlabels.errors import MismatchError
+from softlabels.errors import LabelsWithheldWarning, MismatchError
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet
 
@@ -87,3 +89,33 @@ def _blame_store_first(store: StoreReader, rows: np.ndarray) -> None:
     ChecksumError naming the store instead."""
     for chunk in np.unique(rows // store.meta.chunk_rows)[:8]:
         store.read_verified_chunk(int(chunk))
+
+
+def withhold_labels(transfer: TransferSet, store: StoreReader) -> TransferSet:
+    """The store's labels rule: ``transfer`` with no label at the positions whose store rows
+    all hold -1 ("no label"), whatever the transfer set says there, and a
+    ``LabelsWithheldWarning`` saying how many. A store made from a partly labelled transfer set
+    (10% of the labels known) then trains a student on that 10%, even when the transfer set
+    given for training is the fully labelled one with the same inputs. ``transfer`` itself is
+    returned when it withholds nothing (call ``check_transfer`` first: labels that differ are
+    refused there)."""
+    if transfer.labels is None:
+        return transfer
+    known = np.zeros(len(transfer), dtype=bool)
+    stored, index = store.labels(), store.sample_index()
+    known[index[stored >= 0]] = True
+    withheld = (transfer.labels >= 0) & ~known
+    n = int(withheld.sum())
+    if n == 0:
+        return transfer
+    kept = int((transfer.labels >= 0).sum()) - n
+    warnings.warn(
+        LabelsWithheldWarning(
+            f"the store {store.path!r} holds no label (-1) for {n} samples that the transfer "
+            f"set {transfer.name!r} labels; the store's labels rule, so training uses the "
+            f"{kept} labels the store holds and treats those {n} samples as unlabelled. To "
+            f"train on those labels too, generate the store from a transfer set that has them"
+        ),
+        stacklevel=2,
+    )
+    return transfer.with_labels(np.where(withheld, -1, transfer.labels))

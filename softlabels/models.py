@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from softlabels.errors import CheckpointError, ModelError
 
@@ -36,6 +37,16 @@ def cnn(
 ) -> nn.Module:
     """[Conv3x3 -> ReLU -> MaxPool2] per channel count (pooling while the map is >= 2 wide),
     then Flatten -> Linear(fc) -> ReLU -> Dropout -> Linear."""
+    if len(in_shape) != 3 or min(in_shape) < 1:
+        hint = (
+            f"add the channel axis: reshape the inputs to (N, 1, {in_shape[0]}, {in_shape[1]})"
+            if len(in_shape) == 2
+            else "give images shaped (N, C, H, W), or use the mlp model for other inputs"
+        )
+        raise ModelError(
+            f"the built-in cnn takes images shaped (channels, height, width) (its first Conv2d "
+            f"takes channels first), but these inputs are shaped {tuple(in_shape)}: {hint}"
+        )
     layers: list[nn.Module] = []
     c, size = in_shape[0], min(in_shape[1:])
     for out in channels:
@@ -87,6 +98,11 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
 def expected_input(module: nn.Module) -> str:
     """What the first layer with weights expects, in words (for error messages)."""
     for layer in module.modules():
+        if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
+            return (
+                f"its first layer, {type(layer).__name__}, is lazy: it sets its input size from "
+                f"the first batch it sees"
+            )
         if isinstance(layer, nn.Linear):
             return (
                 f"its first Linear layer takes {layer.in_features} features of {layer.weight.dtype}"

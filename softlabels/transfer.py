@@ -16,6 +16,7 @@ fingerprint is the SHA-256 of the inputs' float32 little-endian bytes in that or
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import importlib
@@ -125,6 +126,15 @@ class TransferSet:
         if self.labels is None:
             return np.full(stop - start, -1, dtype=np.int64)
         return self.labels[start:stop].astype(np.int64, copy=False)
+
+    def with_labels(self, labels: np.ndarray) -> TransferSet:
+        """The same inputs (and fingerprint) with other (N,) labels, -1 for none."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (len(self),):
+            raise SpecError(f"expected {len(self)} labels for {self.name!r}, got {labels.shape}")
+        new = copy.copy(self)
+        new.labels = labels
+        return new
 
     def row_arrays(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Per-row store arrays beyond the targets, labels and positions for rows [start, stop)

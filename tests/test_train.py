@@ -75,7 +75,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, digits_store,
 def test_refusals(tmp_path, digits_store, digits_test_store):
     c = config(tmp_path, digits_store, digits_test_store)
     train(c)
-    with pytest.raises(SoftLabelsError, match="not empty; pass --resume"):
+    with pytest.raises(SoftLabelsError, match="not empty; pass resume=True"):
         train(c)
     with pytest.raises(SoftLabelsError, match="different configuration"):
         train(replace(c, resume=True, temperature=2.0))

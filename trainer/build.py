@@ -76,7 +76,7 @@ def resolve_num_classes(config: TrainConfig, data: TransferSet, store: StoreRead
     if c is None:
         raise SoftLabelsError(
             f"transfer set {data.name!r} does not name its classes, so the number of classes is "
-            f"unknown; give it (--num-classes, num_classes=) or add class names to the data"
+            f"unknown; give it (num_classes=) or add class names to the data"
         )
     check_transfer(data, num_classes=c)
     return c

@@ -147,6 +147,13 @@ def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "drawn by the seed and the epoch alone, each rebuilt from its stored parameters.",
         ),
         click.option(
+            "--augment",
+            default=None,
+            help="Views stores made with --augment module:function: that SPEC again, so the "
+            "stored views can be rebuilt (checked against the store's description of its "
+            "policy). A built-in policy (rrc-flip) is rebuilt from the store without it.",
+        ),
+        click.option(
             "--memory-budget-mb",
             type=float,
             default=1024.0,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from softlabels.errors import SoftLabelsError
+from softlabels.join import withhold_labels
 from softlabels.transfer import as_transfer
 from trainer.data import join
 from trainer.evaluate import teacher_metrics
@@ -47,6 +48,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     data = as_transfer(base.transfer, base.split)
     eval_data = as_transfer(base.transfer, base.eval_split)
     with join(base.store, data) as store, join(base.eval_store, eval_data) as eval_store:
+        data = withhold_labels(data, store)  # the store's -1 rules, for both students
         num_classes = resolve_num_classes(base, data, store)  # the hard baseline's C too
         objects = {"data": data, "eval_data": eval_data, "eval_store": eval_store}
         teachers = teacher_metrics(eval_store, torch.from_numpy(eval_data.label_array()))

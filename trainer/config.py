@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     memory_budget_mb: float = 1024.0
     views_per_epoch: int = 1  # views stores: stored views each sample takes per epoch
+    augment: str | None = None  # views stores of a module:function policy: that SPEC again
     save: str | None = None  # extra copy of the final model, e.g. data/digits/teacher1.pt
     resume: bool = False
     overwrite: bool = False

@@ -31,8 +31,10 @@ from softlabels.checkpoint import load_checkpoint, save_checkpoint
 from softlabels.device import autocast, resolve_device
 from softlabels.distributed import Dist, init_from_env, local_device, shutdown
 from softlabels.errors import SoftLabelsError
+from softlabels.join import withhold_labels
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, as_transfer
+from softlabels.views.augment import augment_spec
 from softlabels.views.dataset import StoredViews
 from trainer.build import build_loss, build_student, check_student, resolve_num_classes
 from trainer.config import LOSSES, RunResult, TrainConfig
@@ -73,7 +75,7 @@ def prepare_out(out: str | os.PathLike[str], *, resume: bool, overwrite: bool) -
     if out.exists() and any(out.iterdir()) and not resume:
         if not overwrite:
             raise SoftLabelsError(
-                f"output folder {str(out)!r} is not empty; pass --resume to continue that run or --overwrite to replace it"
+                f"output folder {str(out)!r} is not empty; pass resume=True to continue that run or overwrite=True to replace it"
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,6 +111,8 @@ def train(
     opened: list[StoreReader] = []
     try:
         store = _joined(store, config.store, data, opened)
+        if store is not None:
+            data = withhold_labels(data, store)  # the store's -1 rules
         eval_store = _joined(eval_store, config.eval_store, eval_data, opened)
         device = resolve_device(config.device)
         d = init_from_env(device)
@@ -187,19 +191,24 @@ def _run(
             f"views per epoch ({config.views_per_epoch}) applies to a views store (generate "
             f"--views); this run's store holds none: leave it at 1"
         )
+    if config.augment is not None and (store is None or store.meta.views is None):
+        raise SoftLabelsError(
+            f"an augmentation policy ({config.augment!r}) rebuilds the views of a views store "
+            f"(generate --views); this run's store holds none: leave it out"
+        )
     if eval_store is not None and eval_store.meta.views is not None:
         raise SoftLabelsError(
             f"{eval_store.path!r} holds augmented views; evaluate against a plain store of the "
             f"eval split (generate without views)"
         )
     num_classes = resolve_num_classes(config, data, store)
+    torch.manual_seed(config.seed)
+    model, arch = build_student(config, data.input_shape, num_classes)
+    check_student(model, config.model, data, num_classes)  # before --out: a failure leaves none
     out = d.collective(lambda: _prepare_out(config) if d.is_main else Path(config.out))
     if d.is_main:
         (out / "config.json").write_text(json.dumps(_comparable(config), indent=2))
 
-    torch.manual_seed(config.seed)
-    model, arch = build_student(config, data.input_shape, num_classes)
-    check_student(model, config.model, data, num_classes)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = build_loss(config, store is not None)
@@ -208,7 +217,10 @@ def _run(
     temperature = loss_fn.target_temperature
     rows: TransferSet | ViewRows = data
     if store is not None and store.meta.views is not None:  # one stored view per sample
-        views = StoredViews(store, data, seed=config.seed, views_per_epoch=config.views_per_epoch)
+        policy = None if config.augment is None else augment_spec(config.augment)
+        views = StoredViews(
+            store, data, policy=policy, seed=config.seed, views_per_epoch=config.views_per_epoch
+        )
         rows = ViewRows(views)
         source: TargetSource = make_view_source(
             store, views, temperature, rank_batch, config.seed, budget, d, config.estimator
@@ -354,6 +366,8 @@ def train_sweep(
     data = as_transfer(objects.pop("data", None) or config.transfer, config.split)
     opened: list[StoreReader] = []
     store = _joined(objects.pop("store", None), config.store, data, opened)
+    if store is not None:
+        data = withhold_labels(data, store)  # once for the sweep: one message
     try:
         return [
             train(

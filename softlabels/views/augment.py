@@ -13,7 +13,10 @@ store's ``views`` attribute):
     rrc-flip[:scale=LO-HI,ratio=LO-HI,flip=P]   random-resized crop, then a horizontal flip
 
 A ``module:function`` SPEC calls a function the user names, returning a policy object; it is
-imported only from a SPEC the user typed, never from a store's metadata.
+imported only from a SPEC the user typed, never from a store's metadata. Such an object needs
+``sample`` and ``apply``; ``name``, ``param_names`` and ``to_attr`` are optional (``UserPolicy``
+fills them in: the SPEC, ``p0, p1, ...``, ``{"name": SPEC}``), and training rebuilds its views
+only from the same SPEC (``distill train --augment``), checked against the stored description.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before a c
 
 @runtime_checkable
 class Policy(Protocol):
-    """An augmentation as two steps: draw parameters, then apply them (deterministically)."""
+    """An augmentation as two steps: draw parameters, then apply them (deterministically).
+    A user's object needs only ``sample`` and ``apply``: ``check_policy`` completes the rest."""
 
     name: str
     param_names: tuple[str, ...]
@@ -218,21 +222,73 @@ def _builtin_args(spec: str, args: str) -> dict[str, Any]:
     return out
 
 
-def check_policy(policy: Any, where: str) -> Policy:
-    """``policy`` if it has the protocol's members and a JSON ``to_attr`` with a name."""
-    missing = [
-        m for m in ("name", "param_names", "sample", "apply", "to_attr") if not hasattr(policy, m)
-    ]
+@dataclass(frozen=True)
+class UserPolicy:
+    """A user's policy object that has ``sample`` and ``apply`` and maybe not the rest of the
+    protocol, completed: ``name`` defaults to the SPEC that built it (or its class name),
+    ``param_names`` to ``p0, p1, ...`` (as many as one ``sample`` draws, or the store's names),
+    ``to_attr()`` to ``{"name": name}``. ``apply_batch`` is the object's own, if it has one."""
+
+    inner: Any
+    name: str
+    param_names: tuple[str, ...] | None  # None until an input shape or a store tells
+
+    def sample(self, rng: np.random.Generator, input_shape: tuple[int, ...]) -> np.ndarray:
+        return self.inner.sample(rng, input_shape)
+
+    def apply(self, x: np.ndarray, params: np.ndarray) -> np.ndarray:
+        return self.inner.apply(x, params)
+
+    @property
+    def apply_batch(self) -> Any:
+        return getattr(self.inner, "apply_batch", None)
+
+    def to_attr(self) -> dict[str, Any]:
+        own = getattr(self.inner, "to_attr", None)
+        return own() if own is not None else {"name": self.name}
+
+
+def check_policy(
+    policy: Any,
+    where: str,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    param_names: tuple[str, ...] | None = None,
+) -> Policy:
+    """``policy`` if it has ``sample`` and ``apply``, completed as a ``UserPolicy`` where it
+    lacks ``name``, ``param_names`` or ``to_attr``: its parameter names are then the store's
+    (``param_names``), or ``p0..p{P-1}`` for the P values one draw gives on ``input_shape``
+    (drawn from ``view_rng(0, 0, 0)``, which the policy must not mind). ``to_attr()`` must give
+    a JSON object with a string ``name``."""
+    inner = policy.inner if isinstance(policy, UserPolicy) else policy
+    missing = [m for m in ("sample", "apply") if not callable(getattr(inner, m, None))]
     if missing:
         raise SpecError(
-            f"{where} returned {type(policy).__name__}, which lacks {', '.join(missing)}: an "
-            f"augmentation policy needs name, param_names, sample(rng, input_shape), "
-            f"apply(x, params) and to_attr() (see softlabels.views.augment.Policy)"
+            f"{where} returned {type(inner).__name__}, which lacks {', '.join(missing)}: an "
+            f"augmentation policy needs sample(rng, input_shape) and apply(x, params), and may "
+            f"have name, param_names and to_attr() (see softlabels.views.augment.Policy)"
         )
+    if not isinstance(policy, UserPolicy) and all(
+        hasattr(policy, m) for m in ("name", "param_names", "to_attr")
+    ):
+        _check_attr(policy, where)
+        return policy
+    name = policy.name if isinstance(policy, UserPolicy) else getattr(inner, "name", None) or where
+    names = getattr(inner, "param_names", None) or param_names
+    if names is None and isinstance(policy, UserPolicy):
+        names = policy.param_names
+    if names is None and input_shape is not None:
+        drawn = np.asarray(inner.sample(view_rng(0, 0, 0), tuple(input_shape)))
+        names = tuple(f"p{i}" for i in range(drawn.size))
+    completed = UserPolicy(inner, str(name), None if names is None else tuple(names))
+    _check_attr(completed, where)
+    return completed
+
+
+def _check_attr(policy: Any, where: str) -> None:
     attr = policy.to_attr()
     if not isinstance(attr, dict) or not isinstance(attr.get("name"), str):
         raise SpecError(f"{where}: to_attr() must return a JSON object with a string 'name'")
-    return policy
 
 
 def policy_from_attr(attr: dict[str, Any]) -> RandomResizedCropFlip:

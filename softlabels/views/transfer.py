@@ -79,8 +79,8 @@ class ViewTransfer(TransferSet):
         if seed < 0:
             raise SoftLabelsError(f"the view seed must be >= 0, got {seed}")
         self.base, self.views, self.seed = base, views, seed
-        self.policy = check_policy(policy, type(policy).__name__)
         self._shape = base.input_shape
+        self.policy = check_policy(policy, type(policy).__name__, input_shape=self._shape)
         super().__init__(
             name=base.name,
             split=base.split,
@@ -146,7 +146,7 @@ def load_views_policy(meta: StoreMeta, policy: Policy | None = None) -> Policy:
         raise SoftLabelsError("this store holds no views (it has no 'views' attribute)")
     if policy is None:
         return policy_from_attr(meta.views.policy)
-    policy = check_policy(policy, type(policy).__name__)
+    policy = check_policy(policy, type(policy).__name__, param_names=tuple(meta.views.param_names))
     if policy.to_attr() != meta.views.policy or tuple(policy.param_names) != (
         meta.views.param_names
     ):

@@ -311,7 +311,7 @@ def _restore(
         if saved != identity[key]:
             raise MismatchError(
                 f"cannot resume from {str(path)!r}: that run used other {what}; start again "
-                f"with the same ones, or replace the run (overwrite)"
+                f"with the same ones, or replace the run (overwrite=True)"
             )
     student.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
