@@ -128,8 +128,11 @@ def run_sh(text: str, *, others: Callable[[list[str]], None] | None = None) -> l
     return outputs
 
 
-def run_python(text: str) -> None:
-    exec(compile(text, str(README), "exec"), {"__name__": "__readme__"})
+def run_python(text: str) -> dict:
+    """Run the block; returns the names it defined."""
+    scope: dict = {"__name__": "__readme__"}
+    exec(compile(text, str(README), "exec"), scope)
+    return scope
 
 
 # ---- inputs the blocks name, made small -----------------------------------------------------
@@ -164,6 +167,59 @@ def language_model_files(folder: Path) -> None:
         config = GPT2Config(vocab_size=vocab, n_positions=256, n_embd=16, n_layer=1, n_head=2)
         config.bos_token_id = config.eos_token_id = 2
         GPT2LMHeadModel(config).save_pretrained(str(folder / "models" / name))
+
+
+CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
+
+
+def chat_models(folder: Path) -> int:
+    """models/teacher (a GPT-2 with its transformers tokenizer, whose config carries a chat
+    template) and models/student (a Llama); returns the vocabulary size."""
+    from transformers import AutoTokenizer
+
+    from tests.lm_helpers import tiny_gpt, tiny_llama, train_tokenizer, transformers_tokenizer
+
+    teacher = folder / "models" / "teacher"
+    transformers_tokenizer(train_tokenizer(folder / "tokenizer.json"), teacher)
+    tok = AutoTokenizer.from_pretrained(str(teacher), local_files_only=True)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(str(teacher))
+    tiny_gpt(teacher, len(tok))
+    tiny_llama(folder / "models" / "student", len(tok))
+    return len(tok)
+
+
+def chat_records(folder: Path) -> None:
+    """chats/: a datasets folder of 16 two-turn conversations (save_to_disk)."""
+    import datasets
+
+    from tests.lm_helpers import CORPUS
+
+    chats = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        for q, a in zip(CORPUS[0:16], CORPUS[1:17], strict=True)
+    ]
+    datasets.Dataset.from_dict({"messages": chats}).save_to_disk(str(folder / "chats"))
+
+
+def distillkit_capture(folder: Path, vocab: int) -> None:
+    """capture/: the models/teacher GPT-2's top-k log-probabilities over five documents, in
+    DistillKit's compressed Parquet layout (tests/test_lm_import.py's writer)."""
+    from softlabels.lm.models import load_hf
+    from softlabels.lm.text import load_text
+    from tests.lm_helpers import CORPUS
+    from tests.test_lm_import import write_distillkit
+
+    docs = folder / "docs.txt"
+    docs.write_text("\n".join(CORPUS[:5]) + "\n")
+    seqs = load_text(str(docs), str(folder / "tokenizer.json"))
+    model = load_hf(f"hf:{folder / 'models' / 'teacher'}")
+    with torch.no_grad():
+        log_p = [
+            torch.log_softmax(model(torch.from_numpy(seqs.sequence(s))[None])[0].double(), -1)
+            for s in range(len(seqs))
+        ]
+    write_distillkit(folder / "capture", {"seqs": seqs, "log_p": log_p}, vocab=vocab)
 
 
 def fashion_files(folder: Path) -> Path:
@@ -267,6 +323,62 @@ def views(b: Block, folder: Path) -> None:
     assert (folder / "runs" / "views" / "model.pt").is_file()
 
 
+def chat_sh(b: Block, folder: Path) -> None:
+    """generate-lm and train-lm on chat records: the store records the assistant-turn mask, the
+    run its student."""
+    from softlabels.store import open_store
+    from softlabels.verify import verify_store
+
+    chat_models(folder)
+    chat_records(folder)
+    text = substitute(
+        b.text,
+        ("--max-length 512", "--max-length 64"),  # the tiny GPT-2's context
+        ("--out chat.zarr", "--out chat.zarr --quiet"),
+        ("--warmup-steps 100", "--warmup-steps 1"),
+    )
+    run_sh(text)
+    assert verify_store(str(folder / "chat.zarr")).ok
+    with open_store(folder / "chat.zarr") as store:
+        assert store.meta.sparse.top_k == 64 and store.meta.tokens.loss_mask["rows"] > 0
+    run = folder / "runs" / "chat"
+    assert (run / "metrics.json").is_file() and (run / "student" / "config.json").is_file()
+
+
+def hf_trainer(b: Block, folder: Path) -> None:
+    """The DistillTrainer example with models/ made here: the store's mask is the chat's, and
+    the Trainer changed the student."""
+    from transformers import AutoModelForCausalLM
+
+    from softlabels.store import open_store
+
+    chat_models(folder)
+    text = substitute(b.text, ("max_steps=20", "max_steps=3, use_cpu=True, disable_tqdm=True"))
+    scope = run_python(text)
+    with open_store(folder / "chat.zarr") as store:
+        assert store.meta.tokens.loss_mask["rows"] == int(scope["seqs"].loss_mask.sum()) > 0
+    before = AutoModelForCausalLM.from_pretrained("models/student", local_files_only=True)
+    after = dict(scope["student"].named_parameters())
+    assert any(not torch.equal(p, after[n]) for n, p in before.named_parameters())
+    assert (folder / "runs" / "hf").is_dir()
+
+
+def imported(b: Block, folder: Path) -> None:
+    """A DistillKit capture imports into a store that verifies, trains at T = 1 and refuses
+    T = 2."""
+    from softlabels.verify import verify_store
+
+    distillkit_capture(folder, chat_models(folder))
+    text = substitute(b.text, ("--tokens-out imported.npz", "--tokens-out imported.npz --quiet"))
+    outputs = run_sh(text)
+    assert "at T = 1 only" in outputs[0] and verify_store(str(folder / "imported.zarr")).ok
+    assert (folder / "runs" / "imported" / "student" / "config.json").is_file()
+    at_2 = commands(b.text)[1]  # the block's train-lm, at T = 2
+    at_2[at_2.index("--temperature") + 1], at_2[at_2.index("--out") + 1] = "2", "runs/at2"
+    refused = CliRunner().invoke(distill_cli, at_2[1:])
+    assert refused.exit_code != 0 and "known at T = 1 only" in refused.output, refused.output
+
+
 MY_TEACHER = "# myteachers.py, on PYTHONPATH"
 
 
@@ -343,6 +455,9 @@ HANDLERS: dict[str, Callable[[Block, Path], None]] = {
     "distill train --transfer data/digits/transfer-0.1.npz --store data/digits/softlabels-0.1.zarr \\": stage_two,
     "# stage one: the teacher over the training split, and over the test split for held-out metrics": language_models_sh,
     "import softlabels, torch, trainer": language_models_python,
+    "softlabels generate-lm --teacher hf:models/teacher --text datasets:chats/ --tokenizer models/teacher \\": chat_sh,
+    "import datasets, softlabels": hf_trainer,
+    "softlabels import capture/ --tokenizer models/teacher --out imported.zarr --tokens-out imported.npz": imported,
     "softlabels generate --teacher data/fashion/teacher1.pt --transfer fashion-mnist:/usr/share/datasets/fashion-mnist \\": views,
     MY_TEACHER: my_teacher,
     "softlabels generate --teacher myteachers:my_teacher --transfer data.npz --out mine.zarr": my_teacher_sh,
@@ -350,7 +465,7 @@ HANDLERS: dict[str, Callable[[Block, Path], None]] = {
     PUBLISH: publish,
     "softlabels inspect https://example.org/stores/teacher-v3.zarr": consume,
 }
-SLOW = {language_models_sh, language_models_python, views}  # a model folder or a teacher trained
+SLOW = {language_models_sh, language_models_python, chat_sh, hf_trainer, imported, views}  # a model folder or a teacher trained
 
 
 def test_every_readme_block_is_known():
