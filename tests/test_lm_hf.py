@@ -16,7 +16,6 @@ from softlabels.lm.dataset import TokenTargetDataset  # noqa: E402
 from softlabels.lm.generate import generate_tokens  # noqa: E402
 from softlabels.lm.text import load_text  # noqa: E402
 from softlabels.schema import SparseSpec  # noqa: E402
-from softlabels.store import open_store as softlabels_open  # noqa: E402
 from tests.lm_helpers import CORPUS, tiny_gpt, tiny_llama, train_tokenizer  # noqa: E402
 from trainer.lm.hf import DistillTrainer, collate_for_trainer  # noqa: E402
 
@@ -133,33 +132,3 @@ def test_a_peft_lora_student_in_bf16(hf, tmp_path):
             torch.testing.assert_close(p.detach(), frozen[name], rtol=0, atol=0)
     changed = [n for n, p in model.named_parameters() if n in lora and not torch.equal(p, lora[n])]
     assert changed
-
-
-def test_readme_trainer_example_runs(tmp_path, monkeypatch):
-    """The README's Trainer example, with the models it names made here, tiny and local."""
-    import re
-    from pathlib import Path
-
-    from transformers import AutoTokenizer
-
-    from tests.lm_helpers import transformers_tokenizer
-
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    section = text[text.index("### Chat corpora, the Hugging Face Trainer") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    monkeypatch.chdir(tmp_path)
-    teacher = tmp_path / "models" / "teacher"
-    transformers_tokenizer(train_tokenizer(tmp_path / "tokenizer.json"), teacher)
-    tok = AutoTokenizer.from_pretrained(str(teacher), local_files_only=True)
-    tok.chat_template = (
-        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
-    )
-    tok.save_pretrained(str(teacher))
-    tiny_gpt(teacher, len(tok))
-    tiny_llama(tmp_path / "models" / "student", len(tok))
-    code = code.replace("max_steps=20", "max_steps=3, use_cpu=True, disable_tqdm=True")
-    scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    assert (tmp_path / "runs" / "hf").is_dir()
-    with softlabels_open(tmp_path / "chat.zarr") as store:
-        assert store.meta.tokens.loss_mask["rows"] == int(scope["seqs"].loss_mask.sum()) > 0

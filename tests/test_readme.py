@@ -465,7 +465,14 @@ HANDLERS: dict[str, Callable[[Block, Path], None]] = {
     PUBLISH: publish,
     "softlabels inspect https://example.org/stores/teacher-v3.zarr": consume,
 }
-SLOW = {language_models_sh, language_models_python, chat_sh, hf_trainer, imported, views}  # a model folder or a teacher trained
+SLOW = {  # a model folder or a teacher trained
+    language_models_sh,
+    language_models_python,
+    chat_sh,
+    hf_trainer,
+    imported,
+    views,
+}
 
 
 def test_every_readme_block_is_known():
