@@ -169,7 +169,10 @@ def language_model_files(folder: Path) -> None:
         GPT2LMHeadModel(config).save_pretrained(str(folder / "models" / name))
 
 
-CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
+CHAT_TEMPLATE = (  # add_generation_prompt opens the assistant's turn: its header takes no loss
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
 
 
 def chat_models(folder: Path) -> int:
@@ -326,8 +329,11 @@ def views(b: Block, folder: Path) -> None:
 def chat_sh(b: Block, folder: Path) -> None:
     """generate-lm and train-lm on chat records: the store records the assistant-turn mask, the
     run its student."""
+    from tokenizers import Tokenizer
+
     from softlabels.store import open_store
     from softlabels.verify import verify_store
+    from tests.lm_helpers import CORPUS
 
     chat_models(folder)
     chat_records(folder)
@@ -339,8 +345,12 @@ def chat_sh(b: Block, folder: Path) -> None:
     )
     run_sh(text)
     assert verify_store(str(folder / "chat.zarr")).ok
+    # the rows that take a loss predict each answer's tokens and its <eos>, not <assistant>
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    answers = [len(tok.encode(a, add_special_tokens=False).ids) + 1 for a in CORPUS[1:17]]
     with open_store(folder / "chat.zarr") as store:
-        assert store.meta.sparse.top_k == 64 and store.meta.tokens.loss_mask["rows"] > 0
+        assert store.meta.sparse.top_k == 64
+        assert store.meta.tokens.loss_mask["rows"] == sum(answers)
     run = folder / "runs" / "chat"
     assert (run / "metrics.json").is_file() and (run / "student" / "config.json").is_file()
 
