@@ -53,7 +53,7 @@ def import_cmd(
 
     \b
     softlabels import capture/ --tokenizer tok/ --out lm.zarr --tokens-out lm_tokens.npz
-    distill train-lm --store lm.zarr --tokens lm_tokens.npz --temperature 1 --out runs/kd
+    distill train-lm --store lm.zarr --tokens lm_tokens.npz --temperature 1 --eval-split none --out runs/kd
     """
     from softlabels.lm.capture import read_capture
     from softlabels.lm.importer import import_capture
