@@ -45,6 +45,7 @@ from softlabels.store import (
 from softlabels.teachers import Teacher, as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views.augment import Policy, augment_spec
+from softlabels.vision.images import ImageTransfer
 from softlabels.views.transfer import ViewTransfer
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -205,6 +206,9 @@ def generate(
         for t in loaded:
             t.module.to(runtime.device)
         data = as_transfer(transfer, split)
+        if isinstance(data, ImageTransfer):
+            data.progress = opts.progress
+            data.workers = opts.workers or data.workers
         if augment is not None and opts.views is not None:
             policy = augment_spec(augment) if isinstance(augment, str) else augment
             data = ViewTransfer(data, policy, views=opts.views, seed=opts.view_seed)
@@ -330,6 +334,7 @@ def build_meta(
             split=base.split,
             num_samples=len(base),
             fingerprint=base.fingerprint(),
+            preprocess=base.preprocess.to_attr() if isinstance(base, ImageTransfer) else None,
         ),
         dtype=opts.dtype,
         chunk_rows=min(opts.chunk_rows, len(transfer)),

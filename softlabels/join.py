@@ -11,6 +11,8 @@ import numpy as np
 from softlabels.errors import MismatchError
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet
+from softlabels.vision.images import ImageTransfer
+from softlabels.vision.preprocess import Preprocess
 
 
 def check_transfer(
@@ -19,7 +21,9 @@ def check_transfer(
     """Raise MismatchError naming every way ``transfer`` differs from what a store of
     ``num_classes`` classes (or ``store`` itself: split, size, fingerprint, labels) needs.
 
-    Labels must be 0..C-1, or -1 for "no label".
+    Labels must be 0..C-1, or -1 for "no label". An image set whose preprocessing was not
+    given takes the store's here, so stage two feeds the student what the teacher saw; one
+    whose preprocessing was given must match it.
     """
     diffs = []
     if transfer.num_classes is not None and transfer.num_classes != num_classes:
@@ -48,6 +52,9 @@ def check_transfer(
 def _store_diffs(transfer: TransferSet, store: StoreReader) -> list[str]:
     meta = store.meta
     diffs = []
+    if isinstance(transfer, ImageTransfer):
+        recorded = meta.transfer.preprocess
+        diffs += transfer.match_store(None if recorded is None else Preprocess.from_attr(recorded))
     if transfer.split != meta.transfer.split:
         diffs.append(
             f"split: store has {meta.transfer.split!r}, transfer set is {transfer.split!r}"
