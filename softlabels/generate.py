@@ -45,8 +45,8 @@ from softlabels.store import (
 from softlabels.teachers import Teacher, as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views.augment import Policy, augment_spec
-from softlabels.vision.images import ImageTransfer
 from softlabels.views.transfer import ViewTransfer
+from softlabels.vision.images import ImageTransfer
 
 DEFAULT_CHUNK_ROWS = 4096
 

@@ -108,7 +108,11 @@ def load_teacher(spec: str) -> Teacher:
         module, arch, name = load_hf(spec), None, spec
     elif is_vision_spec(spec):
         parsed = parse_spec(spec)
-        module, arch, name = load_vision_model(parsed), parsed.architecture(), f"{parsed.library}:{parsed.model}"
+        module, arch, name = (
+            load_vision_model(parsed),
+            parsed.architecture(),
+            f"{parsed.library}:{parsed.model}",
+        )
     elif os.path.isfile(spec):
         module, arch = load_model(spec)
         name = os.path.splitext(os.path.basename(spec))[0]

@@ -33,9 +33,8 @@ def import_torchvision() -> Any:
             del sys.modules[name]
         for name in _SKIPPED:
             sys.modules[name] = types.ModuleType(name)
-        import torchvision
-
         import torch
+        import torchvision
 
         warnings.warn(
             f"torchvision {torchvision.__version__} was built for another torch than the "

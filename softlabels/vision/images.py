@@ -87,7 +87,9 @@ class FileSource:
         except UnidentifiedImageError as exc:
             raise SpecError(f"{path} is not an image PIL can read (corrupt?): {exc}") from None
         except OSError as exc:
-            raise SpecError(f"{path} is truncated or corrupt: {exc}; replace or remove it") from None
+            raise SpecError(
+                f"{path} is truncated or corrupt: {exc}; replace or remove it"
+            ) from None
 
 
 _MODES = {"L": "grayscale", "LA": "grayscale with alpha", "CMYK": "CMYK", "P": "palette",
@@ -174,7 +176,12 @@ class _Decode:
             pixels = self.source.load(i)
             if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
                 raise SpecError(f"{self.source.describe(i)} is not uint8 (H, W, 3) pixels")
-            return i, geometry(pixels, self.pre, self.source.describe(i)), pixel_digest(pixels), None
+            return (
+                i,
+                geometry(pixels, self.pre, self.source.describe(i)),
+                pixel_digest(pixels),
+                None,
+            )
         except SpecError as exc:
             return i, None, b"", str(exc)
 
@@ -230,7 +237,9 @@ class ImageTransfer(TransferSet):
         if self._fingerprint is None:
             self.pixels()
             assert self._digests is not None
-            self._fingerprint = FINGERPRINT_PREFIX + hashlib.sha256(b"".join(self._digests)).hexdigest()
+            self._fingerprint = (
+                FINGERPRINT_PREFIX + hashlib.sha256(b"".join(self._digests)).hexdigest()
+            )
         return self._fingerprint
 
     def adopt(self, preprocess: Preprocess) -> None:

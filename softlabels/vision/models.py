@@ -64,8 +64,7 @@ def parse_spec(spec: str) -> VisionSpec:
         key = key.strip()
         if not eq or not key.isidentifier():
             raise SpecError(
-                f"{spec!r}: {pair!r} is not KEY=VALUE (write e.g. {library}:{model},"
-                f"num_classes=10)"
+                f"{spec!r}: {pair!r} is not KEY=VALUE (write e.g. {library}:{model},num_classes=10)"
             )
         if key in _REFUSED:
             raise SpecError(

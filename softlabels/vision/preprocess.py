@@ -120,9 +120,13 @@ def timm_config(model: str, img_size: str | None) -> dict[str, Any]:
     if not timm.is_model(model):
         raise SpecError(f"timm has no model {model!r} to take a data config from")
     overrides = {} if img_size is None else {"img_size": _int(img_size, "img_size", model)}
-    config = resolve_data_config(overrides, pretrained_cfg=timm.models.get_pretrained_cfg(model).to_dict())
+    config = resolve_data_config(
+        overrides, pretrained_cfg=timm.models.get_pretrained_cfg(model).to_dict()
+    )
     crop = int(config["input_size"][-1])
-    interpolation = config["interpolation"] if config["interpolation"] in INTERPOLATIONS else "bilinear"
+    interpolation = (
+        config["interpolation"] if config["interpolation"] in INTERPOLATIONS else "bilinear"
+    )
     return {
         "resize": math.floor(crop / config["crop_pct"]),
         "crop": crop,
