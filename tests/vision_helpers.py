@@ -46,3 +46,14 @@ def saved_model(path: Path, arch: dict, seed: int = 0) -> torch.nn.Module:
     else:
         torch.save(state, path)
     return model
+
+
+def image_teacher() -> torch.nn.Module:
+    """A small seeded conv net over (B, 3, H, W) images, 2 classes, with BatchNorm."""
+    torch.manual_seed(1)
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 2),
+    )  # fmt: skip
