@@ -32,6 +32,9 @@ def architecture(
     return None
 
 
+_BUILT_IN = sorted(k for k in ARCHITECTURES if k not in ("timm", "torchvision"))  # by name alone
+
+
 def build_student(
     config: TrainConfig, input_shape: tuple[int, ...], num_classes: int
 ) -> tuple[nn.Module, dict | None]:
@@ -42,8 +45,8 @@ def build_student(
         return vision_student(config.model, input_shape, num_classes)
     if ":" not in config.model:
         raise SpecError(
-            f"unknown model {config.model!r}: choose one of {', '.join(sorted(ARCHITECTURES))}, "
-            f"or module:function returning an nn.Module"
+            f"unknown model {config.model!r}: choose one of {', '.join(_BUILT_IN)}, "
+            f"or module:function returning an nn.Module, or timm:NAME / torchvision:NAME"
         )
     module = import_callable(config.model)()
     if not isinstance(module, nn.Module):
