@@ -1,0 +1,244 @@
+"""A timm teacher over an image folder (`make vision-bench`, or alone):
+
+    python -m bench.vision --data /usr/share/datasets/fashion-mnist --report BENCHMARKS.md
+
+The transfer set is an image folder drawn here: the first ``images`` Fashion-MNIST training
+images, upscaled to ``size`` x ``size`` RGB PNGs in class folders (or, without --data, drawn
+shapes). The teacher is ``timm:MODEL`` with random weights from a local safetensors file
+(timing does not depend on the weights). Measured:
+
+- stage one (``softlabels.generate`` over the decoded set: preprocessing, teacher, checksums,
+  writer) against a bare eval forward pass of the same module over the same inputs in the same
+  batches, median of ``repeats`` interleaved runs (goal: <= 1.05x);
+- decoding the folder (PIL, DataLoader workers), once, apart: stage one pays it once per set;
+- bytes per sample on disk: dense float32, dense float16, sparse top-k.
+
+Writes ``OUT/vision.json`` and, with ``--report``, a BENCHMARKS.md section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import goal_table, put_section
+from softlabels.device import autocast, resolve_device
+from softlabels.generate import generate
+from softlabels.schema import SparseSpec
+from softlabels.store import open_store
+from softlabels.teachers import load_teacher
+from softlabels.transfer import FASHION_CLASSES, load_transfer, read_idx
+from softlabels.vision.images import ImageTransfer
+
+TITLE = "## Vision: a timm teacher over an image folder (`make vision-bench`)"
+
+
+@dataclass(frozen=True)
+class VisionBench:
+    data: str | None = None  # a Fashion-MNIST IDX folder; None: drawn shapes
+    work: str = "data/vision"
+    images: int = 2000
+    size: int = 64
+    model: str = "resnet18"
+    batch_size: int = 256
+    repeats: int = 3
+    top_k: int = 5
+    device: str = "cpu"
+    precision: str = "fp32"
+
+
+def make_folder(c: VisionBench) -> tuple[Path, str]:
+    """The image folder (rewritten only when its recorded recipe differs) and its source."""
+    root = Path(c.work) / f"images-{c.images}-{c.size}"
+    source = "fashion-mnist" if c.data else "drawn"
+    marker = root / ".recipe.json"
+    recipe = {"images": c.images, "size": c.size, "source": source}
+    if marker.exists() and json.loads(marker.read_text()) == recipe:
+        return root, source
+    from PIL import Image
+
+    pixels, labels, names = _fashion(c) if c.data else _drawn(c)
+    for i, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+        folder = root / names[label].replace("/", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    marker.write_text(json.dumps(recipe))
+    return root, source
+
+
+def _fashion(c: VisionBench) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from PIL import Image
+
+    folder = Path(c.data or "")
+    images = next(folder / f for f in ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte")
+                  if (folder / f).exists())  # fmt: skip
+    labels = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
+    gray, y = read_idx(images)[: c.images], read_idx(labels)[: c.images]
+    big = [
+        np.asarray(Image.fromarray(g).resize((c.size, c.size), Image.Resampling.BILINEAR))
+        for g in gray
+    ]
+    rgb = np.stack([np.stack([g, g, g], axis=-1) for g in big])  # grayscale, stored as RGB
+    return rgb, y.astype(np.int64), FASHION_CLASSES
+
+
+def _drawn(c: VisionBench) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Ten classes of coloured ellipses and rectangles at random places and sizes."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    out, y = [], rng.integers(0, 10, c.images)
+    for label in y:
+        img = Image.new("RGB", (c.size, c.size), tuple(int(v) for v in rng.integers(0, 80, 3)))
+        box = sorted(rng.integers(0, c.size, 2)), sorted(rng.integers(0, c.size, 2))
+        xy = (box[0][0], box[1][0], box[0][1] + 4, box[1][1] + 4)
+        colour = (25 * label, 255 - 25 * label, 128)
+        draw = ImageDraw.Draw(img)
+        (draw.ellipse if label % 2 else draw.rectangle)(xy, fill=colour)
+        out.append(np.asarray(img))
+    return np.stack(out), y, tuple(f"shape{i}" for i in range(10))
+
+
+def teacher_spec(c: VisionBench) -> str:
+    from safetensors.torch import save_file
+
+    from softlabels.models import build_model
+
+    path = Path(c.work) / f"{c.model}.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        model = build_model({"name": "timm", "kwargs": {"model": c.model, "num_classes": 10}})
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return f"timm:{c.model},num_classes=10,weights={path}"
+
+
+def bare_forward(module: torch.nn.Module, x: torch.Tensor, c: VisionBench) -> float:
+    """Seconds for the module alone over ``x`` in the writer's batches (eval, no grad)."""
+    device = resolve_device(c.device)
+    t0 = time.perf_counter()
+    with torch.no_grad(), autocast(device, c.precision):
+        for start in range(0, len(x), c.batch_size):
+            module(x[start : start + c.batch_size].to(device)).float().cpu()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def stage_one(spec: str, data: ImageTransfer, out: Path, c: VisionBench, **kw: Any) -> float:
+    t0 = time.perf_counter()
+    generate([spec], data, out, batch_size=c.batch_size, overwrite=True, progress=False,
+             device=c.device, precision=c.precision, **kw).close()  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def run(c: VisionBench) -> dict[str, Any]:
+    root, source = make_folder(c)
+    spec = teacher_spec(c)
+    transfer = f"{root}?timm={c.model},img_size={c.size}"
+    data = load_transfer(transfer)
+    assert isinstance(data, ImageTransfer)
+    data.progress = False
+    t0 = time.perf_counter()
+    data.fingerprint()  # decodes every image
+    decode_s = time.perf_counter() - t0
+    module = load_teacher(spec).module.to(resolve_device(c.device))
+    x = torch.from_numpy(data.take(0, len(data)))
+    out = Path(c.work) / "stores"
+    bare_forward(module, x[: c.batch_size], c)  # warm-up: first-call kernel choices
+    stage, bare = [], []
+    for _ in range(c.repeats):  # interleaved, so drift in the machine's load hits both
+        stage.append(stage_one(spec, data, out / "dense32.zarr", c))
+        bare.append(bare_forward(module, x, c))
+    sizes = {}
+    for name, kw in {
+        "dense float32": {},
+        "dense float16": {"dtype": "float16"},
+        f"sparse top-{c.top_k}": {"sparse": SparseSpec(top_k=c.top_k)},
+    }.items():
+        path = out / f"{name.replace(' ', '-')}.zarr"
+        if name != "dense float32":
+            stage_one(spec, data, path, c, **kw)
+        with open_store(path if name != "dense float32" else out / "dense32.zarr") as s:
+            sizes[name] = s.nbytes_on_disk() / s.meta.num_samples
+    s1, b1 = statistics.median(stage), statistics.median(bare)
+    return {
+        "config": asdict(c),
+        "source": source,
+        "transfer": transfer,
+        "input_shape": list(data.input_shape),
+        "decode_seconds": decode_s,
+        "decode_images_per_s": len(data) / decode_s,
+        "stage_one_seconds": stage,
+        "bare_forward_seconds": bare,
+        "stage_one_over_bare": s1 / b1,
+        "bytes_per_sample": sizes,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def report(r: dict[str, Any]) -> str:
+    c = r["config"]
+    ratio = r["stage_one_over_bare"]
+    lines = [
+        TITLE,
+        "",
+        f"`timm:{c['model']}` (random weights, 10 classes) over an image folder of {c['images']:,} "
+        f"{c['size']}x{c['size']} RGB PNGs ({r['source']}), preprocessed with the model's own "
+        f"data config (`{Path(r['transfer']).name}`), on {c['device']} at {c['precision']} "
+        f"with {r['torch_threads']} torch threads, batch {c['batch_size']}; median of "
+        f"{c['repeats']} interleaved runs.",
+        "",
+        *goal_table(
+            [("stage one <= 1.05x a bare eval forward pass", f"{ratio:.3f}x", ratio <= 1.05)]
+        ),
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| stage one (generate, decoded set), s | {statistics.median(r['stage_one_seconds']):.2f} |",
+        f"| bare eval forward, s | {statistics.median(r['bare_forward_seconds']):.2f} |",
+        f"| decoding the folder once (PIL, workers), s | {r['decode_seconds']:.2f} "
+        f"({r['decode_images_per_s']:,.0f} images/s) |",
+        *(f"| bytes/sample, {k} | {v:.1f} |" for k, v in r["bytes_per_sample"].items()),
+        "",
+        "Stage one's extra over the bare forward is the per-batch normalisation of the uint8 "
+        "pixels, the chunk checksums and the writer thread. Decoding is paid once per set (and "
+        "once more in stage two, which decodes the same files to feed the student).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=None, help="Fashion-MNIST IDX folder; absent: drawn shapes")
+    p.add_argument("--work", default=VisionBench.work)
+    p.add_argument("--images", type=int, default=VisionBench.images)
+    p.add_argument("--size", type=int, default=VisionBench.size)
+    p.add_argument("--model", default=VisionBench.model)
+    p.add_argument("--repeats", type=int, default=VisionBench.repeats)
+    p.add_argument("--device", default=VisionBench.device)
+    p.add_argument("--precision", default=VisionBench.precision)
+    p.add_argument("--out", default="bench")
+    p.add_argument("--report", default=None, help="markdown file to put the section in")
+    a = p.parse_args()
+    data = a.data if a.data and Path(a.data).is_dir() else None
+    c = VisionBench(data=data, work=a.work, images=a.images, size=a.size, model=a.model,
+                    repeats=a.repeats, device=a.device, precision=a.precision)  # fmt: skip
+    Path(c.work).mkdir(parents=True, exist_ok=True)
+    r = run(c)
+    Path(a.out, "vision.json").write_text(json.dumps(r, indent=2))
+    print(report(r))
+    if a.report:
+        put_section(Path(a.report), TITLE, report(r))
+
+
+if __name__ == "__main__":
+    main()
