@@ -49,12 +49,20 @@ def check_transfer(
         )
 
 
+def preprocess_diffs(transfer: TransferSet, store: StoreReader) -> list[str]:
+    """For an image set: adopt the store's preprocessing if the set gives none, else name how
+    the two differ. Every path that feeds a store's teacher or student the set's inputs runs
+    it (through check_transfer, or alone where the fingerprint is not needed)."""
+    if not isinstance(transfer, ImageTransfer):
+        return []
+    recorded = store.meta.transfer.preprocess
+    return transfer.match_store(None if recorded is None else Preprocess.from_attr(recorded))
+
+
 def _store_diffs(transfer: TransferSet, store: StoreReader) -> list[str]:
     meta = store.meta
     diffs = []
-    if isinstance(transfer, ImageTransfer):
-        recorded = meta.transfer.preprocess
-        diffs += transfer.match_store(None if recorded is None else Preprocess.from_attr(recorded))
+    diffs += preprocess_diffs(transfer, store)
     if transfer.split != meta.transfer.split:
         diffs.append(
             f"split: store has {meta.transfer.split!r}, transfer set is {transfer.split!r}"

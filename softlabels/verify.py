@@ -14,7 +14,7 @@ from softlabels import schema
 from softlabels.device import resolve_device
 from softlabels.ensemble import combined_logits
 from softlabels.errors import MismatchError, SoftLabelsError
-from softlabels.join import check_transfer
+from softlabels.join import check_transfer, preprocess_diffs
 from softlabels.pipeline import Runtime, forward_teachers
 from softlabels.sparse import replay as sparse_replay
 from softlabels.store import StoreReader, open_store
@@ -200,6 +200,9 @@ def _rerun_detail(
     if len(teachers) != meta.num_members:
         raise MismatchError(f"store has {meta.num_members} teachers, {len(teachers)} given")
     data = as_transfer(transfer, meta.transfer.split)
+    diffs = preprocess_diffs(data, store)  # an image set sees what the teachers saw
+    if diffs:
+        raise MismatchError("; ".join(diffs))
     first = torch.from_numpy(data.take(0, min(2, len(data)))).to(runtime.device)
     loaded = [as_teacher(t) for t in teachers]
     for t in loaded:

@@ -229,3 +229,23 @@ def test_convert_rgb_converts_grayscale_and_cmyk(tmp_path):
     expected = np.asarray(Image.open(root / "dog" / "print.jpg").convert("RGB"))
     np.testing.assert_array_equal(cmyk, expected)
     assert tuple(cmyk[0, 0]) != (0, 0, 0)
+
+
+def test_verify_reruns_a_timm_teacher_on_the_folder_with_the_stores_preprocessing(tmp_path):
+    pytest.importorskip("timm")
+    root, _, _ = vh.image_folder(tmp_path / "imgs", n=8, size=32)
+    arch = {"name": "timm", "kwargs": {"model": "resnet10t", "num_classes": 2}}
+    vh.saved_model(tmp_path / "w.safetensors", arch)
+    spec = f"timm:resnet10t,num_classes=2,weights={tmp_path / 'w.safetensors'}"
+    out = str(tmp_path / "s.zarr")
+    seen = f"{root}?resize=36,crop=32,mean=imagenet,std=imagenet"
+    res = CliRunner().invoke(
+        softlabels_cli,
+        ["generate", "--teacher", spec, "--transfer", seen, "--out", out, "--quiet"],
+    )
+    assert res.exit_code == 0, res.output
+    # the plain folder takes the store's preprocessing in the teacher re-run too
+    res = CliRunner().invoke(
+        softlabels_cli, ["verify", out, "--transfer", str(root), "--teacher", spec]
+    )
+    assert res.exit_code == 0 and "max rel. error 0 " in res.output, res.output
