@@ -204,6 +204,8 @@ def report(r: dict[str, Any]) -> str:
         "|---|---|",
         f"| stage one (generate, decoded set), s | {statistics.median(r['stage_one_seconds']):.2f} |",
         f"| bare eval forward, s | {statistics.median(r['bare_forward_seconds']):.2f} |",
+        f"| the runs, stage one / bare, s | {_runs(r['stage_one_seconds'])} / "
+        f"{_runs(r['bare_forward_seconds'])} |",
         f"| decoding the folder once (PIL, workers), s | {r['decode_seconds']:.2f} "
         f"({r['decode_images_per_s']:,.0f} images/s) |",
         *(f"| bytes/sample, {k} | {v:.1f} |" for k, v in r["bytes_per_sample"].items()),
@@ -214,6 +216,10 @@ def report(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _runs(seconds: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in seconds)
 
 
 def main() -> None:
