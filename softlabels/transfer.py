@@ -131,6 +131,16 @@ class TransferSet:
             return np.full(stop - start, -1, dtype=np.int64)
         return self.labels[start:stop].astype(np.int64, copy=False)
 
+    def policy_inputs(self, positions: np.ndarray) -> np.ndarray:
+        """float32 inputs at ``positions`` as an augmentation policy takes them (here the inputs
+        themselves; an image set gives its pixels, before normalisation)."""
+        return self.gather(positions)
+
+    def after_policy(self, views: np.ndarray) -> np.ndarray:
+        """The inputs a teacher sees from views the policy made of ``policy_inputs`` (here the
+        views themselves; an image set normalises them)."""
+        return views
+
     def row_arrays(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Per-row store arrays beyond the targets, labels and positions for rows [start, stop)
         (a ``softlabels.views.ViewTransfer`` adds its views' parameters); none here."""

@@ -21,7 +21,7 @@ from softlabels.store import StoreReader, open_store
 from softlabels.teachers import as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views.augment import Policy
-from softlabels.views.transfer import load_views_policy, view_input
+from softlabels.views.transfer import load_views_policy, rebuild_views
 
 
 @dataclass
@@ -255,9 +255,7 @@ def _inputs(
     policy = load_views_policy(store.meta, augment)
     block = store.rows_at(rows)  # in a views store, positions are store rows
     params, samples = block.arrays[schema.VIEW_PARAMS], block.sample_index
-    return np.stack(
-        [view_input(x, p, policy) for x, p in zip(data.gather(samples), params, strict=True)]
-    )
+    return rebuild_views(data, policy, samples, params)
 
 
 def _compared(

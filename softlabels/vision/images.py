@@ -233,6 +233,15 @@ class ImageTransfer(TransferSet):
     def gather(self, positions: np.ndarray) -> np.ndarray:
         return self.preprocess.normalise(self.pixels()[np.asarray(positions)])
 
+    def policy_inputs(self, positions: np.ndarray) -> np.ndarray:
+        """float32 (B, 3, h, w) pixel values 0..255 after resize and crop: an augmentation
+        policy (views stores) works on the image before normalisation."""
+        chosen = self.pixels()[np.asarray(positions)]
+        return np.ascontiguousarray(chosen.transpose(0, 3, 1, 2), dtype=np.float32)
+
+    def after_policy(self, views: np.ndarray) -> np.ndarray:
+        return self.preprocess.normalise_chw(views)
+
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self.pixels()

@@ -85,6 +85,14 @@ class Preprocess:
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
+    def normalise_chw(self, values: np.ndarray) -> np.ndarray:
+        """float32 (B, 3, h, w) pixel values in [0, 255] (an augmented view of the pixels) ->
+        float32 (B, 3, h, w): (value / 255 - mean) / std, per channel."""
+        x = np.asarray(values, dtype=np.float32) / np.float32(255.0)
+        mean = np.asarray(self.mean, np.float32)[:, None, None]
+        x = (x - mean) / np.asarray(self.std, np.float32)[:, None, None]
+        return np.ascontiguousarray(x, dtype=np.float32)
+
 
 def _keys() -> list[str]:
     return [f.name for f in fields(Preprocess)]
