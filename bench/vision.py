@@ -53,6 +53,9 @@ class VisionBench:
     top_k: int = 5
     device: str = "cpu"
     precision: str = "fp32"
+    views: int = 0  # >0: also time an epoch from a views store of V views vs online KD
+    student: str = "timm:mobilenetv3_small_050,num_classes=10"
+    augment: str = "rrc-flip:scale=0.35-1"
 
 
 def make_folder(c: VisionBench) -> tuple[Path, str]:
@@ -169,7 +172,9 @@ def run(c: VisionBench) -> dict[str, Any]:
         with open_store(path if name != "dense float32" else out / "dense32.zarr") as s:
             sizes[name] = s.nbytes_on_disk() / s.meta.num_samples
     s1, b1 = statistics.median(stage), statistics.median(bare)
+    views = views_epochs(c, spec, data, module, out / "views.zarr") if c.views else None
     return {
+        "views_epochs": views,
         "config": asdict(c),
         "source": source,
         "transfer": transfer,
@@ -182,6 +187,71 @@ def run(c: VisionBench) -> dict[str, Any]:
         "bytes_per_sample": sizes,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def views_epochs(
+    c: VisionBench, spec: str, data: ImageTransfer, teacher: torch.nn.Module, path: Path
+) -> dict[str, Any]:
+    """Seconds of one student epoch (a) from a views store (each sample's stored view rebuilt
+    from the decoded image, the teacher's logits read) and (b) online: fresh views drawn and
+    the teacher run at every step. Same student, batches, loss and optimizer; one epoch each,
+    after one warm-up batch."""
+    from softlabels.views.augment import augment_spec, view_rng
+    from softlabels.views.dataset import StoredViews
+    from softlabels.views.transfer import rebuild_views
+    from softlabels.vision.models import load_vision_model, parse_spec
+    from trainer.modules import HintonKD
+
+    policy = augment_spec(c.augment)
+    t0 = time.perf_counter()
+    generate([spec], data, path, batch_size=c.batch_size, overwrite=True, progress=False,
+             augment=policy, views=c.views)  # fmt: skip
+    stage_one_s = time.perf_counter() - t0
+    torch.manual_seed(0)
+    student = load_vision_model(parse_spec(c.student)).train()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    loss_fn = HintonKD(0.1, 0.9, temperature=4.0)
+    n = len(data)
+    order = np.random.default_rng(0).permutation(n)
+    labels = torch.from_numpy(data.label_array())
+
+    def step(x: np.ndarray, t: torch.Tensor, idx: np.ndarray) -> None:
+        opt.zero_grad()
+        z = student(torch.from_numpy(x))
+        target = torch.log_softmax(t.float() / loss_fn.temperature, dim=1)  # at T, both ways
+        loss_fn(z, target, labels[idx]).backward()
+        opt.step()
+
+    with open_store(path) as store:
+        stored = StoredViews(store, data)
+        logits = torch.from_numpy(store.read(0, store.meta.num_samples).logits)  # in memory
+        rows_all = stored.rows(0)
+
+        def stored_epoch(batches: list[np.ndarray]) -> None:
+            for b in batches:
+                rows = rows_all[b]
+                step(stored.inputs(rows), logits[rows], b)
+
+        def online_epoch(batches: list[np.ndarray]) -> None:
+            for b in batches:
+                params = np.stack(
+                    [policy.sample(view_rng(1, int(i), 0), data.input_shape) for i in b]
+                )
+                x = rebuild_views(data, policy, b, params)
+                with torch.no_grad():
+                    t = teacher(torch.from_numpy(x))
+                step(x, t, b)
+
+        batches = [order[i : i + c.batch_size] for i in range(0, n, c.batch_size)]
+        out = {}
+        for name, epoch in (("stored", stored_epoch), ("online", online_epoch)):
+            epoch(batches[:1])  # warm-up
+            t0 = time.perf_counter()
+            epoch(batches)
+            out[f"{name}_epoch_seconds"] = time.perf_counter() - t0
+    out["stored_over_online"] = out["stored_epoch_seconds"] / out["online_epoch_seconds"]
+    out["views_store_stage_one_seconds"] = stage_one_s
+    return out
 
 
 def report(r: dict[str, Any]) -> str:
@@ -209,6 +279,7 @@ def report(r: dict[str, Any]) -> str:
         f"| decoding the folder once (PIL, workers), s | {r['decode_seconds']:.2f} "
         f"({r['decode_images_per_s']:,.0f} images/s) |",
         *(f"| bytes/sample, {k} | {v:.1f} |" for k, v in r["bytes_per_sample"].items()),
+        *_views_rows(r),
         "",
         "Stage one's extra over the bare forward is the per-batch normalisation of the uint8 "
         "pixels, the chunk checksums and the writer thread. Decoding is paid once per set (and "
@@ -216,6 +287,19 @@ def report(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _views_rows(r: dict[str, Any]) -> list[str]:
+    v, c = r.get("views_epochs"), r["config"]
+    if not v:
+        return []
+    return [
+        f"| views store ({c['views']} views/sample, `{c['augment']}`): stage one, s | "
+        f"{v['views_store_stage_one_seconds']:.1f} |",
+        f"| student epoch (`{c['student']}`) from stored views / online augmented KD, s | "
+        f"{v['stored_epoch_seconds']:.1f} / {v['online_epoch_seconds']:.1f} = "
+        f"**{v['stored_over_online']:.2f}x** |",
+    ]
 
 
 def _runs(seconds: list[float]) -> str:
@@ -230,6 +314,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=VisionBench.size)
     p.add_argument("--model", default=VisionBench.model)
     p.add_argument("--repeats", type=int, default=VisionBench.repeats)
+    p.add_argument("--views", type=int, default=VisionBench.views, help="V > 0: time views epochs")
     p.add_argument("--device", default=VisionBench.device)
     p.add_argument("--precision", default=VisionBench.precision)
     p.add_argument("--out", default="bench")
@@ -237,7 +322,7 @@ def main() -> None:
     a = p.parse_args()
     data = a.data if a.data and Path(a.data).is_dir() else None
     c = VisionBench(data=data, work=a.work, images=a.images, size=a.size, model=a.model,
-                    repeats=a.repeats, device=a.device, precision=a.precision)  # fmt: skip
+                    repeats=a.repeats, device=a.device, precision=a.precision, views=a.views)  # fmt: skip
     Path(c.work).mkdir(parents=True, exist_ok=True)
     r = run(c)
     Path(a.out, "vision.json").write_text(json.dumps(r, indent=2))

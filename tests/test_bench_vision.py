@@ -16,11 +16,12 @@ pytest.importorskip("timm")
 
 def test_bench_vision_quick(tmp_path):
     c = VisionBench(work=str(tmp_path), images=10, size=32, model="resnet10t", batch_size=4,
-                    repeats=1, top_k=3)  # fmt: skip
+                    repeats=1, top_k=3, views=2)  # fmt: skip
     r = run(c)
     assert r["source"] == "drawn" and r["input_shape"] == [3, 32, 32]
     assert set(r["bytes_per_sample"]) == {"dense float32", "dense float16", "sparse top-3"}
     assert r["stage_one_over_bare"] > 0 and "stage one <= 1.05x" in report(r)
+    assert r["views_epochs"]["stored_over_online"] > 0 and "from stored views" in report(r)
     json.dumps(r)
 
 
