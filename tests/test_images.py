@@ -249,3 +249,5 @@ def test_verify_reruns_a_timm_teacher_on_the_folder_with_the_stores_preprocessin
         softlabels_cli, ["verify", out, "--transfer", str(root), "--teacher", spec]
     )
     assert res.exit_code == 0 and "max rel. error 0 " in res.output, res.output
+    res = CliRunner().invoke(softlabels_cli, ["inspect", out])
+    assert "preprocess      resize=36, crop=32, mean=[0.485, 0.456, 0.406]" in res.output
