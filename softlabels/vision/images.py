@@ -184,6 +184,9 @@ class _Decode:
             )
         except SpecError as exc:
             return i, None, b"", str(exc)
+        except Exception as exc:  # PIL's DecompressionBombError, a failing custom source...
+            where = self.source.describe(i)
+            return i, None, b"", f"cannot read {where}: {type(exc).__name__}: {exc}"
 
 
 def _items(batch: list[Any]) -> list[Any]:
