@@ -124,10 +124,11 @@ def teacher_spec(c: VisionBench) -> str:
 
 
 def bare_forward(module: torch.nn.Module, x: torch.Tensor, c: VisionBench) -> float:
-    """Seconds for the module alone over ``x`` in the writer's batches (eval, no grad)."""
+    """Seconds for the module alone over ``x`` in the writer's batches (eval, inference mode
+    and autocast, as stage one runs its teachers)."""
     device = resolve_device(c.device)
     t0 = time.perf_counter()
-    with torch.no_grad(), autocast(device, c.precision):
+    with torch.inference_mode(), autocast(device, c.precision):
         for start in range(0, len(x), c.batch_size):
             module(x[start : start + c.batch_size].to(device)).float().cpu()
     if device.type == "cuda":
