@@ -105,7 +105,8 @@ def list_folder(root: Path) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
     if stray:
         raise SpecError(
             f"image folder {root} holds files outside class folders ({stray[0].name}, ...); an "
-            f"image folder holds one subfolder per class, images inside"
+            f"image folder holds one subfolder per class, images inside (a folder of IDX files "
+            f"is given as idx:DIR, mnist:DIR or fashion-mnist:DIR)"
         )
     if not classes:
         raise SpecError(f"image folder {root} has no class subfolders (layout: {root}/CLASS/x.png)")
