@@ -188,6 +188,11 @@ def _not_an_image(root):
     return root / "cat" / "notes.txt"
 
 
+def _stray_file(root):
+    (root / "README.txt").write_text("class folders only at the top")
+    return root / "README.txt"
+
+
 def _other_size(root):
     Image.fromarray(vh.draw_images(1, 12)[0]).save(root / "dog" / "small.png")
     return root / "dog" / "small.png"
@@ -203,6 +208,7 @@ def _other_size(root):
         (_empty_class, "is empty"),
         (_not_an_image, "is not an image file"),
         (_other_size, "images differ in size"),
+        (_stray_file, "holds files outside class folders"),
     ],
 )
 def test_bad_input_is_refused_naming_the_file_and_nothing_is_written(tmp_path, make, message):

@@ -104,7 +104,7 @@ def list_folder(root: Path) -> tuple[list[Path], np.ndarray, tuple[str, ...]]:
     stray = [p for p in entries if not p.is_dir()]
     if stray:
         raise SpecError(
-            f"image folder {root} holds files outside class folders ({stray[0].name}, ...); an "
+            f"image folder {root} holds files outside class folders ({stray[0]}, ...); an "
             f"image folder holds one subfolder per class, images inside (a folder of IDX files "
             f"is given as idx:DIR, mnist:DIR or fashion-mnist:DIR)"
         )
