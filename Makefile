@@ -22,7 +22,7 @@ TEST_STORE  := $(DIGITS)/softlabels-$(LABELLED)-test.$(FORMAT)
 TEACHERS    := $(DIGITS)/teacher1-$(LABELLED).pt $(DIGITS)/teacher2-$(LABELLED).pt $(DIGITS)/teacher3-$(LABELLED).pt
 QUIET       ?= --quiet
 
-.PHONY: help venv test lint softlabels distill readme-figures distill-lm lm-scale bench reliability clean
+.PHONY: help venv test lint softlabels distill readme-figures distill-lm lm-scale bench vision-bench reliability clean
 help:
 	@echo "make distill    digits, 10% labelled: teachers -> store -> hard-label vs distilled students, 5 seeds"
 	@echo "make readme-figures  make distill at its defaults, then its table into README.md (bench/distill.json)"
@@ -31,6 +31,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "make reliability  fault-injection campaign and hostile-store checks (RELIABILITY.md)"
 	@echo "make bench      speed and accuracy on Fashion-MNIST (writes BENCHMARKS.md, bench/results.json)"
+	@echo "make vision-bench  a timm ResNet teacher over a 2,000-image folder: stage one vs a bare forward (also run by make bench)"
 	@echo "make distill-lm a GPT teacher -> sparse token store -> students (writes data/lm/results.json)"
 	@echo "make lm-scale   token stores against the vocabulary size, 8k to 128k (bench/lm_scale.json)"
 	@echo "Variables: FORMAT=zarr|h5 TEMPERATURE=2 (or 1,2,4,8,20) ALPHA=0.1 EPOCHS=30 SEEDS=0-4 LABELLED=0.1"
@@ -128,6 +129,13 @@ bench: $(STAMP)
 	  fi; \
 	fi
 	$(BIN)/python -m bench.run --data $(FASHION_MNIST_DIR) --device $(DEVICE)
+	$(MAKE) --no-print-directory vision-bench
+
+# A timm teacher over an image folder drawn from Fashion-MNIST (drawn shapes without it):
+# bench/vision.py, bench/vision.json and its BENCHMARKS.md section. At DEVICE=cuda: bf16.
+vision-bench: $(STAMP)
+	$(BIN)/python -m bench.vision --data $(FASHION_MNIST_DIR) --device $(DEVICE) \
+	  --precision $(if $(filter cuda%,$(DEVICE)),bf16,fp32) --report BENCHMARKS.md
 
 # ---- language models (bench/lm.py; the README's "Language models") --------------------------
 # BENCHMARKS.md keeps the Python documentation's figures: another corpus's report goes to

@@ -54,13 +54,19 @@ def main() -> None:
     "teachers",
     multiple=True,
     required=True,
-    help="Checkpoint written by `distill`, or module:function returning an nn.Module. Repeat for an ensemble.",
+    help="Checkpoint written by `distill`, module:function returning an nn.Module, or "
+    "timm:NAME[,KEY=VALUE...] / torchvision:NAME[,...] (random weights, or a local file: "
+    "weights=PATH, safetensors or a state_dict; nothing is downloaded). Repeat for an ensemble.",
 )
 @ensemble_options()
 @click.option(
     "--transfer",
     required=True,
-    help="Transfer SPEC: digits | fashion-mnist:DIR | mnist:DIR | idx:DIR | FILE.npz | FILE.h5 | DIR.zarr | module:function.",
+    help="Transfer SPEC: digits | fashion-mnist:DIR | mnist:DIR | idx:DIR | FILE.npz | FILE.h5 | "
+    "DIR.zarr | module:function | an image folder DIR/CLASS/x.png. An image set (a folder, or "
+    "uint8 (N, H, W, 3) arrays) takes preprocessing after '?', recorded in the store: "
+    "'DIR?resize=36,crop=32,mean=imagenet,std=imagenet' or 'DIR?timm=resnet18'; convert=rgb "
+    "converts non-RGB images (refused otherwise).",
 )
 @click.option(
     "--split",
@@ -107,7 +113,8 @@ def main() -> None:
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="DataLoader worker processes reading the transfer set (0: the main process). The "
+    help="DataLoader worker processes reading the transfer set, and decoding an image set "
+    "(0: the main process; image folders of 512+ files decode in up to 4 by default). The "
     "logits are bitwise the same at any count.",
 )
 @device_option()

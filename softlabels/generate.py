@@ -46,6 +46,7 @@ from softlabels.teachers import Teacher, as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views.augment import Policy, augment_spec
 from softlabels.views.transfer import ViewTransfer
+from softlabels.vision.images import ImageTransfer
 
 DEFAULT_CHUNK_ROWS = 4096
 
@@ -213,6 +214,9 @@ def generate(
         for t in loaded:
             t.module.to(runtime.device)
         data = as_transfer(transfer, split)
+        if isinstance(data, ImageTransfer):
+            data.progress = opts.progress
+            data.workers = opts.workers or data.workers
         if augment is not None and opts.views is not None:
             policy = augment_spec(augment) if isinstance(augment, str) else augment
             data = ViewTransfer(data, policy, views=opts.views, seed=opts.view_seed)
@@ -346,6 +350,7 @@ def build_meta(
             split=base.split,
             num_samples=len(base),
             fingerprint=base.fingerprint(),
+            preprocess=base.preprocess.to_attr() if isinstance(base, ImageTransfer) else None,
         ),
         dtype=opts.dtype,
         chunk_rows=min(opts.chunk_rows, len(transfer)),

@@ -13,6 +13,8 @@ import numpy as np
 from softlabels.errors import LabelsWithheldWarning, MismatchError
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet
+from softlabels.vision.images import ImageTransfer
+from softlabels.vision.preprocess import Preprocess
 
 
 def check_transfer(
@@ -21,7 +23,9 @@ def check_transfer(
     """Raise MismatchError naming every way ``transfer`` differs from what a store of
     ``num_classes`` classes (or ``store`` itself: split, size, fingerprint, labels) needs.
 
-    Labels must be 0..C-1, or -1 for "no label".
+    Labels must be 0..C-1, or -1 for "no label". An image set whose preprocessing was not
+    given takes the store's here, so stage two feeds the student what the teacher saw; one
+    whose preprocessing was given must match it.
     """
     diffs = []
     if transfer.num_classes is not None and transfer.num_classes != num_classes:
@@ -47,9 +51,20 @@ def check_transfer(
         )
 
 
+def preprocess_diffs(transfer: TransferSet, store: StoreReader) -> list[str]:
+    """For an image set: adopt the store's preprocessing if the set gives none, else name how
+    the two differ. Every path that feeds a store's teacher or student the set's inputs runs
+    it (through check_transfer, or alone where the fingerprint is not needed)."""
+    if not isinstance(transfer, ImageTransfer):
+        return []
+    recorded = store.meta.transfer.preprocess
+    return transfer.match_store(None if recorded is None else Preprocess.from_attr(recorded))
+
+
 def _store_diffs(transfer: TransferSet, store: StoreReader) -> list[str]:
     meta = store.meta
     diffs = []
+    diffs += preprocess_diffs(transfer, store)
     if transfer.split != meta.transfer.split:
         diffs.append(
             f"split: store has {meta.transfer.split!r}, transfer set is {transfer.split!r}"

@@ -1,6 +1,7 @@
 """Built-in model architectures, rebuilt from a JSON-able description.
 
-An architecture is ``{"name": "mlp" | "cnn", "kwargs": {...}}``. Checkpoints carry it, so a
+An architecture is ``{"name": "mlp" | "cnn" | "timm" | "torchvision", "kwargs": {...}}`` (the
+last two take the library's model name as ``kwargs["model"]``; see softlabels.vision.models). Checkpoints carry it, so a
 checkpoint path alone is enough to rebuild its model. The registry is an explicit dict: nothing
 registers itself on import.
 """
@@ -65,7 +66,21 @@ def cnn(
     return nn.Sequential(features, *head)
 
 
-ARCHITECTURES = {"mlp": mlp, "cnn": cnn}
+def timm(**kwargs: Any) -> nn.Module:
+    """``timm.create_model(model, **kwargs)`` with random weights (softlabels.vision.models)."""
+    from softlabels.vision.models import timm_architecture
+
+    return timm_architecture(**kwargs)
+
+
+def torchvision(**kwargs: Any) -> nn.Module:
+    """``torchvision.models.get_model(model, **kwargs)`` with random weights."""
+    from softlabels.vision.models import torchvision_architecture
+
+    return torchvision_architecture(**kwargs)
+
+
+ARCHITECTURES = {"mlp": mlp, "cnn": cnn, "timm": timm, "torchvision": torchvision}
 MAX_PARAMETERS = 2**31  # 8 GiB of float32: far beyond any built-in model a checkpoint records
 
 

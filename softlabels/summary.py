@@ -75,6 +75,11 @@ def inspect_store(path: str) -> dict[str, Any]:
                 "name": meta.transfer.name,
                 "split": meta.transfer.split,
                 "fingerprint": meta.transfer.fingerprint,
+                **(
+                    {}
+                    if meta.transfer.preprocess is None
+                    else {"preprocess": meta.transfer.preprocess}
+                ),
             },
             "runtime": meta.runtime,
             "created_at": meta.created_at,
@@ -169,6 +174,9 @@ def format_inspect(info: dict[str, Any]) -> str:
         lines.append(f"  teacher {i}       {t['name']}  sha256 {t['sha256'][:16]}...{acc_text}")
     tr = info["transfer"]
     lines.append(f"  transfer        {tr['name']} [{tr['split']}]  {tr['fingerprint'][:23]}...")
+    if tr.get("preprocess"):
+        pre = ", ".join(f"{k}={v}" for k, v in tr["preprocess"].items())
+        lines.append(f"  preprocess      {pre}")
     views = info.get("views")
     if views is not None:
         args = {k: v for k, v in views["policy"].items() if k != "name"}

@@ -1,5 +1,6 @@
-"""Teacher SPECs: a checkpoint written by this project's trainer, ``module:function``, or
-``hf:DIR`` (a local transformers causal LM, safetensors only)."""
+"""Teacher SPECs: a checkpoint written by this project's trainer, ``module:function``,
+``hf:DIR`` (a local transformers causal LM, safetensors only), or ``timm:NAME[,KEY=VALUE...]``
+and ``torchvision:NAME[,...]`` (softlabels.vision.models)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from softlabels.models import forward
 from softlabels.schema import TeacherInfo
 from softlabels.schema.provenance import LAZY_SHA256
 from softlabels.transfer import import_callable
+from softlabels.vision.models import is_vision_spec, load_vision_model, parse_spec
 
 LAZY = LAZY_SHA256  # a TeacherInfo.sha256 that initialise_lazy replaces before anything is written
 
@@ -105,6 +107,13 @@ def load_teacher(spec: str) -> Teacher:
     arch: dict[str, Any] | None
     if spec.startswith(HF_PREFIX):
         module, arch, name = load_hf(spec), None, spec
+    elif is_vision_spec(spec):
+        parsed = parse_spec(spec)
+        module, arch, name = (
+            load_vision_model(parsed),
+            parsed.architecture(),
+            f"{parsed.library}:{parsed.model}",
+        )
     elif os.path.isfile(spec):
         module, arch = load_model(spec)
         name = os.path.splitext(os.path.basename(spec))[0]

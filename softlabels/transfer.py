@@ -7,11 +7,16 @@ A transfer SPEC (``load_transfer``) is one of:
                                          an IDX folder ({train,t10k}-{images,labels}-*-ubyte[.gz])
     PATH.npz                             arrays x (and optional y), or x_train/y_train/x_test/y_test
     PATH.h5 | PATH.hdf5 | PATH.zarr      arrays x (and optional y), or groups train/ and test/
+    DIR                                  an image folder DIR/CLASS/xxx.png|jpg (or DIR/train/CLASS
+                                         and DIR/test/CLASS); see softlabels.vision.images
+    any of these two forms?KEY=VALUE,... an image set's preprocessing (resize, crop, mean, std,
+                                         interpolation, timm=NAME, img_size) and convert=rgb
     module:function                      a callable returning a torch Dataset; called with
                                          split=... if it takes that argument
 
 Every set yields float32 inputs in a fixed order and, where known, int64 labels. Its
-fingerprint is the SHA-256 of the inputs' float32 little-endian bytes in that order.
+fingerprint is the SHA-256 of the inputs' float32 little-endian bytes in that order; an image
+set (a folder, or uint8 (N, H, W, 3) arrays x) fingerprints its decoded pixels instead.
 """
 
 from __future__ import annotations
@@ -136,6 +141,16 @@ class TransferSet:
         new.labels = labels
         return new
 
+    def policy_inputs(self, positions: np.ndarray) -> np.ndarray:
+        """float32 inputs at ``positions`` as an augmentation policy takes them (here the inputs
+        themselves; an image set gives its pixels, before normalisation)."""
+        return self.gather(positions)
+
+    def after_policy(self, views: np.ndarray) -> np.ndarray:
+        """The inputs a teacher sees from views the policy made of ``policy_inputs`` (here the
+        views themselves; an image set normalises them)."""
+        return views
+
     def row_arrays(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Per-row store arrays beyond the targets, labels and positions for rows [start, stop)
         (a ``softlabels.views.ViewTransfer`` adds its views' parameters); none here."""
@@ -204,16 +219,31 @@ def load_transfer(spec: str, split: str = "train") -> TransferSet:
         return _digits(split)
     if prefix in _IDX_PREFIXES and rest:
         return _idx(spec, Path(rest), split, _IDX_PREFIXES[prefix])
-    suffix = Path(spec).suffix.lower()
+    path, _, query = spec.partition("?")
+    options = None
+    if query:
+        from softlabels.vision.images import parse_options
+
+        options = parse_options(query, spec)
+    suffix = Path(path).suffix.lower()
     if suffix == ".npz":
-        return _npz(spec, split)
+        return _npz(spec, path, split, options)
     if suffix in (".h5", ".hdf5", ".zarr"):
-        return _array_pair(spec, split)
+        return _array_pair(spec, path, split, options)
+    if os.path.isdir(path):
+        from softlabels.vision.images import load_folder
+
+        return load_folder(spec, Path(path), split, options or {})
+    if options is not None:
+        raise SpecError(
+            f"{spec!r}: ?options apply to image sets (an image folder, or a .npz/.h5/.zarr of "
+            f"uint8 (N, H, W, 3) images), and {path!r} is neither"
+        )
     if _MODULE_SPEC.match(spec):
         return _module_dataset(spec, split)
     raise SpecError(
         f"cannot understand transfer SPEC {spec!r}: use 'digits', 'fashion-mnist:DIR', 'mnist:DIR', "
-        f"'idx:DIR', a .npz/.h5/.zarr path, or 'module:function'"
+        f"'idx:DIR', a .npz/.h5/.zarr path, an image folder, or 'module:function'"
     )
 
 
@@ -281,25 +311,47 @@ def _find(folder: Path, stem: str) -> Path:
     )
 
 
-def _npz(spec: str, split: str) -> TransferSet:
-    if not os.path.isfile(spec):
-        raise SpecError(f"transfer file {spec!r} does not exist")
-    with np.load(spec, allow_pickle=False) as data:
+def _npz(spec: str, path: str, split: str, options: dict[str, str] | None) -> TransferSet:
+    if not os.path.isfile(path):
+        raise SpecError(f"transfer file {path!r} does not exist")
+    with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     x, y = _pick_split(spec, split, arrays)
     names = tuple(str(c) for c in arrays["class_names"]) if "class_names" in arrays else None
+    return _arrays(spec, path, split, x, y, names, options)
+
+
+def _arrays(
+    spec: str,
+    path: str,
+    split: str,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    names: tuple[str, ...] | None,
+    options: dict[str, str] | None,
+) -> TransferSet:
+    """A transfer set of arrays: an image set for uint8 (N, H, W, 3), else float32 inputs."""
+    from softlabels.vision.images import ArraySource, image_set, is_image_array
+
+    if is_image_array(x):
+        return image_set(spec, split, ArraySource(x, path), y, names, options or {})
+    if options is not None:
+        raise SpecError(
+            f"{spec!r}: ?options apply to image sets, and its inputs are {x.dtype} {x.shape}, "
+            f"not uint8 (N, H, W, 3) images"
+        )
     return TransferSet(
         name=spec, split=split, inputs=x.astype(np.float32), labels=y, class_names=names
     )
 
 
-def _array_pair(spec: str, split: str) -> TransferSet:
-    if not os.path.exists(spec):
-        raise SpecError(f"transfer file {spec!r} does not exist")
-    if spec.lower().endswith(".zarr"):
+def _array_pair(spec: str, path: str, split: str, options: dict[str, str] | None) -> TransferSet:
+    if not os.path.exists(path):
+        raise SpecError(f"transfer file {path!r} does not exist")
+    if path.lower().endswith(".zarr"):
         import zarr
 
-        root = zarr.open_group(spec, mode="r")
+        root = zarr.open_group(path, mode="r")
         arrays = {k: np.asarray(v) for k, v in root.arrays()}
         for split_name in SPLITS:
             if split_name in set(root.group_keys()):
@@ -309,7 +361,7 @@ def _array_pair(spec: str, split: str) -> TransferSet:
         import h5py
 
         arrays = {}
-        with h5py.File(spec, "r") as f:
+        with h5py.File(path, "r") as f:
             f.visititems(
                 lambda name, obj: (
                     arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
@@ -320,9 +372,7 @@ def _array_pair(spec: str, split: str) -> TransferSet:
             for k, v in arrays.items()
         }
     x, y = _pick_split(spec, split, arrays)
-    return TransferSet(
-        name=spec, split=split, inputs=x.astype(np.float32), labels=y, class_names=None
-    )
+    return _arrays(spec, path, split, x, y, None, options)
 
 
 def _pick_split(

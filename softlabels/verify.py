@@ -14,7 +14,7 @@ from softlabels import schema
 from softlabels.device import resolve_device
 from softlabels.ensemble import combined_logits
 from softlabels.errors import MismatchError, SoftLabelsError, StoreReadError
-from softlabels.join import check_transfer
+from softlabels.join import check_transfer, preprocess_diffs
 from softlabels.pipeline import Runtime, forward_teachers
 from softlabels.sparse import replay as sparse_replay
 from softlabels.store import StoreReader, open_store
@@ -22,7 +22,7 @@ from softlabels.store.failures import finish_advice
 from softlabels.teachers import as_teacher, initialise_lazy
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views.augment import Policy
-from softlabels.views.transfer import load_views_policy, view_input
+from softlabels.views.transfer import load_views_policy, rebuild_views
 
 
 @dataclass
@@ -205,6 +205,9 @@ def _rerun_detail(
     if len(teachers) != meta.num_members:
         raise MismatchError(f"store has {meta.num_members} teachers, {len(teachers)} given")
     data = as_transfer(transfer, meta.transfer.split)
+    diffs = preprocess_diffs(data, store)  # an image set sees what the teachers saw
+    if diffs:
+        raise MismatchError("; ".join(diffs))
     first = torch.from_numpy(data.take(0, min(2, len(data)))).to(runtime.device)
     loaded = [as_teacher(t) for t in teachers]
     for t in loaded:
@@ -257,9 +260,7 @@ def _inputs(
     policy = load_views_policy(store.meta, augment)
     block = store.read_rows(rows)  # in a views store, the sampled rows are store rows
     params, samples = block.arrays[schema.VIEW_PARAMS], block.sample_index
-    return np.stack(
-        [view_input(x, p, policy) for x, p in zip(data.gather(samples), params, strict=True)]
-    )
+    return rebuild_views(data, policy, samples, params)
 
 
 def _compared(

@@ -12,6 +12,7 @@ from softlabels.join import check_transfer
 from softlabels.models import ARCHITECTURES, build_model, forward
 from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, import_callable
+from softlabels.vision.models import is_vision_spec, load_vision_model, parse_spec
 from trainer import modules
 from trainer.config import LOSSES, TrainConfig
 
@@ -31,16 +32,21 @@ def architecture(
     return None
 
 
+_BUILT_IN = sorted(k for k in ARCHITECTURES if k not in ("timm", "torchvision"))  # by name alone
+
+
 def build_student(
     config: TrainConfig, input_shape: tuple[int, ...], num_classes: int
 ) -> tuple[nn.Module, dict | None]:
     arch = architecture(config, input_shape, num_classes)
     if arch is not None:
         return build_model(arch), arch
+    if is_vision_spec(config.model):
+        return vision_student(config.model, input_shape, num_classes)
     if ":" not in config.model:
         raise SpecError(
-            f"unknown model {config.model!r}: choose one of {', '.join(sorted(ARCHITECTURES))}, "
-            f"or module:function returning an nn.Module"
+            f"unknown model {config.model!r}: choose one of {', '.join(_BUILT_IN)}, "
+            f"or module:function returning an nn.Module, or timm:NAME / torchvision:NAME"
         )
     module = import_callable(config.model)()
     if not isinstance(module, nn.Module):
@@ -48,6 +54,18 @@ def build_student(
             f"model {config.model!r} returned {type(module).__name__}, not an nn.Module"
         )
     return module, None
+
+
+def vision_student(
+    spec: str, input_shape: tuple[int, ...], num_classes: int
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A ``timm:NAME`` or ``torchvision:NAME`` student (random weights, or its ``weights=``
+    file): ``num_classes`` defaults to the store's C, and a timm model's ``in_chans`` to the
+    inputs' channels. Its checkpoint records the architecture, so it can teach in turn."""
+    parsed = parse_spec(spec).with_defaults(num_classes=num_classes)
+    if parsed.library == "timm" and len(input_shape) == 3 and input_shape[0] != 3:
+        parsed = parsed.with_defaults(in_chans=input_shape[0])
+    return load_vision_model(parsed), parsed.architecture()
 
 
 def build_loss(config: TrainConfig, has_store: bool) -> nn.Module:

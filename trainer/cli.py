@@ -29,7 +29,8 @@ def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--transfer",
             default="digits",
             show_default=True,
-            help="Transfer SPEC (see `softlabels generate --help`).",
+            help="Transfer SPEC (see `softlabels generate --help`). An image set without "
+            "'?' preprocessing takes the store's; one with it must match the store's.",
         ),
         click.option(
             "--split",
@@ -59,7 +60,9 @@ def student_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--model",
             default="mlp",
             show_default=True,
-            help="mlp | cnn | module:function returning an nn.Module.",
+            help="mlp | cnn | module:function returning an nn.Module | timm:NAME[,KEY=VALUE...] | "
+            "torchvision:NAME[,...] (num_classes defaults to the store's; weights=PATH starts "
+            "from a local weights file).",
         ),
         click.option(
             "--num-classes",

@@ -36,6 +36,7 @@ from softlabels.store import StoreReader
 from softlabels.transfer import TransferSet, as_transfer
 from softlabels.views.augment import augment_spec
 from softlabels.views.dataset import StoredViews
+from softlabels.vision.images import ImageTransfer
 from trainer.build import build_loss, build_student, check_student, resolve_num_classes
 from trainer.config import LOSSES, RunResult, TrainConfig
 from trainer.data import (
@@ -108,11 +109,17 @@ def train(
         eval_data = as_transfer(config.transfer, config.eval_split)
     elif eval_data is not None:
         eval_data = as_transfer(eval_data, config.eval_split or "test")
+    for images in (data, eval_data):
+        if isinstance(images, ImageTransfer):
+            images.progress = config.progress
     opened: list[StoreReader] = []
     try:
         store = _joined(store, config.store, data, opened)
         if store is not None:
             data = withhold_labels(data, store)  # the store's -1 rules
+        if isinstance(data, ImageTransfer) and isinstance(eval_data, ImageTransfer):
+            if not eval_data.explicit:  # evaluate on what training (and the teacher) saw
+                eval_data.adopt(data.preprocess)
         eval_store = _joined(eval_store, config.eval_store, eval_data, opened)
         device = resolve_device(config.device)
         d = init_from_env(device)

@@ -229,6 +229,8 @@ class StoreMeta:
             del attrs[ATTR_ATTRIBUTES_SHA256]  # written by the writer at finalisation
         if self.runtime is None:
             del attrs[ATTR_RUNTIME]  # optional: absent rather than null
+        if self.transfer.preprocess is None:
+            del attrs[ATTR_TRANSFER]["preprocess"]  # image sets only
         del attrs[ATTR_SPARSE], attrs[ATTR_TOKENS], attrs[ATTR_VIEWS]
         attrs[ATTR_FORMAT_VERSION] = self.format_version
         if self.format_version != FORMAT_VERSION:  # dense stores keep their version-1 attributes

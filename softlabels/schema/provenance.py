@@ -31,7 +31,9 @@ class TransferInfo:
     name: str  # the transfer SPEC, e.g. "digits" or "fashion-mnist:/usr/share/..."
     split: str  # "train" or "test"
     num_samples: int
-    fingerprint: str  # "sha256:<hex>" over the float32 inputs in order
+    fingerprint: str  # "sha256:<hex>" over the float32 inputs (an image set's pixels) in order
+    # An image set's preprocessing (softlabels.vision.preprocess.Preprocess.to_attr); None: none
+    preprocess: dict[str, Any] | None = None
 
 
 def teacher_attr(entry: Any) -> TeacherInfo:
@@ -64,4 +66,11 @@ def transfer_attr(entry: Any) -> TransferInfo:
         split=str_field(entry, "split"),
         num_samples=int_field(entry, "num_samples", minimum=1),
         fingerprint=str_field(entry, "fingerprint"),
+        preprocess=_preprocess_attr(entry.get("preprocess")),
     )
+
+
+def _preprocess_attr(entry: Any) -> dict[str, Any] | None:
+    if entry is not None and not isinstance(entry, dict):
+        raise ValueError(f"transfer preprocess must be an object or absent, got {entry!r}")
+    return entry

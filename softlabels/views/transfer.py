@@ -39,15 +39,18 @@ def rebuild_views(
 ) -> np.ndarray:
     """(R, *input_shape) float32 inputs of R rows, from their samples' positions in ``base``
     and their (R, P) parameters; in one batch where the policy offers ``apply_batch`` (whose
-    rows must be exactly ``apply``'s)."""
+    rows must be exactly ``apply``'s). On an image set the policy works on the pixel values
+    (float32 0..255, after resize and crop) and the set's normalisation follows."""
     if len(samples) == 0:
         return np.empty((0, *base.input_shape), dtype=np.float32)
-    xs = base.gather(np.asarray(samples, dtype=np.int64))
+    xs = base.policy_inputs(np.asarray(samples, dtype=np.int64))  # an image set: its pixels
     params = np.asarray(params, dtype=np.float32)
     batch = getattr(policy, "apply_batch", None)
     if batch is not None:
-        return np.asarray(batch(xs, params), dtype=np.float32)
-    return np.stack([view_input(x, p, policy) for x, p in zip(xs, params, strict=True)])
+        views = np.asarray(batch(xs, params), dtype=np.float32)
+    else:
+        views = np.stack([view_input(x, p, policy) for x, p in zip(xs, params, strict=True)])
+    return base.after_policy(views)  # an image set normalises after the policy
 
 
 class _ViewItems:
