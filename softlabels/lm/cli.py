@@ -11,6 +11,7 @@ from softlabels.clihelp import (
     precision_option,
     report_store,
     sparse_options,
+    special_tokens_option,
     store_was_complete,
 )
 from softlabels.device import PRECISIONS
@@ -47,6 +48,7 @@ from softlabels.schema import SparseSpec
     help="A .jsonl field holding a prompt that precedes the text (tokenised apart, then "
     "joined); the store holds every row, and distill train-lm --prompt-field masks the prompt.",
 )
+@special_tokens_option()
 @click.option(
     "--tokens",
     default=None,
@@ -96,6 +98,7 @@ def generate_lm_cmd(
     tokenizer: str | None,
     text_field: str,
     prompt_field: str | None,
+    special_tokens: bool,
     tokens: str | None,
     split: str,
     max_length: int,
@@ -133,6 +136,7 @@ def generate_lm_cmd(
             split=split,
             text_field=text_field,
             prompt_field=prompt_field,
+            add_special_tokens=special_tokens,
         )
     else:
         seqs = load_tokens(tokens, split=split)  # type: ignore[arg-type]

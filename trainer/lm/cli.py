@@ -7,7 +7,7 @@ from contextlib import ExitStack
 
 import click
 
-from softlabels.clihelp import device_option, precision_option
+from softlabels.clihelp import device_option, precision_option, special_tokens_option
 from softlabels.device import resolve_device
 from softlabels.errors import SpecError
 from softlabels.lm.models import check_tokenizers, teacher_tokenizer
@@ -25,6 +25,7 @@ def _sequences(
     split: str,
     text_field: str,
     prompt_field: str | None,
+    special_tokens: bool = True,
 ) -> TokenSequences:
     if (text is None) == (tokens is None):
         raise click.UsageError("give --text (with --tokenizer) or --tokens, one of them")
@@ -32,7 +33,12 @@ def _sequences(
         if tokenizer is None:
             raise click.UsageError("--text needs --tokenizer")
         return load_text(
-            text, tokenizer, split=split, text_field=text_field, prompt_field=prompt_field
+            text,
+            tokenizer,
+            split=split,
+            text_field=text_field,
+            prompt_field=prompt_field,
+            add_special_tokens=special_tokens,
         )
     if prompt_field is not None:
         raise click.UsageError("--prompt-field applies to --text .jsonl documents")
@@ -57,6 +63,7 @@ def _sequences(
     help="The .jsonl field holding a prompt that precedes the text: rows predicting a prompt "
     "token take no loss (give the same field generate-lm was given).",
 )
+@special_tokens_option()
 @click.option(
     "--eval-split",
     type=click.Choice(["test", "none"]),
@@ -162,6 +169,7 @@ def train_lm_cmd(
     tokens: str | None,
     text_field: str,
     prompt_field: str | None,
+    special_tokens: bool,
     eval_split: str,
     eval_store: str | None,
     student: str,
@@ -203,11 +211,13 @@ def train_lm_cmd(
         if spec is None:
             raise click.UsageError(f"{store} is not a token store; make one with generate-lm")
         load = (text, tokenizer, tokens)
-        train = _sequences(*load, reader.meta.transfer.split, text_field, prompt_field)
+        train = _sequences(
+            *load, reader.meta.transfer.split, text_field, prompt_field, special_tokens
+        )
         test = None
         if eval_split != "none":
             try:
-                test = _sequences(*load, "test", text_field, prompt_field)
+                test = _sequences(*load, "test", text_field, prompt_field, special_tokens)
             except SpecError as exc:
                 raise click.UsageError(
                     f"no test split to evaluate on ({exc}); give one, or --eval-split none"
