@@ -12,15 +12,17 @@ from softlabels.device import resolve_device
 from softlabels.errors import SpecError
 from softlabels.lm.models import check_tokenizers, teacher_tokenizer
 from softlabels.lm.text import TokenSequences, load_text, load_tokens
+from softlabels.lm.tokenizer import TokenizerInfo, load_tokenizer
+from softlabels.schema import TokenSpec
 from softlabels.store import open_store
-from trainer.lm.students import BUILTIN, load_student, save_student
+from trainer.lm.students import BUILTIN, SpecialIds, load_student, save_student
 from trainer.lm.train import STUDENT_PRECISIONS, LMConfig, train_lm
 from trainer.train import prepare_out
 
 
 def _sequences(
     text: str | None,
-    tokenizer: str | None,
+    tokenizer: TokenizerInfo | None,
     tokens: str | None,
     split: str,
     text_field: str,
@@ -43,6 +45,17 @@ def _sequences(
     if prompt_field is not None:
         raise click.UsageError("--prompt-field applies to --text .jsonl documents")
     return load_tokens(tokens, split=split)  # type: ignore[arg-type]
+
+
+def _special_ids(spec: TokenSpec, seqs: TokenSequences) -> SpecialIds:
+    """The tokenizer's ids for the student's config: as the sequences were encoded, else as the
+    store recorded them (pre-tokenised sequences)."""
+    made_here = seqs.add_special_tokens is not None
+    return SpecialIds(
+        bos=seqs.bos_id if made_here else spec.bos_id,
+        eos=seqs.eos_id if made_here else spec.eos_id,
+        pad=seqs.pad_id if seqs.pad_id is not None else spec.pad_id,
+    )
 
 
 @click.command("train-lm")
@@ -146,7 +159,8 @@ def _sequences(
     "--out",
     required=True,
     help="Output folder: metrics.json, last.pt (the state after each epoch, for --resume) and "
-    "the student (OUT/student, a transformers folder, or OUT/student.safetensors). A non-empty "
+    "the student (OUT/student, a transformers folder that also holds --tokenizer's files, so "
+    "AutoTokenizer loads it; or OUT/student.safetensors). A non-empty "
     "folder needs --resume or --overwrite.",
 )
 @click.option(
@@ -210,7 +224,8 @@ def train_lm_cmd(
         spec = reader.meta.tokens
         if spec is None:
             raise click.UsageError(f"{store} is not a token store; make one with generate-lm")
-        load = (text, tokenizer, tokens)
+        tok = None if tokenizer is None or text is None else load_tokenizer(tokenizer)
+        load = (text, tok, tokens)
         train = _sequences(
             *load, reader.meta.transfer.split, text_field, prompt_field, special_tokens
         )
@@ -231,6 +246,7 @@ def train_lm_cmd(
             max_length=spec.max_length,
             width=width,
             layers=layers,
+            special=_special_ids(spec, train),
         )
         config = LMConfig(
             temperature=temperature,
@@ -255,7 +271,7 @@ def train_lm_cmd(
             checkpoint=folder / "last.pt",
         )
     (folder / "metrics.json").write_text(json.dumps(history, indent=2))
-    saved = save_student(model, folder)
+    saved = save_student(model, folder, tokenizer=tok)
     last = history[-1]
     ppl = f", eval perplexity {last['eval_ppl']:.2f}" if "eval_ppl" in last else ""
     if "teacher_agreement" in last:
