@@ -158,3 +158,18 @@ def llama_tokenizer(tokenizer_json: Path, path: Path, bos: str = "<unk>") -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(path))
     return path
+
+
+def wordlevel_tokenizer(path: Path, size: int = 512) -> Path:
+    """A word-level tokenizer.json of exactly ``size`` ids: SPECIALS, CORPUS's words, then
+    filler words (so a head of ``size`` rows is the tokenizer's, and more rows are padding)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted({w for doc in CORPUS for w in doc.split()})
+    names = SPECIALS + words + [f"w{i}" for i in range(size - len(SPECIALS) - len(words))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(names)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(SPECIALS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from softlabels.sparse import SparseTargets
+from trainer.lm.vocab import HeadFit
 from trainer.losses import IGNORE_LABEL, hard_cross_entropy, hinton_loss
 from trainer.modules import HardCE, HintonKD
 from trainer.sparse_losses import sparse_hinton_loss
@@ -34,17 +35,21 @@ class ChunkedHeadLoss(nn.Module):
     """``loss_fn(head(hidden), target, labels)`` computed ``chunk_rows`` rows at a time.
 
     loss_fn: ``HintonKD`` (dense or sparse targets) or ``HardCE`` (no target).
+    fit: for a student head padded differently from the teachers', the ``HeadFit`` applied to
+    each chunk's logits (``target`` already fitted).
     forward(hidden (N, H), head (an ``nn.Linear`` H -> V), target (N, V) log-probabilities,
     ``SparseTargets`` or None, labels (N,) int64, -1 for none) -> the scalar loss.
     """
 
-    def __init__(self, loss_fn: HintonKD | HardCE, *, chunk_rows: int = 1024) -> None:
+    def __init__(
+        self, loss_fn: HintonKD | HardCE, *, chunk_rows: int = 1024, fit: HeadFit | None = None
+    ) -> None:
         super().__init__()
         if not isinstance(loss_fn, HintonKD | HardCE):
             raise TypeError(f"ChunkedHeadLoss takes HintonKD or HardCE, not {type(loss_fn)}")
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
-        self.loss_fn, self.chunk_rows = loss_fn, chunk_rows
+        self.loss_fn, self.chunk_rows, self.fit = loss_fn, chunk_rows, fit
 
     def forward(
         self,
@@ -54,6 +59,12 @@ class ChunkedHeadLoss(nn.Module):
         labels: torch.Tensor,
     ) -> torch.Tensor:
         share = _shares(self.loss_fn, target, labels)
+        if self.fit is not None and target is not None:  # padded heads: the tokenizer's ids
+            fit, sparse, plain = self.fit, isinstance(target, SparseTargets), share
+
+            def share(logits: torch.Tensor, a: int, b: int) -> torch.Tensor:
+                return plain(fit.logits(logits, sparse=sparse), a, b)
+
         return _ChunkedHead.apply(hidden, head.weight, head.bias, share, self.chunk_rows)
 
 

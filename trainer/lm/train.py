@@ -44,6 +44,7 @@ from softlabels.sparse import ESTIMATORS, SparseTargets
 from softlabels.store import StoreReader
 from trainer.lm.chunked import ChunkedHeadLoss
 from trainer.lm.students import gpt_student
+from trainer.lm.vocab import HeadFit, check_vocabulary
 from trainer.modules import HardCE, HintonKD
 from trainer.sparse_losses import top1
 
@@ -90,27 +91,6 @@ def _to_device(batch: TokenBatch, device: torch.device) -> TokenBatch:
         return (t.pin_memory() if cuda else t).to(device, non_blocking=cuda)
 
     return TokenBatch(*(move(t) for t in batch))
-
-
-def check_vocabulary(student: nn.Module, store: StoreReader) -> None:
-    """The student must read the store's longest sequence, and its head have the store's
-    teachers' size (padded sizes included): one forward pass of that length, untrained."""
-    length = token_spec(store).max_length
-    device = _model_device(student)
-    ids = torch.zeros((1, length), dtype=torch.long, device=device)
-    try:
-        with torch.no_grad():
-            probe = student(ids, attention_mask=torch.ones((1, length), device=device))
-    except (IndexError, RuntimeError, ValueError) as exc:
-        raise MismatchError(
-            f"the student cannot read sequences of {length} tokens, the store's max_length "
-            f"({type(exc).__name__}: {exc}); give it a context of at least {length}"
-        ) from exc
-    if probe.shape[-1] != store.meta.num_classes:
-        raise MismatchError(
-            f"the student predicts {probe.shape[-1]} tokens and the store's teachers "
-            f"{store.meta.num_classes}: give the student the teachers' vocabulary size"
-        )
 
 
 class _Sequences(Dataset):
@@ -171,10 +151,12 @@ def train_lm(
         if eval_seqs is not None:
             eval_seqs = eval_seqs.window(spec.max_length, spec.window)
         check_token_store(store, seqs)
-        check_vocabulary(student, store)
+        fit = check_vocabulary(student, store)
         check_estimator(store, config.estimator)
     elif config.kd:
         raise SoftLabelsError("knowledge distillation needs a token store")
+    else:
+        fit = None
     if eval_store is not None:
         if eval_seqs is None:
             raise SoftLabelsError("an eval store needs the sequences it was made from")
@@ -203,7 +185,7 @@ def train_lm(
         HintonKD(config.alpha, temperature=config.temperature) if config.kd else HardCE()
     )
     chunked = (
-        ChunkedHeadLoss(loss_fn, chunk_rows=config.loss_chunk_rows)
+        ChunkedHeadLoss(loss_fn, chunk_rows=config.loss_chunk_rows, fit=fit)
         if config.loss_chunk_rows > 0 and isinstance(student, CausalLM) and student.head_is_linear()
         else None
     )
@@ -223,16 +205,17 @@ def train_lm(
             if len(batch.labels) == 0:  # every row of these sequences predicts a prompt token
                 continue
             batch = _to_device(batch, device)
+            target = batch.target if fit is None else fit.target(batch.target)
             if chunked is not None:  # the head and the loss a chunk of rows at a time
                 with autocast(device, config.precision):
                     hidden = student.hidden_states(batch.ids, attention_mask=batch.mask)
                 rows = batch.select(hidden)  # (rows, H)
-                loss = chunked(rows, student.head, batch.target, batch.labels)
+                loss = chunked(rows, student.head, target, batch.labels)
             else:
                 with autocast(device, config.precision):
                     out = student(batch.ids, attention_mask=batch.mask)
-                logits = batch.select(out).float()  # (rows, V)
-                loss = loss_fn(logits, batch.target, batch.labels)
+                logits = _fitted(batch.select(out).float(), fit, target)  # (rows, V)
+                loss = loss_fn(logits, target, batch.labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -261,6 +244,13 @@ def train_lm(
             save_checkpoint(checkpoint, payload | identity)
             faults.point("epoch_end")
     return history
+
+
+def _fitted(logits: torch.Tensor, fit: HeadFit | None, target: Any) -> torch.Tensor:
+    """The student's logits over the ids its targets cover (padded heads: ``HeadFit``)."""
+    if fit is None or target is None:
+        return logits
+    return fit.logits(logits, sparse=isinstance(target, SparseTargets))
 
 
 def _restore(
@@ -331,9 +321,11 @@ def evaluate_lm(
         where = resolve_device(device) if isinstance(device, str) else device
         student.to(where)
     student.eval()
+    fit = None
     if teacher is not None:
         spec = token_spec(teacher)
         seqs = seqs.window(spec.max_length, spec.window)
+        fit = check_vocabulary(student, teacher)
     check_context({"student": student}, int(seqs.lengths().max()), role="student")
     data: TokenTargetDataset | _Sequences = (
         _Sequences(seqs, 4096)
@@ -358,9 +350,10 @@ def evaluate_lm(
         correct += int((log_p.argmax(1) == y).sum())
         if target is not None:
             target = target.take(known) if isinstance(target, SparseTargets) else target[known]
+            target = target if fit is None else fit.target(target)
             best = top1(target) if isinstance(target, SparseTargets) else target.argmax(1)
             agree += int((log_p.argmax(1) == best).sum())
-            kl += float(kl_fn(logits, target)) * len(y)
+            kl += float(kl_fn(_fitted(logits, fit, target), target)) * len(y)
         count += len(y)
     if count == 0:
         raise SoftLabelsError("no position with a next token to evaluate on")
