@@ -15,6 +15,7 @@ from softlabels.lm.text import TokenSequences, load_text, load_tokens
 from softlabels.lm.tokenizer import TokenizerInfo, load_tokenizer
 from softlabels.schema import TokenSpec
 from softlabels.store import open_store
+from trainer.divergences import DIVERGENCES
 from trainer.lm.students import BUILTIN, SpecialIds, load_student, save_student
 from trainer.lm.train import STUDENT_PRECISIONS, LMConfig, train_lm
 from trainer.train import prepare_out
@@ -121,6 +122,24 @@ def _special_ids(spec: TokenSpec, seqs: TokenSequences) -> SpecialIds:
     "at T <= the proposal's temperature, bucket above it.",
 )
 @click.option(
+    "--loss",
+    type=click.Choice(DIVERGENCES),
+    default="forward-kl",
+    show_default=True,
+    help="The KD term at T: forward-kl KL(teacher || student) (mass-covering), reverse-kl "
+    "KL(student || teacher) (mode-seeking) or jsd, the generalised Jensen-Shannon divergence "
+    "weighted by --jsd-beta. A sparse store's ids plus the tail bucket stand in for the "
+    "vocabulary; reverse-kl and jsd take the bucket estimator only.",
+)
+@click.option(
+    "--jsd-beta",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="With --loss jsd: the teacher's weight in the mixture, as TRL's beta (0: forward KL, "
+    "1: reverse KL).",
+)
+@click.option(
     "--ce-only", is_flag=True, help="The baseline: next-token cross-entropy only, no soft targets."
 )
 @click.option(
@@ -190,6 +209,8 @@ def train_lm_cmd(
     temperature: float,
     alpha: float,
     estimator: str | None,
+    loss: str,
+    jsd_beta: float,
     ce_only: bool,
     width: int,
     layers: int,
@@ -257,6 +278,8 @@ def train_lm_cmd(
             seed=seed,
             kd=not ce_only,
             estimator=estimator,
+            loss=loss,
+            jsd_beta=jsd_beta,
             device=device,
             precision=precision,
         )

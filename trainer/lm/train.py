@@ -5,7 +5,8 @@ verified chunk at a time, so a store larger than memory streams) -> ``SequenceSa
 shuffled in groups, sequences shuffled within a group) -> ``collate_tokens`` (padded ids, the
 attention mask, and labels and targets flattened to the real positions) -> the student's logits
 (B, L, V) at the real positions -> ``HintonKD`` (the sparse or dense KD term at T plus the
-next-token cross-entropy on the store's labels: row t predicts the token at t + 1). Padding never
+next-token cross-entropy on the store's labels: row t predicts the token at t + 1), or with
+``LMConfig.loss`` "reverse-kl" or "jsd", ``DivergenceKD`` (``trainer.divergences``). Padding never
 enters a loss; with a loss mask (prompt tokens, ``TokenSequences.loss_mask``) the masked rows are
 dropped from both terms. The student and each batch (ids, mask, labels and targets, dense or
 ``SparseTargets``; pinned and non-blocking on CUDA) go to ``LMConfig.device``; the forward pass
@@ -40,12 +41,13 @@ from softlabels.lm.dataset import (
 )
 from softlabels.lm.models import CausalLM, check_context
 from softlabels.lm.text import TokenSequences
-from softlabels.sparse import ESTIMATORS, SparseTargets
+from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader
 from trainer.lm.chunked import ChunkedHeadLoss
+from trainer.lm.objective import check_estimator, check_loss, estimator_for, kd_loss
 from trainer.lm.students import gpt_student
 from trainer.lm.vocab import HeadFit, check_vocabulary
-from trainer.modules import HardCE, HintonKD
+from trainer.modules import HintonKD
 from trainer.sparse_losses import top1
 
 
@@ -67,6 +69,10 @@ class LMConfig:
     # rows per chunk of the memory-lean loss (the head and the loss a chunk at a time, never the
     # full (rows, V) logits; transformers students with a plain linear head); 0: full logits
     loss_chunk_rows: int = 1024
+    # the KD term: "forward-kl" (HintonKD), "reverse-kl" or "jsd" (trainer.divergences);
+    # jsd_beta is JSD's weight on the teacher (TRL's beta: 0 forward KL, 1 reverse KL)
+    loss: str = "forward-kl"
+    jsd_beta: float = 0.5
 
 
 STUDENT_PRECISIONS = ("fp32", "bf16")
@@ -153,6 +159,7 @@ def train_lm(
         check_token_store(store, seqs)
         fit = check_vocabulary(student, store)
         check_estimator(store, config.estimator)
+        check_loss(store, config)
     elif config.kd:
         raise SoftLabelsError("knowledge distillation needs a token store")
     else:
@@ -172,7 +179,7 @@ def train_lm(
             store,
             seqs,
             temperature=config.temperature,
-            estimator=config.estimator,
+            estimator=estimator_for(store, config),
             cache_chunks=_cache_chunks(store, config),
         )
         if store is not None and config.kd
@@ -181,9 +188,7 @@ def train_lm(
     sampler = SequenceSampler(data, buffer_chunks=config.buffer_chunks, seed=config.seed)
     loader = DataLoader(data, config.batch_size, sampler=sampler, collate_fn=collate_tokens)
     torch.manual_seed(config.seed)
-    loss_fn: nn.Module = (
-        HintonKD(config.alpha, temperature=config.temperature) if config.kd else HardCE()
-    )
+    loss_fn = kd_loss(config)
     chunked = (
         ChunkedHeadLoss(loss_fn, chunk_rows=config.loss_chunk_rows, fit=fit)
         if config.loss_chunk_rows > 0 and isinstance(student, CausalLM) and student.head_is_linear()
@@ -263,8 +268,8 @@ def _restore(
     state = load_checkpoint(path)
     for key, what in (("config", "training options"), ("store", "store")):
         saved = state.get(key)
-        if key == "config" and isinstance(saved, dict):  # saved before precision existed
-            saved = {"precision": "fp32", **saved}
+        if key == "config" and isinstance(saved, dict):  # saved before these options existed
+            saved = {"precision": "fp32", "loss": "forward-kl", "jsd_beta": 0.5, **saved}
         if saved != identity[key]:
             raise MismatchError(
                 f"cannot resume from {str(path)!r}: that run used other {what}; start again "
@@ -274,25 +279,6 @@ def _restore(
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     return list(state["history"])
-
-
-def check_estimator(store: StoreReader, estimator: str | None) -> None:
-    """An estimator applies to sparse stores, and all but bucket to those with sampled ids."""
-    if estimator is None:
-        return
-    if estimator not in ESTIMATORS:
-        raise SoftLabelsError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    sparse = store.meta.sparse
-    if sparse is None:
-        raise SoftLabelsError(
-            f"estimator {estimator!r} applies to sparse stores; {store.path!r} is dense: leave "
-            f"the estimator unset"
-        )
-    if estimator != "bucket" and not sparse.sample:
-        raise SoftLabelsError(
-            f"estimator {estimator!r} reweights sampled ids, and {store.path!r} keeps its top "
-            f"{sparse.top_k} ids only: use 'bucket'"
-        )
 
 
 def _kl_estimator(store: StoreReader) -> str | None:
