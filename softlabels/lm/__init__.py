@@ -1,8 +1,8 @@
 """Language models: token-level stores (format version 5; 3 before it).
 
-Data path: ``text`` (documents or pre-tokenised ids -> ``TokenSequences``, windows, prompt
-masks) -> ``generate`` (``generate_tokens``: the teachers, ``models``, over every position) -> a
-token store -> ``dataset`` (``TokenTargetDataset``, ``SequenceSampler``, ``collate_tokens``:
+Data path: ``tokenizer`` (local tokenizers: encoding with their special tokens, identity) ->
+``text`` (documents or pre-tokenised ids -> ``TokenSequences``, windows, prompt masks) ->
+``generate`` (``generate_tokens``: the teachers, ``models``, over every position) -> a token store -> ``dataset`` (``TokenTargetDataset``, ``SequenceSampler``, ``collate_tokens``:
 stage two's batches). ``cli`` is ``softlabels generate-lm``.
 
 The public names are re-exported at ``softlabels``; this package imports nothing on import, so
