@@ -12,7 +12,7 @@
    next-token CE alone, and alpha CE + (1 - alpha) KD with the forward KL, the reverse KL and
    JSD(beta = 0.5). Test perplexity of each.
 
-Writes ``OUT/results.json`` (``ppl_<arm>`` mean and std over seeds, and the details).
+Writes ``OUT/results-<transfer>k-<epochs>ep.json`` (``ppl_<arm>`` mean and std over seeds, and the details).
 """
 
 from __future__ import annotations
@@ -150,11 +150,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=LossBench.out)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--transfer-tokens", type=int, default=LossBench.transfer_tokens)
+    parser.add_argument("--student-epochs", type=int, default=LossBench.student_epochs)
     args = parser.parse_args()
-    c = LossBench(out=args.out, seeds=tuple(range(args.seeds)))
+    c = LossBench(
+        out=args.out,
+        seeds=tuple(range(args.seeds)),
+        transfer_tokens=args.transfer_tokens,
+        student_epochs=args.student_epochs,
+    )
     res = run(c)
-    Path(c.out).mkdir(parents=True, exist_ok=True)
-    (Path(c.out) / "results.json").write_text(json.dumps(res, indent=2))
+    name = f"results-{c.transfer_tokens // 1000}k-{c.student_epochs}ep.json"
+    (Path(c.out) / name).write_text(json.dumps(res, indent=2))
     for arm in ARMS:
         print(f"{arm:>11}: test perplexity {res[f'ppl_{arm}']:.2f} ± {res[f'ppl_{arm}_std']:.2f}")
 
