@@ -134,6 +134,18 @@ def device_option(what: str = "") -> Callable[[Any], Any]:
     return click.option("--device", default="auto", show_default=True, help=what + DEVICE_HELP)
 
 
+def special_tokens_option() -> Callable[[Any], Any]:
+    """--special-tokens/--no-special-tokens: how --text documents are encoded."""
+    return click.option(
+        "--special-tokens/--no-special-tokens",
+        default=True,
+        show_default=True,
+        help="With --text: encode each document with the special tokens its tokenizer adds "
+        "(a Llama tokenizer's BOS <s> first), as the teacher was trained; the store records "
+        "the choice. Give the same choice to generate-lm and train-lm.",
+    )
+
+
 def precision_option(
     choices: tuple[str, ...], *, default: str | None, help: str
 ) -> Callable[[Any], Any]:

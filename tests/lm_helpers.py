@@ -116,10 +116,16 @@ def tied_student(*, vocab_size: int, max_length: int):
 
 
 def tiny_llama(
-    folder: Path, vocab_size: int = 200, *, context: int = 64, head: int | None = None
+    folder: Path,
+    vocab_size: int = 200,
+    *,
+    context: int = 64,
+    head: int | None = None,
+    bos: int | None = None,
 ) -> Path:
     """A two-layer Llama (RoPE: it computes any position, max_position_embeddings is the context
-    it was trained for) with random weights; ``head`` pads the output head past the tokenizer."""
+    it was trained for) with random weights; ``head`` pads the output head past the tokenizer;
+    ``bos`` is the BOS id its config names (None: none, as CORPUS's tokenizer adds none)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -132,8 +138,38 @@ def tiny_llama(
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=context,
-        bos_token_id=1,
+        bos_token_id=bos,
         eos_token_id=2,
     )
     LlamaForCausalLM(config).save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def llama_tokenizer(tokenizer_json: Path, path: Path, bos: str = "<unk>") -> Path:
+    """``tokenizer_json`` with a Llama-style post-processor that puts ``bos`` first
+    (``<s> $A``); CORPUS's tokenizer has no ``<s>``, so its ``<unk>`` (id 1) stands in."""
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    bos_id = tok.token_to_id(bos)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+def wordlevel_tokenizer(path: Path, size: int = 512) -> Path:
+    """A word-level tokenizer.json of exactly ``size`` ids: SPECIALS, CORPUS's words, then
+    filler words (so a head of ``size`` rows is the tokenizer's, and more rows are padding)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted({w for doc in CORPUS for w in doc.split()})
+    names = SPECIALS + words + [f"w{i}" for i in range(size - len(SPECIALS) - len(words))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(names)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(SPECIALS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path

@@ -6,9 +6,10 @@ exported here (``HintonKD``, ``SoftCE``, ``LogitMatching``). The built-in recipe
 `make distill` experiment. The only thing read from stage one is the store, and the only thing
 asked of it is ``StoreReader.soft_targets``: the teacher's log soft targets at T.
 Language-model students train from token stores with ``trainer.train_lm`` (`distill train-lm`);
-``ChunkedHeadLoss`` wraps ``HintonKD`` to take their hidden states and head a chunk at a time.
+``DivergenceKD`` is the reverse-KL or JSD KD term, and ``ChunkedHeadLoss`` wraps either to take their hidden states and head a chunk at a time.
 """
 
+from trainer.divergences import DivergenceKD
 from trainer.lm.chunked import ChunkedHeadLoss
 from trainer.lm.train import LMConfig, evaluate_lm, train_lm
 from trainer.modules import HintonKD, LogitMatching, SoftCE
@@ -16,6 +17,7 @@ from trainer.train import TrainConfig, train
 
 __all__ = [
     "ChunkedHeadLoss",
+    "DivergenceKD",
     "HintonKD",
     "LMConfig",
     "LogitMatching",

@@ -12,6 +12,7 @@ from softlabels.clihelp import (
     precision_option,
     report_store,
     sparse_options,
+    special_tokens_option,
     store_was_complete,
 )
 from softlabels.device import PRECISIONS
@@ -59,6 +60,7 @@ from softlabels.schema import SparseSpec
     "the --tokenizer folder's chat template; only rows predicting assistant tokens take a "
     "loss, and the store records that mask (give the same field to distill train-lm).",
 )
+@special_tokens_option()
 @click.option(
     "--tokens",
     default=None,
@@ -110,6 +112,7 @@ def generate_lm_cmd(
     text_field: str,
     prompt_field: str | None,
     messages_field: str | None,
+    special_tokens: bool,
     tokens: str | None,
     split: str,
     max_length: int,
@@ -149,6 +152,7 @@ def generate_lm_cmd(
             text_field=text_field,
             prompt_field=prompt_field,
             messages_field=messages_field,
+            add_special_tokens=special_tokens,
         )
     else:
         seqs = load_tokens(tokens, split=split)  # type: ignore[arg-type]

@@ -55,6 +55,13 @@ def check_token_store(reader: StoreReader, seqs: TokenSequences) -> None:
             f"the sequences were tokenised by another tokenizer ({seqs.tokenizer}) than the "
             f"store's ({spec.tokenizer}): use the store's tokenizer"
         )
+    made, given = spec.add_special_tokens, seqs.add_special_tokens
+    if None not in (made, given) and made != given:
+        raise MismatchError(
+            f"{reader.path!r} was made from text encoded "
+            f"{'with' if made else 'without'} the tokenizer's special tokens, and these sequences "
+            f"{'with' if given else 'without'} them: encode them as the store's were"
+        )
     if seqs.num_tokens != meta.num_samples:
         raise MismatchError(
             f"the sequences hold {seqs.num_tokens} tokens and {reader.path!r} {meta.num_samples} "

@@ -32,6 +32,7 @@ from softlabels.errors import MismatchError, SoftLabelsError
 from softlabels.generate import GenerateOptions, check_sparse, write_store
 from softlabels.lm.models import (
     batch_logits,
+    check_bos,
     check_context,
     check_tokenizers,
     sequence_logits,
@@ -104,6 +105,7 @@ def generate_tokens(
         loaded = [as_teacher(t) for t in teachers]
         longest = int(seqs.lengths().max())
         check_context({t.info.name: t.module for t in loaded}, longest, role="teacher")
+        check_bos({t.info.name: t.module for t in loaded}, sequences)
         for t in loaded:
             t.module.to(runtime.device)
         meta = token_meta(opts, loaded, seqs, max_length, window, runtime)
@@ -163,7 +165,10 @@ def token_meta(
             max_length=max_length,
             window=window,
             special_tokens=dict(seqs.special_tokens),
-            pad_id=seqs.special_tokens.get("<pad>", 0),
+            pad_id=seqs.pad_id if seqs.pad_id is not None else seqs.special_tokens.get("<pad>", 0),
+            add_special_tokens=seqs.add_special_tokens,
+            bos_id=seqs.bos_id,
+            eos_id=seqs.eos_id,
             loss_mask=loss_mask_record(seqs),
         ),
     )

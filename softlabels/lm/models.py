@@ -21,11 +21,10 @@ from torch import nn
 
 from softlabels.device import autocast
 from softlabels.errors import MismatchError, TeacherError
-from softlabels.lm.text import TokenSequences, Vocabulary, load_tokenizer
+from softlabels.lm.text import TokenSequences
+from softlabels.lm.tokenizer import TOKENIZER_FILES, Vocabulary, load_tokenizer
 
 HF_PREFIX = "hf:"
-# The files AutoTokenizer loads a slow or fast tokenizer from (besides tokenizer.json).
-TOKENIZER_FILES = ("tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
 
 
 class CausalLM(nn.Module):
@@ -167,6 +166,40 @@ def check_context(models: Mapping[str, nn.Module], length: int, *, role: str) ->
                 f"{role} {name!r} reads at most {found[0]} positions ({found[1]} in its config), "
                 f"and the sequences run to {length} tokens: cut them to at most {found[0]} "
                 f"tokens (the maximum length), or use a {role} with a longer context"
+            )
+
+
+def config_bos(module: nn.Module) -> int | None:
+    """The BOS id a causal LM was trained to read first (``bos_token_id`` in its config), or
+    None: no config, no BOS, or a BOS that is also its EOS (GPT-2's one ``<|endoftext|>``, which
+    its tokenizer never puts first)."""
+    model = module.model if isinstance(module, CausalLM) else module
+    config = getattr(model, "config", None)
+    bos, eos = getattr(config, "bos_token_id", None), getattr(config, "eos_token_id", None)
+    if not isinstance(bos, int) or isinstance(bos, bool):
+        return None
+    same = bos in eos if isinstance(eos, list | tuple) else bos == eos
+    return None if same else bos
+
+
+def check_bos(models: Mapping[str, nn.Module], documents: TokenSequences) -> None:
+    """Refuse a teacher whose config names a BOS that does not start every document (before
+    windowing: a document's later windows start mid-text, as in the teacher's own training),
+    naming the token: scoring text without the BOS a model was trained with is silently off."""
+    firsts = documents.ids[documents.offsets[:-1]]
+    for name, module in models.items():
+        bos = config_bos(module)
+        if bos is None:
+            continue
+        missing = int((firsts != bos).sum())
+        if missing:
+            vocab = documents.vocabulary
+            token = vocab.name_of(bos) if vocab is not None else f"id {bos}"
+            raise MismatchError(
+                f"teacher {name!r} reads its BOS {token} (bos_token_id in its config) first, "
+                f"and {missing} of {len(firsts)} documents do not start with it: encode the "
+                f"text with the tokenizer's special tokens (the default), use a tokenizer that "
+                f"adds this BOS, or put it first in each pre-tokenised sequence"
             )
 
 

@@ -24,13 +24,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from softlabels.errors import MismatchError, SpecError
-from softlabels.lm.text import SPLITS, TokenizerInfo, TokenSequences, load_text, load_tokenizer
+from softlabels.lm.text import (
+    SPLITS,
+    TokenizerInfo,
+    TokenSequences,
+    encode_documents,
+    load_text,
+    load_tokenizer,
+)
 
 DATASETS_PREFIX = "datasets:"
 DATA_FILES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -45,6 +53,7 @@ def load_sequences(
     prompt_field: str | None = None,
     messages_field: str | None = None,
     add_eos: bool = True,
+    add_special_tokens: bool = True,
 ) -> TokenSequences:
     """Token sequences from a text SPEC (module docstring): chat records when
     ``messages_field`` is given, else documents from ``text_field`` (after ``prompt_field``)."""
@@ -65,21 +74,30 @@ def load_sequences(
             text_field=text_field,
             prompt_field=prompt_field,
             add_eos=add_eos,
+            add_special_tokens=add_special_tokens,
         )
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     fields = (text_field,) if prompt_field is None else (prompt_field, text_field)
-    docs, prompts = [], []
-    eos = [tok.eos_id] if add_eos and tok.eos_id is not None else []
-    for n, record in enumerate(records(spec, split=split)):
-        parts = [_string(record, name, spec, n) for name in fields]
-        prompt = tok.encode(parts[0]) if prompt_field is not None else []
-        body = tok.encode(parts[-1]) + eos
-        if len(prompt) + len(body) >= 2:
-            docs.append(prompt + body)
-            prompts.append(len(prompt))
+    documents = (
+        [_string(record, name, spec, n) for name in fields]
+        for n, record in enumerate(records(spec, split=split))
+    )
+    docs, prompts = encode_documents(
+        tok,
+        documents,
+        prompted=prompt_field is not None,
+        add_special_tokens=add_special_tokens,
+        add_eos=add_eos,
+    )
     # row t takes a loss when token t + 1 is not a prompt token (as load_text's prompt masks)
     masks = [np.arange(len(d)) >= p - 1 for d, p in zip(docs, prompts, strict=True)]
-    return _sequences(spec, split, tok, docs, masks if prompt_field is not None else None)
+    seqs = _sequences(spec, split, tok, docs, masks if prompt_field is not None else None)
+    return replace(
+        seqs,
+        add_special_tokens=add_special_tokens,
+        bos_id=tok.bos_id if add_special_tokens else None,
+        eos_id=tok.eos_id,
+    )
 
 
 def load_chat(
@@ -247,6 +265,7 @@ def _sequences(
         special_tokens=tok.special_tokens,
         loss_mask=None if masks is None else np.concatenate(masks).astype(bool),
         vocabulary=tok.vocabulary,
+        pad_id=tok.pad_id,
     )
 
 

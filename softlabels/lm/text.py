@@ -15,11 +15,16 @@ Sources:
   whose top level holds integer arrays ``input_ids`` (T,) and ``offsets`` (S + 1,), the "train"
   split, or ``input_ids_train``/``offsets_train`` and ``input_ids_test``/``offsets_test``.
 
-``window(max_length, mode)`` bounds the sequence length: "truncate" drops what is beyond it,
+Documents are encoded with the special tokens their tokenizer adds (``add_special_tokens``; a
+Llama-style BOS first) and end with its end-of-sequence token. ``window(max_length, mode)``
+bounds the sequence length: "truncate" drops what is beyond it,
 "window" cuts a document into consecutive windows (each window's first token then has no left
 context), "pack" joins the documents into one stream cut into windows of exactly max_length
 (the models attend across the documents joined in a window, as in usual packed training; the
-documents' starts are kept in ``starts``, in memory only). Nothing is downloaded: tokenizers and models
+documents' starts are kept in ``starts``, in memory only). Windows are cuts of the encoded
+documents: no BOS is inserted, so only a document's first window starts with its BOS (in "pack",
+the BOS stays where each document starts) and every row keeps its own token and label. Nothing
+is downloaded: tokenizers and models
 are local files.
 """
 
@@ -28,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,67 +42,11 @@ from typing import Any
 import numpy as np
 
 from softlabels.errors import SpecError
+from softlabels.lm.tokenizer import TokenizerInfo, Vocabulary, load_tokenizer
 
 SPLITS = ("train", "test")
 WINDOW_MODES = ("truncate", "window", "pack")
 TOKEN_SUFFIXES = (".npz", ".zarr", ".h5", ".hdf5")
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """What identifies a tokenizer: its fingerprint, its token -> id map (added tokens included)
-    and its special tokens. Two tokenizers are the same when their fingerprints are, or, as a
-    tokenizer saved again by another library may serialise differently, their vocabularies are."""
-
-    fingerprint: str
-    tokens: dict[str, int] = field(repr=False)
-    special_tokens: dict[str, int]
-
-    def difference(self, other: Vocabulary) -> str | None:
-        """None when ``other`` is the same tokenizer, else what differs, in words."""
-        if self.fingerprint == other.fingerprint or (self.tokens and self.tokens == other.tokens):
-            return None
-        if self.tokens and other.tokens:
-            parts = _token_differences(self.tokens, other.tokens)
-        else:  # a vocabulary known only by its fingerprint
-            parts = [f"fingerprint {self.fingerprint} vs {other.fingerprint}"]
-        specials = sorted(
-            name
-            for name in self.special_tokens.keys() | other.special_tokens.keys()
-            if self.special_tokens.get(name) != other.special_tokens.get(name)
-        )
-        parts += [
-            f"special token {n!r}: {self.special_tokens.get(n)} vs {other.special_tokens.get(n)}"
-            for n in specials
-        ]
-        return "; ".join(parts) or f"fingerprint {self.fingerprint} vs {other.fingerprint}"
-
-
-def _token_differences(a: dict[str, int], b: dict[str, int]) -> list[str]:
-    """The size difference of two token -> id maps, if any, and their first differing id."""
-    parts = [f"vocabulary size {len(a)} vs {len(b)}"] if len(a) != len(b) else []
-    by_id_a, by_id_b = {i: t for t, i in a.items()}, {i: t for t, i in b.items()}
-    for i in sorted(by_id_a.keys() | by_id_b.keys()):
-        if by_id_a.get(i) != by_id_b.get(i):
-            parts.append(f"first differing id {i}: {by_id_a.get(i)!r} vs {by_id_b.get(i)!r}")
-            break
-    return parts
-
-
-@dataclass(frozen=True)
-class TokenizerInfo:
-    """A local tokenizer: how to encode, and what identifies it."""
-
-    encode: Callable[[str], list[int]] = field(repr=False)
-    vocab_size: int
-    fingerprint: str  # "sha256:" over the tokenizer's own serialisation
-    special_tokens: dict[str, int]
-    eos_id: int | None
-    tokens: dict[str, int] = field(default_factory=dict, repr=False)  # token -> id, added too
-
-    @property
-    def vocabulary(self) -> Vocabulary:
-        return Vocabulary(self.fingerprint, self.tokens, self.special_tokens)
 
 
 @dataclass(frozen=True)
@@ -114,6 +63,12 @@ class TokenSequences:
     # prompt token). Stage two only: the store holds every row's target either way.
     loss_mask: np.ndarray | None = None
     vocabulary: Vocabulary | None = None  # the tokenizer's, when made from text here
+    # made from text here: whether the tokenizer's special tokens were added (None otherwise),
+    # the BOS it put before each document and its end-of-sequence token (None: none)
+    add_special_tokens: bool | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
 
     def __post_init__(self) -> None:
         check_offsets(self.ids, self.offsets, self.name)
@@ -190,51 +145,6 @@ def check_offsets(ids: np.ndarray, offsets: np.ndarray, name: str) -> None:
         raise SpecError(f"{name!r}: token ids must be >= 0")
 
 
-def load_tokenizer(spec: str) -> TokenizerInfo:
-    """A ``tokenizers`` JSON file, or a local ``transformers`` tokenizer directory."""
-    path = Path(spec)
-    if path.is_file():
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(path))
-        text = tok.to_str()
-        specials = {t.content: int(i) for i, t in tok.get_added_tokens_decoder().items()}
-        return TokenizerInfo(
-            encode=lambda s: tok.encode(s).ids,
-            vocab_size=tok.get_vocab_size(),
-            fingerprint="sha256:" + hashlib.sha256(text.encode()).hexdigest(),
-            special_tokens=specials,
-            eos_id=_eos(specials),
-            tokens=tok.get_vocab(with_added_tokens=True),
-        )
-    if path.is_dir():
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.iterdir() if p.is_file() and "token" in p.name):
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-        specials = {
-            str(t): int(i) for t, i in zip(tok.all_special_tokens, tok.all_special_ids, strict=True)
-        }
-        return TokenizerInfo(
-            encode=lambda s: tok(s, add_special_tokens=False)["input_ids"],
-            vocab_size=len(tok),
-            fingerprint="sha256:" + h.hexdigest(),
-            special_tokens=specials,
-            eos_id=tok.eos_token_id,
-            tokens=dict(tok.get_vocab()),
-        )
-    raise SpecError(f"tokenizer {spec!r} is neither a tokenizer.json file nor a directory")
-
-
-def _eos(specials: dict[str, int]) -> int | None:
-    for name in ("<eos>", "</s>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "[SEP]"):
-        if name in specials:
-            return specials[name]
-    return None
-
-
 def load_text(
     spec: str,
     tokenizer: str | TokenizerInfo,
@@ -243,11 +153,17 @@ def load_text(
     text_field: str = "text",
     prompt_field: str | None = None,
     add_eos: bool = True,
+    add_special_tokens: bool = True,
 ) -> TokenSequences:
     """Tokenise the documents of a ``.txt``/``.jsonl`` file or split folder (module docstring).
-    With ``add_eos`` each document ends with the tokenizer's end-of-sequence token. With
-    ``prompt_field`` (``.jsonl``), a document is that field's text, then ``text_field``'s,
-    tokenised apart and joined; ``loss_mask`` leaves out the rows that predict a prompt token."""
+
+    add_special_tokens: each document is encoded with the special tokens its tokenizer adds
+        around a text (a Llama-style ``<s> $A`` puts BOS first), as the teacher saw them in
+        training; False encodes the bare text. With ``add_eos`` each document then ends with
+        the tokenizer's end-of-sequence token (once: not again when the tokenizer already ends
+        it there). With ``prompt_field`` (``.jsonl``), a document is that field's text (with the
+        special tokens), then ``text_field``'s (without: no BOS inside a document), tokenised
+        apart and joined; ``loss_mask`` leaves out the rows that predict a prompt token."""
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     path = _split_file(Path(spec), split)
     if prompt_field is not None and path.suffix != ".jsonl":
@@ -260,13 +176,13 @@ def load_text(
             f"({tokenizer if isinstance(tokenizer, str) else 'the tokenizer'})",
             stacklevel=2,
         )
-    docs, prompts = [], []
-    for parts in _documents(path, fields):
-        prompt = tok.encode(parts[0]) if prompt_field is not None else []
-        body = tok.encode(parts[-1]) + ([tok.eos_id] if add_eos and tok.eos_id is not None else [])
-        if len(prompt) + len(body) >= 2:
-            docs.append(prompt + body)
-            prompts.append(len(prompt))
+    docs, prompts = encode_documents(
+        tok,
+        _documents(path, fields),
+        prompted=prompt_field is not None,
+        add_special_tokens=add_special_tokens,
+        add_eos=add_eos,
+    )
     if not docs:
         raise SpecError(f"{str(path)!r} holds no document of two tokens or more")
     ids = np.concatenate([np.asarray(d, dtype=np.int64) for d in docs])
@@ -288,7 +204,39 @@ def load_text(
         special_tokens=tok.special_tokens,
         loss_mask=mask,
         vocabulary=tok.vocabulary,
+        add_special_tokens=add_special_tokens,
+        bos_id=tok.bos_id if add_special_tokens else None,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
     )
+
+
+def encode_documents(
+    tok: TokenizerInfo,
+    documents: Iterable[Sequence[str]],
+    *,
+    prompted: bool,
+    add_special_tokens: bool,
+    add_eos: bool,
+) -> tuple[list[list[int]], list[int]]:
+    """Each document's ids (those of two tokens or more) and its prompt's length. A document is
+    (text,) or, when ``prompted``, (prompt, text): the prompt is encoded with the tokenizer's
+    special tokens, the text after it without (no BOS inside a document), and ``add_eos`` ends
+    the document with the end-of-sequence token unless the tokenizer already put it there."""
+    eos = tok.eos_id if add_eos else None
+    docs, prompts = [], []
+    for parts in documents:
+        if prompted:
+            prompt = tok.encode(parts[0], add_special_tokens)
+            body = tok.encode(parts[-1], False)
+        else:
+            prompt, body = [], tok.encode(parts[-1], add_special_tokens)
+        if eos is not None and (prompt + body)[-1:] != [eos]:
+            body = body + [eos]
+        if len(prompt) + len(body) >= 2:
+            docs.append(prompt + body)
+            prompts.append(len(prompt))
+    return docs, prompts
 
 
 def load_tokens(spec: str, *, split: str = "train") -> TokenSequences:

@@ -25,10 +25,26 @@ class TokenSpec:
     shift: str = SHIFT
     # the sequences' loss mask, {"fingerprint": "sha256:...", "rows": n}; None: no mask
     loss_mask: dict[str, Any] | None = None
+    # text tokenised here: whether the tokenizer's special tokens were added, the BOS it put
+    # first in each document and its end-of-sequence token; None (not written) when unknown:
+    # pre-tokenised input, or a store written before these keys
+    add_special_tokens: bool | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
 
     def to_attr(self) -> dict[str, Any]:
-        mask = {} if self.loss_mask is None else {"loss_mask": dict(self.loss_mask)}
-        return mask | {
+        optional = {
+            key: value
+            for key, value in (
+                ("add_special_tokens", self.add_special_tokens),
+                ("bos_id", self.bos_id),
+                ("eos_id", self.eos_id),
+            )
+            if value is not None
+        }
+        if self.loss_mask is not None:
+            optional["loss_mask"] = dict(self.loss_mask)
+        return {
             "tokenizer": self.tokenizer,
             "tokenizer_vocab_size": self.tokenizer_vocab_size,
             "max_length": self.max_length,
@@ -36,7 +52,7 @@ class TokenSpec:
             "special_tokens": dict(self.special_tokens),
             "pad_id": self.pad_id,
             "shift": self.shift,
-        }
+        } | optional
 
     @classmethod
     def from_attr(cls, entry: Any) -> TokenSpec:
@@ -62,7 +78,17 @@ class TokenSpec:
             special_tokens={str(k): int(v) for k, v in specials.items()},
             pad_id=int_field(entry, "pad_id", minimum=0),
             loss_mask=_loss_mask(entry.get("loss_mask")),
+            add_special_tokens=_optional_bool(entry, "add_special_tokens"),
+            bos_id=None if entry.get("bos_id") is None else int_field(entry, "bos_id", minimum=0),
+            eos_id=None if entry.get("eos_id") is None else int_field(entry, "eos_id", minimum=0),
         )
+
+
+def _optional_bool(entry: dict[str, Any], key: str) -> bool | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"tokens.{key} must be true, false or absent, got {value!r}")
+    return value
 
 
 def _loss_mask(entry: Any) -> dict[str, Any] | None:

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from softlabels.sparse import SparseTargets
+from trainer.divergences import DivergenceKD
+from trainer.lm.vocab import HeadFit
 from trainer.losses import IGNORE_LABEL, hard_cross_entropy, hinton_loss
 from trainer.modules import HardCE, HintonKD
 from trainer.sparse_losses import sparse_hinton_loss
@@ -33,18 +35,29 @@ ChunkLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
 class ChunkedHeadLoss(nn.Module):
     """``loss_fn(head(hidden), target, labels)`` computed ``chunk_rows`` rows at a time.
 
-    loss_fn: ``HintonKD`` (dense or sparse targets) or ``HardCE`` (no target).
+    loss_fn: ``HintonKD`` or ``DivergenceKD`` (dense or sparse targets), or ``HardCE`` (no
+    target).
+    fit: for a student head padded differently from the teachers', the ``HeadFit`` applied to
+    each chunk's logits (``target`` already fitted).
     forward(hidden (N, H), head (an ``nn.Linear`` H -> V), target (N, V) log-probabilities,
     ``SparseTargets`` or None, labels (N,) int64, -1 for none) -> the scalar loss.
     """
 
-    def __init__(self, loss_fn: HintonKD | HardCE, *, chunk_rows: int = 1024) -> None:
+    def __init__(
+        self,
+        loss_fn: HintonKD | DivergenceKD | HardCE,
+        *,
+        chunk_rows: int = 1024,
+        fit: HeadFit | None = None,
+    ) -> None:
         super().__init__()
-        if not isinstance(loss_fn, HintonKD | HardCE):
-            raise TypeError(f"ChunkedHeadLoss takes HintonKD or HardCE, not {type(loss_fn)}")
+        if not isinstance(loss_fn, HintonKD | DivergenceKD | HardCE):
+            raise TypeError(
+                f"ChunkedHeadLoss takes HintonKD, DivergenceKD or HardCE, not {type(loss_fn)}"
+            )
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
-        self.loss_fn, self.chunk_rows = loss_fn, chunk_rows
+        self.loss_fn, self.chunk_rows, self.fit = loss_fn, chunk_rows, fit
 
     def forward(
         self,
@@ -54,11 +67,19 @@ class ChunkedHeadLoss(nn.Module):
         labels: torch.Tensor,
     ) -> torch.Tensor:
         share = _shares(self.loss_fn, target, labels)
+        if self.fit is not None and target is not None:  # padded heads: the tokenizer's ids
+            fit, sparse, plain = self.fit, isinstance(target, SparseTargets), share
+
+            def share(logits: torch.Tensor, a: int, b: int) -> torch.Tensor:
+                return plain(fit.logits(logits, sparse=sparse), a, b)
+
         return _ChunkedHead.apply(hidden, head.weight, head.bias, share, self.chunk_rows)
 
 
 def _shares(
-    loss_fn: HintonKD | HardCE, target: torch.Tensor | SparseTargets | None, labels: torch.Tensor
+    loss_fn: HintonKD | DivergenceKD | HardCE,
+    target: torch.Tensor | SparseTargets | None,
+    labels: torch.Tensor,
 ) -> ChunkLoss:
     """The loss of rows [a, b) from their logits, weighted as its share of the whole batch."""
     n = len(labels)
@@ -71,7 +92,9 @@ def _shares(
 
         return ce
     if target is None:
-        raise ValueError("HintonKD needs a target")
+        raise ValueError(f"{type(loss_fn).__name__} needs a target")
+    if isinstance(loss_fn, DivergenceKD):
+        return _divergence_shares(loss_fn, target, labels)
     t, alpha, beta = loss_fn.temperature, loss_fn.alpha, loss_fn.beta
 
     def kd(logits: torch.Tensor, a: int, b: int) -> torch.Tensor:
@@ -82,6 +105,25 @@ def _shares(
         return hinton_loss(logits, labels[a:b], target[a:b], t, wa, wb)
 
     return kd
+
+
+def _divergence_shares(
+    loss_fn: DivergenceKD, target: torch.Tensor | SparseTargets, labels: torch.Tensor
+) -> ChunkLoss:
+    """``DivergenceKD``'s shares: alpha CE over the chunk's labelled rows (weighted by their
+    part of the batch's), and (1 - alpha) T^2 D summed over the chunk's rows, over all rows."""
+    n, labelled = len(labels), int((labels != IGNORE_LABEL).sum())
+
+    def share(logits: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        part = int((labels[a:b] != IGNORE_LABEL).sum())
+        rows = target.take(slice(a, b)) if isinstance(target, SparseTargets) else target[a:b]
+        loss = loss_fn.rows(logits, rows).sum() * ((1 - loss_fn.alpha) / n)
+        if loss_fn.alpha > 0 and part:
+            ce = hard_cross_entropy(logits, labels[a:b])
+            loss = loss + ce * (loss_fn.alpha * part / labelled)
+        return loss
+
+    return share
 
 
 class _ChunkedHead(torch.autograd.Function):

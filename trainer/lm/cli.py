@@ -7,27 +7,31 @@ from contextlib import ExitStack
 
 import click
 
-from softlabels.clihelp import device_option, precision_option
+from softlabels.clihelp import device_option, precision_option, special_tokens_option
 from softlabels.device import resolve_device
 from softlabels.errors import SpecError
 from softlabels.lm.models import check_tokenizers, teacher_tokenizer
 from softlabels.lm.sources import load_sequences
 from softlabels.lm.text import TokenSequences, load_tokens
+from softlabels.lm.tokenizer import TokenizerInfo, load_tokenizer
+from softlabels.schema import TokenSpec
 from softlabels.store import open_store
+from trainer.divergences import DIVERGENCES
 from trainer.lm.schedule import SCHEDULES
-from trainer.lm.students import BUILTIN, load_student, save_student
+from trainer.lm.students import BUILTIN, SpecialIds, load_student, save_student
 from trainer.lm.train import STUDENT_PRECISIONS, LMConfig, train_lm
 from trainer.train import prepare_out
 
 
 def _sequences(
     text: str | None,
-    tokenizer: str | None,
+    tokenizer: TokenizerInfo | str | None,  # a path for chat records (their template)
     tokens: str | None,
     split: str,
     text_field: str,
     prompt_field: str | None,
     messages_field: str | None = None,
+    special_tokens: bool = True,
 ) -> TokenSequences:
     if (text is None) == (tokens is None):
         raise click.UsageError("give --text (with --tokenizer) or --tokens, one of them")
@@ -41,10 +45,22 @@ def _sequences(
             text_field=text_field,
             prompt_field=prompt_field,
             messages_field=messages_field,
+            add_special_tokens=special_tokens,
         )
     if prompt_field is not None or messages_field is not None:
         raise click.UsageError("--prompt-field and --messages-field apply to --text")
     return load_tokens(tokens, split=split)  # type: ignore[arg-type]
+
+
+def _special_ids(spec: TokenSpec, seqs: TokenSequences) -> SpecialIds:
+    """The tokenizer's ids for the student's config: as the sequences were encoded, else as the
+    store recorded them (pre-tokenised sequences)."""
+    made_here = seqs.add_special_tokens is not None
+    return SpecialIds(
+        bos=seqs.bos_id if made_here else spec.bos_id,
+        eos=seqs.eos_id if made_here else spec.eos_id,
+        pad=seqs.pad_id if seqs.pad_id is not None else spec.pad_id,
+    )
 
 
 @click.command("train-lm")
@@ -65,6 +81,7 @@ def _sequences(
     help="The .jsonl field holding a prompt that precedes the text: rows predicting a prompt "
     "token take no loss (give the same field generate-lm was given).",
 )
+@special_tokens_option()
 @click.option(
     "--messages-field",
     default=None,
@@ -113,6 +130,24 @@ def _sequences(
     default=None,
     help="Sparse stores with sampled ids: how they stand in for the tail. Default: importance "
     "at T <= the proposal's temperature, bucket above it.",
+)
+@click.option(
+    "--loss",
+    type=click.Choice(DIVERGENCES),
+    default="forward-kl",
+    show_default=True,
+    help="The KD term at T: forward-kl KL(teacher || student) (mass-covering), reverse-kl "
+    "KL(student || teacher) (mode-seeking) or jsd, the generalised Jensen-Shannon divergence "
+    "weighted by --jsd-beta. A sparse store's ids plus the tail bucket stand in for the "
+    "vocabulary; reverse-kl and jsd take the bucket estimator only.",
+)
+@click.option(
+    "--jsd-beta",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="With --loss jsd: the teacher's weight in the mixture, as TRL's beta (0: forward KL, "
+    "1: reverse KL).",
 )
 @click.option(
     "--ce-only", is_flag=True, help="The baseline: next-token cross-entropy only, no soft targets."
@@ -175,7 +210,8 @@ def _sequences(
     "--out",
     required=True,
     help="Output folder: metrics.json, last.pt (the state after each epoch, for --resume) and "
-    "the student (OUT/student, a transformers folder, or OUT/student.safetensors). A non-empty "
+    "the student (OUT/student, a transformers folder that also holds --tokenizer's files, so "
+    "AutoTokenizer loads it; or OUT/student.safetensors). A non-empty "
     "folder needs --resume or --overwrite.",
 )
 @click.option(
@@ -199,12 +235,15 @@ def train_lm_cmd(
     text_field: str,
     prompt_field: str | None,
     messages_field: str | None,
+    special_tokens: bool,
     eval_split: str,
     eval_store: str | None,
     student: str,
     temperature: float,
     alpha: float,
     estimator: str | None,
+    loss: str,
+    jsd_beta: float,
     ce_only: bool,
     width: int,
     layers: int,
@@ -242,14 +281,23 @@ def train_lm_cmd(
         spec = reader.meta.tokens
         if spec is None:
             raise click.UsageError(f"{store} is not a token store; make one with generate-lm")
-        load = (text, tokenizer, tokens)
+        # chat records render through the tokenizer folder (its chat template): give the path
+        tok = None if tokenizer is None or text is None else load_tokenizer(tokenizer)
+        load = (text, tokenizer if messages_field is not None else tok, tokens)
         train = _sequences(
-            *load, reader.meta.transfer.split, text_field, prompt_field, messages_field
+            *load,
+            reader.meta.transfer.split,
+            text_field,
+            prompt_field,
+            messages_field,
+            special_tokens,
         )
         test = None
         if eval_split != "none":
             try:
-                test = _sequences(*load, "test", text_field, prompt_field, messages_field)
+                test = _sequences(
+                    *load, "test", text_field, prompt_field, messages_field, special_tokens
+                )
             except SpecError as exc:
                 raise click.UsageError(
                     f"no test split to evaluate on ({exc}); give one, or --eval-split none"
@@ -263,6 +311,7 @@ def train_lm_cmd(
             max_length=spec.max_length,
             width=width,
             layers=layers,
+            special=_special_ids(spec, train),
         )
         config = LMConfig(
             temperature=temperature,
@@ -276,6 +325,8 @@ def train_lm_cmd(
             seed=seed,
             kd=not ce_only,
             estimator=estimator,
+            loss=loss,
+            jsd_beta=jsd_beta,
             device=device,
             precision=precision,
         )
@@ -290,7 +341,7 @@ def train_lm_cmd(
             checkpoint=folder / "last.pt",
         )
     (folder / "metrics.json").write_text(json.dumps(history, indent=2))
-    saved = save_student(model, folder)
+    saved = save_student(model, folder, tokenizer=tok)
     last = history[-1]
     ppl = f", eval perplexity {last['eval_ppl']:.2f}" if "eval_ppl" in last else ""
     if "teacher_agreement" in last:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from softlabels.errors import SoftLabelsError
+from trainer.divergences import DivergenceKD
 from trainer.modules import HardCE, HintonKD
 
 SCHEDULES = ("constant", "cosine")
@@ -106,4 +107,15 @@ def share(loss_fn: nn.Module, batch: Any, group: list[Any]) -> tuple[nn.Module, 
         return scaled, 1.0
     if isinstance(loss_fn, HardCE):
         return loss_fn, ce_share
+    if isinstance(loss_fn, DivergenceKD):  # w_kd * KD + w_ce * CE as factor * DivergenceKD(a)
+        w_kd, w_ce = (1 - loss_fn.alpha) * mine / rows, loss_fn.alpha * ce_share
+        if w_kd + w_ce == 0:
+            return loss_fn, 0.0
+        scaled_kd = DivergenceKD(
+            w_ce / (w_kd + w_ce),
+            temperature=loss_fn.temperature,
+            divergence=loss_fn.kind,
+            beta=loss_fn.jsd_beta,
+        )
+        return scaled_kd, w_kd + w_ce
     return loss_fn, mine / rows

@@ -5,7 +5,8 @@ verified chunk at a time, so a store larger than memory streams) -> ``SequenceSa
 shuffled in groups, sequences shuffled within a group) -> ``collate_tokens`` (padded ids, the
 attention mask, and labels and targets flattened to the real positions) -> the student's logits
 (B, L, V) at the real positions -> ``HintonKD`` (the sparse or dense KD term at T plus the
-next-token cross-entropy on the store's labels: row t predicts the token at t + 1). Padding never
+next-token cross-entropy on the store's labels: row t predicts the token at t + 1), or with
+``LMConfig.loss`` "reverse-kl" or "jsd", ``DivergenceKD`` (``trainer.divergences``). Padding never
 enters a loss; with a loss mask (prompt tokens, ``TokenSequences.loss_mask``) the masked rows are
 dropped from both terms. The student and each batch (ids, mask, labels and targets, dense or
 ``SparseTargets``; pinned and non-blocking on CUDA) go to ``LMConfig.device``; the forward pass
@@ -40,12 +41,14 @@ from softlabels.lm.dataset import (
 )
 from softlabels.lm.models import CausalLM, check_context
 from softlabels.lm.text import TokenSequences
-from softlabels.sparse import ESTIMATORS, SparseTargets
+from softlabels.sparse import SparseTargets
 from softlabels.store import StoreReader
 from trainer.lm.chunked import ChunkedHeadLoss
+from trainer.lm.objective import check_estimator, check_loss, estimator_for, kd_loss
 from trainer.lm.schedule import check_schedule, groups, lr_scheduler, share
 from trainer.lm.students import gpt_student
-from trainer.modules import HardCE, HintonKD
+from trainer.lm.vocab import HeadFit, check_vocabulary
+from trainer.modules import HintonKD
 from trainer.sparse_losses import top1
 
 
@@ -73,6 +76,10 @@ class LMConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     accumulation: int = 1  # batches per optimizer step (their rows weighted as one batch)
+    # the KD term: "forward-kl" (HintonKD), "reverse-kl" or "jsd" (trainer.divergences);
+    # jsd_beta is JSD's weight on the teacher (TRL's beta: 0 forward KL, 1 reverse KL)
+    loss: str = "forward-kl"
+    jsd_beta: float = 0.5
 
 
 STUDENT_PRECISIONS = ("fp32", "bf16")
@@ -100,27 +107,6 @@ def _to_device(batch: TokenBatch, device: torch.device) -> TokenBatch:
         return (t.pin_memory() if cuda else t).to(device, non_blocking=cuda)
 
     return TokenBatch(*(move(t) for t in batch))
-
-
-def check_vocabulary(student: nn.Module, store: StoreReader) -> None:
-    """The student must read the store's longest sequence, and its head have the store's
-    teachers' size (padded sizes included): one forward pass of that length, untrained."""
-    length = token_spec(store).max_length
-    device = _model_device(student)
-    ids = torch.zeros((1, length), dtype=torch.long, device=device)
-    try:
-        with torch.no_grad():
-            probe = student(ids, attention_mask=torch.ones((1, length), device=device))
-    except (IndexError, RuntimeError, ValueError) as exc:
-        raise MismatchError(
-            f"the student cannot read sequences of {length} tokens, the store's max_length "
-            f"({type(exc).__name__}: {exc}); give it a context of at least {length}"
-        ) from exc
-    if probe.shape[-1] != store.meta.num_classes:
-        raise MismatchError(
-            f"the student predicts {probe.shape[-1]} tokens and the store's teachers "
-            f"{store.meta.num_classes}: give the student the teachers' vocabulary size"
-        )
 
 
 class _Sequences(Dataset):
@@ -187,10 +173,13 @@ def train_lm(
         if eval_seqs is not None:
             eval_seqs = eval_seqs.window(spec.max_length, spec.window)
         check_token_store(store, seqs)
-        check_vocabulary(student, store)
+        fit = check_vocabulary(student, store)
         check_estimator(store, config.estimator)
+        check_loss(store, config)
     elif config.kd:
         raise SoftLabelsError("knowledge distillation needs a token store")
+    else:
+        fit = None
     if eval_store is not None:
         if eval_seqs is None:
             raise SoftLabelsError("an eval store needs the sequences it was made from")
@@ -206,7 +195,7 @@ def train_lm(
             store,
             seqs,
             temperature=config.temperature,
-            estimator=config.estimator,
+            estimator=estimator_for(store, config),
             cache_chunks=_cache_chunks(store, config),
         )
         if store is not None and config.kd
@@ -215,11 +204,9 @@ def train_lm(
     sampler = SequenceSampler(data, buffer_chunks=config.buffer_chunks, seed=config.seed)
     loader = DataLoader(data, config.batch_size, sampler=sampler, collate_fn=collate_tokens)
     torch.manual_seed(config.seed)
-    loss_fn: nn.Module = (
-        HintonKD(config.alpha, temperature=config.temperature) if config.kd else HardCE()
-    )
+    loss_fn = kd_loss(config)
     chunked = (
-        ChunkedHeadLoss(loss_fn, chunk_rows=config.loss_chunk_rows)
+        ChunkedHeadLoss(loss_fn, chunk_rows=config.loss_chunk_rows, fit=fit)
         if config.loss_chunk_rows > 0 and isinstance(student, CausalLM) and student.head_is_linear()
         else None
     )
@@ -245,22 +232,27 @@ def train_lm(
         t0, losses = time.perf_counter(), []
         # one optimizer step per group of config.accumulation batches (trainer.lm.schedule)
         for group in groups(loader, config.accumulation):
+            # a batch whose every row predicts a prompt token takes no loss
+            group = [batch for batch in group if len(batch.labels)]
+            if not group:
+                continue
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for batch in group:
                 part_fn, factor = share(loss_fn, batch, group)
                 batch = _to_device(batch, device)
+                target = batch.target if fit is None else fit.target(batch.target)
                 if chunked is not None:  # the head and the loss a chunk of rows at a time
                     with autocast(device, config.precision):
                         hidden = student.hidden_states(batch.ids, attention_mask=batch.mask)
                     rows = batch.select(hidden)  # (rows, H)
-                    part = ChunkedHeadLoss(part_fn, chunk_rows=config.loss_chunk_rows)
-                    loss = part(rows, student.head, batch.target, batch.labels) * factor
+                    part = ChunkedHeadLoss(part_fn, chunk_rows=config.loss_chunk_rows, fit=fit)
+                    loss = part(rows, student.head, target, batch.labels) * factor
                 else:
                     with autocast(device, config.precision):
                         out = student(batch.ids, attention_mask=batch.mask)
-                    logits = batch.select(out).float()  # (rows, V)
-                    loss = part_fn(logits, batch.target, batch.labels) * factor
+                    logits = _fitted(batch.select(out).float(), fit, target)  # (rows, V)
+                    loss = part_fn(logits, target, batch.labels) * factor
                 loss.backward()
                 step_loss += float(loss.detach())
             optimizer.step()
@@ -294,6 +286,13 @@ def train_lm(
     return history
 
 
+def _fitted(logits: torch.Tensor, fit: HeadFit | None, target: Any) -> torch.Tensor:
+    """The student's logits over the ids its targets cover (padded heads: ``HeadFit``)."""
+    if fit is None or target is None:
+        return logits
+    return fit.logits(logits, sparse=isinstance(target, SparseTargets))
+
+
 def _restore(
     path: str | os.PathLike[str],
     identity: dict[str, Any],
@@ -306,8 +305,9 @@ def _restore(
     state = load_checkpoint(path)
     for key, what in (("config", "training options"), ("store", "store")):
         saved = state.get(key)
-        if key == "config" and isinstance(saved, dict):  # saved before precision existed
-            saved = {"precision": "fp32", **SCHEDULE_DEFAULTS, **saved}
+        if key == "config" and isinstance(saved, dict):  # saved before these options existed
+            defaults = {"precision": "fp32", "loss": "forward-kl", "jsd_beta": 0.5}
+            saved = defaults | SCHEDULE_DEFAULTS | saved
         if saved != identity[key]:
             raise MismatchError(
                 f"cannot resume from {str(path)!r}: that run used other {what}; start again "
@@ -319,25 +319,6 @@ def _restore(
         scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     return list(state["history"])
-
-
-def check_estimator(store: StoreReader, estimator: str | None) -> None:
-    """An estimator applies to sparse stores, and all but bucket to those with sampled ids."""
-    if estimator is None:
-        return
-    if estimator not in ESTIMATORS:
-        raise SoftLabelsError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    sparse = store.meta.sparse
-    if sparse is None:
-        raise SoftLabelsError(
-            f"estimator {estimator!r} applies to sparse stores; {store.path!r} is dense: leave "
-            f"the estimator unset"
-        )
-    if estimator != "bucket" and not sparse.sample:
-        raise SoftLabelsError(
-            f"estimator {estimator!r} reweights sampled ids, and {store.path!r} keeps its top "
-            f"{sparse.top_k} ids only: use 'bucket'"
-        )
 
 
 def _kl_estimator(store: StoreReader) -> str | None:
@@ -366,9 +347,11 @@ def evaluate_lm(
         where = resolve_device(device) if isinstance(device, str) else device
         student.to(where)
     student.eval()
+    fit = None
     if teacher is not None:
         spec = token_spec(teacher)
         seqs = seqs.window(spec.max_length, spec.window)
+        fit = check_vocabulary(student, teacher)
     check_context({"student": student}, int(seqs.lengths().max()), role="student")
     data: TokenTargetDataset | _Sequences = (
         _Sequences(seqs, 4096)
@@ -393,9 +376,10 @@ def evaluate_lm(
         correct += int((log_p.argmax(1) == y).sum())
         if target is not None:
             target = target.take(known) if isinstance(target, SparseTargets) else target[known]
+            target = target if fit is None else fit.target(target)
             best = top1(target) if isinstance(target, SparseTargets) else target.argmax(1)
             agree += int((log_p.argmax(1) == best).sum())
-            kl += float(kl_fn(logits, target)) * len(y)
+            kl += float(kl_fn(_fitted(logits, fit, target), target)) * len(y)
         count += len(y)
     if count == 0:
         raise SoftLabelsError("no position with a next token to evaluate on")
