@@ -326,6 +326,32 @@ def views(b: Block, folder: Path) -> None:
     assert (folder / "runs" / "views" / "model.pt").is_file()
 
 
+def vision_sh(b: Block, folder: Path) -> None:
+    """A timm ResNet teacher from a local safetensors file over an image folder preprocessed by
+    its own data config; a timm ViT student trained from the store on the same folder."""
+    from PIL import Image
+
+    from softlabels.store import open_store
+    from tests.vision_helpers import draw_images, saved_model
+
+    for i, pixels in enumerate(draw_images(10, size=72)):  # one image in each of 10 classes
+        (folder / "images" / f"class{i}").mkdir(parents=True)
+        Image.fromarray(pixels).save(folder / "images" / f"class{i}" / "0.png")
+    arch = {"name": "timm", "kwargs": {"model": "resnet18", "num_classes": 10}}
+    saved_model(folder / "r18.safetensors", arch)
+    text = substitute(
+        b.text,
+        ("--out r18.zarr", "--out r18.zarr --quiet"),
+        ("--out runs/vit", "--out runs/vit --epochs 1 --eval-split none --quiet"),
+    )
+    run_sh(text)
+    with open_store(folder / "r18.zarr") as store:
+        (teacher,) = store.meta.teachers
+        assert teacher.architecture == {"name": "timm", "kwargs": arch["kwargs"]}
+        assert store.meta.transfer.preprocess is not None and store.meta.num_samples == 10
+    assert (folder / "runs" / "vit" / "model.pt").is_file()
+
+
 def chat_sh(b: Block, folder: Path) -> None:
     """generate-lm and train-lm on chat records: the store records the assistant-turn mask, the
     run its student."""
@@ -473,6 +499,7 @@ HANDLERS: dict[str, Callable[[Block, Path], None]] = {
     "softlabels generate --teacher myteachers:my_teacher --transfer data.npz --out mine.zarr": my_teacher_sh,
     "torchrun --nproc_per_node=8 -m softlabels.cli generate --teacher big.pt --transfer ... --out store.zarr": torchrun,
     PUBLISH: publish,
+    "softlabels generate --teacher 'timm:resnet18,num_classes=10,weights=r18.safetensors' \\": vision_sh,
     "softlabels inspect https://example.org/stores/teacher-v3.zarr": consume,
 }
 SLOW = {  # a model folder or a teacher trained
@@ -482,6 +509,7 @@ SLOW = {  # a model folder or a teacher trained
     hf_trainer,
     imported,
     views,
+    vision_sh,
 }
 
 
