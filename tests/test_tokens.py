@@ -364,7 +364,8 @@ def test_a_student_with_another_vocabulary_is_refused(lm, lm_store):
     from trainer.lm.train import LMConfig, gpt_student, train_lm
 
     store, seqs = lm_store
-    student = gpt_student(lm["vocab"] + 64, max_length=12)  # a padded head: not the teachers'
+    # a head smaller than the tokenizer (a larger one is a padded head, trainer.lm.vocab)
+    student = gpt_student(lm["vocab"] - 3, max_length=12)
     with pytest.raises(MismatchError, match=f"the store's teachers {lm['vocab']}"):
         train_lm(student, store, seqs, LMConfig())
 
