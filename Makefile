@@ -54,12 +54,14 @@ $(STAMP): pyproject.toml constraints.txt tools/torchvision_cpu_shim.py
 # which makes ATen use its plain kernels (torch.backends.cpu.get_cpu_capability() is then
 # "DEFAULT", not AVX2 or AVX512): a kernel-dependent assumption then fails here, on every CPU,
 # not on a user's machine. Bitwise holds for the same batches on the same machine only.
-# Left out of the second run for their time (each a bitwise promise, run once above):
-# test_faults.py::test_campaign_small, test_sparse.py::test_killed_sparse_generate_resumes_bitwise_equal,
+# Left out of the second run for their time (each a bitwise promise between child processes,
+# run once above): the kill-and-resume tests of test_generate, test_views, test_resume_recheck,
+# test_sparse.py::test_killed_sparse_generate_resumes_bitwise_equal,
 # test_tokens_tools.py::test_killed_generate_lm_resumes_bitwise_equal, test_distributed.py::
 # test_killed_rank_then_resume and test_distributed_sparse_generate_equals_single_process,
-# test_views.py::test_distributed_generate_equals_single_process,
-# test_tokens.py::test_torchrun_token_store_equals_one_process.
+# test_views.py and test_distributed.py's test_distributed_generate_equals_single_process,
+# test_tokens.py::test_torchrun_token_store_equals_one_process. The fault campaign's small run
+# (test_faults.py::test_campaign_small, marked reliability) runs in make reliability only.
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -m bitwise
@@ -167,7 +169,7 @@ reliability: $(STAMP)
 	rm -rf data/faults
 	$(BIN)/python -m tests.faults_campaign --random 8 --work data/faults --out data/faults/campaign.json
 	$(BIN)/python -m tests.stores.build data/hostile
-	$(BIN)/python -m pytest tests/test_hostile.py tests/test_bad_input.py tests/test_fuzz.py tests/test_security.py tests/test_faults.py
+	$(BIN)/python -m pytest -m "reliability or not reliability" tests/test_hostile.py tests/test_bad_input.py tests/test_fuzz.py tests/test_security.py tests/test_faults.py
 
 clean:
 	rm -rf $(DIGITS)

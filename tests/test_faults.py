@@ -17,7 +17,8 @@ from tests.faults_campaign import ENV, ROOT, campaign, generate_cmd
 from tests.helpers import wait_for_signal
 
 
-# bitwise, but too slow for make test's second run (Makefile): not marked
+# bitwise, but too slow for make test (Makefile): make reliability runs it
+@pytest.mark.reliability
 def test_campaign_small(tmp_path):
     """Two named kill points of stage one (mid-chunk, inside finalize) and one of stage two."""
     res = campaign(tmp_path, random_trials=0, named=("chunk_array:2", "finalize_journal_deleted:1"))

@@ -119,7 +119,7 @@ def test_weights_are_recorded(tmp_path):
         assert s.meta.weights == (0.25, 0.25, 0.5) and s.meta.combine == "geometric"
 
 
-@pytest.mark.bitwise
+# bitwise, but a killed or launched child process: too slow for make test's second run
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_killed_then_resumed_is_bitwise_equal(tmp_path, suffix):
     # The run of generate_cmd, in this process (only the killed run needs a process of its own,

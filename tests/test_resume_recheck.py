@@ -56,7 +56,7 @@ def killed(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.bitwise
+# bitwise, but a killed or launched child process: too slow for make test's second run
 @pytest.mark.parametrize("how", ["values", "bytes"])
 def test_resume_rewrites_a_corrupted_committed_chunk(tmp_path, reference, killed, how):
     path = tmp_path / "killed.zarr"

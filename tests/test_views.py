@@ -238,7 +238,7 @@ def test_chunking_batching_and_backend_do_not_change_the_rows(store, tmp_path):
         assert a.meta.checksums == b.meta.checksums
 
 
-@pytest.mark.bitwise
+# bitwise, but a killed or launched child process: too slow for make test's second run
 def test_killed_then_resumed_is_bitwise_equal(tmp_path):
     run = {"teachers": TWO, "chunk_rows": 128, "batch_size": 32, "views": 2, "augment": RRC}
     reference = make_store(tmp_path / "ref.zarr", **run)
