@@ -102,9 +102,19 @@ def test_killed_rank_then_resume(tmp_path, single):
     assert same_store(single, out)
 
 
-def test_distributed_refuses_hdf5(tmp_path):
-    res = torchrun(*generate_args(tmp_path / "x.h5"))
-    assert res.returncode != 0 and "distributed generation writes Zarr" in res.stderr
+def test_distributed_refuses_hdf5(tmp_path, monkeypatch):
+    """Under a process group (here rank 0 of 2, as torchrun's environment gives it; the other
+    tests launch torchrun itself) an HDF5 output is refused before anything is written."""
+    import importlib
+
+    from softlabels.distributed import Dist
+    from softlabels.errors import SoftLabelsError
+
+    stage_one = importlib.import_module("softlabels.generate")  # the module, not the function
+    monkeypatch.setattr(stage_one, "init_from_env", lambda device=None: Dist(rank=0, world=2))
+    with pytest.raises(SoftLabelsError, match="distributed generation writes Zarr"):
+        stage_one.generate(TEACHERS, "digits", str(tmp_path / "x.h5"), progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ddp_training_matches_single_process(tmp_path, single):
