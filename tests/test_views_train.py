@@ -178,18 +178,18 @@ def _served(source, epoch: int) -> tuple[list[np.ndarray], dict[int, np.ndarray]
     return batches, targets
 
 
-@pytest.mark.parametrize("per_epoch", [1, 2])
-def test_a_views_store_over_the_memory_budget_streams_the_same_pairs(store, per_epoch):
+@pytest.mark.parametrize("per_epoch, buffer", [(1, 1), (2, 1), (1, 3)])
+def test_a_views_store_over_the_memory_budget_streams_the_same_pairs(store, per_epoch, buffer):
     """Over the budget, the views source reads a chunk or two at a time (never every row's
     targets): each epoch it serves exactly the rows StoredViews draws, duplicates included,
     each with the target the in-memory source gives it, in full batches but the last."""
     with open_store(store) as s:
         views = StoredViews(s, "digits", seed=5, views_per_epoch=per_epoch)
         whole = make_view_source(s, views, 4.0, 64, 5, 2**30)
-        one_chunk = int(store_nbytes_in_memory(s) / s.meta.num_chunks * 3) + 1
-        streamed = make_view_source(s, views, 4.0, 64, 5, one_chunk)
+        budget = int(store_nbytes_in_memory(s) / s.meta.num_chunks * 3 * buffer) + 1
+        streamed = make_view_source(s, views, 4.0, 64, 5, budget)
         assert isinstance(whole, ViewTargets) and isinstance(streamed, StreamingViewTargets)
-        assert streamed.buffer_chunks == 1
+        assert streamed.buffer_chunks == buffer  # chunks read together
         for epoch in (0, 1):
             batches, got = _served(streamed, epoch)
             rows = np.concatenate(batches)

@@ -236,6 +236,12 @@ class ViewRows:
         return np.repeat(self.views.base_labels, self.views.views)
 
 
+def drawn_rows(views: StoredViews, samples: np.ndarray, epoch: int) -> np.ndarray:
+    """The store rows ``samples`` take in ``epoch``: each sample's ``views.per_epoch`` draws."""
+    drawn = views.rows(epoch).reshape(views.per_epoch, views.num_samples)
+    return drawn[:, samples].ravel()
+
+
 def views_per_epoch_rows(views: StoredViews, shard: Dist = SINGLE) -> int:
     """Rows this rank trains on per epoch: views_per_epoch of each of its samples."""
     return len(shard.take(np.arange(views.num_samples))) * views.per_epoch
@@ -262,8 +268,7 @@ class ViewTargets:
         self.targets = store.soft_targets(every, temperature, estimator=estimator)
 
     def batches(self, epoch: int) -> Iterator[Batch]:
-        drawn = self.views.rows(epoch).reshape(self.views.per_epoch, self.views.num_samples)
-        rows = drawn[:, self.samples].ravel()
+        rows = drawn_rows(self.views, self.samples, epoch)
         rows = rows[np.random.default_rng([self.seed, epoch]).permutation(len(rows))]
         return _batches(rows, take(self.targets, torch.from_numpy(rows)), self.batch_size)
 
@@ -292,29 +297,36 @@ class StreamingViewTargets:
         self.samples = shard.take(np.arange(views.num_samples))
 
     def batches(self, epoch: int) -> Iterator[Batch]:
-        drawn = self.views.rows(epoch).reshape(self.views.per_epoch, self.views.num_samples)
-        rows = np.sort(drawn[:, self.samples].ravel())  # a row drawn twice is trained twice
-        chunk_of = rows // self.store.meta.chunk_rows
+        # sorted, so each chunk's drawn rows are one slice; a row drawn twice is trained twice
+        rows = np.sort(drawn_rows(self.views, self.samples, epoch))
+        chunk_rows = self.store.meta.chunk_rows
         rng = np.random.default_rng([self.seed, epoch])
-        chunks = np.unique(chunk_of)[rng.permutation(len(np.unique(chunk_of)))]
+        chunks = np.unique(rows // chunk_rows)
+        chunks = chunks[rng.permutation(len(chunks))]
         step = self.buffer_chunks
         groups = [np.sort(chunks[i : i + step]) for i in range(0, len(chunks), step)]
         read = _prefetch(self.store, groups, self.temperature, self.estimator)
         buffers = (
-            self._drawn_in(rows, chunk_of, group, targets)
+            self._drawn_in(rows, group, targets)
             for group, (_, targets) in zip(groups, read, strict=True)
         )
         return shuffled_batches(buffers, rng, self.batch_size)
 
     def _drawn_in(
-        self, rows: np.ndarray, chunk_of: np.ndarray, group: np.ndarray, targets: Targets
+        self, rows: np.ndarray, group: np.ndarray, targets: Targets
     ) -> tuple[np.ndarray, Targets]:
-        """The drawn ``rows`` in this buffer's chunks (``group``, ascending), with their targets
-        (``targets``: those of every row of the chunks, in store order)."""
+        """The drawn ``rows`` (sorted) in this buffer's chunks (``group``, ascending), with
+        their targets (``targets``: those of every row of the chunks, in store order)."""
         meta = self.store.meta
-        held = np.concatenate([np.arange(*meta.chunk_bounds(int(c))) for c in group])
-        mine = rows[np.isin(chunk_of, group)]
-        return mine, take(targets, torch.from_numpy(np.searchsorted(held, mine)))
+        mine, where, held = [], [], 0
+        for c in group:
+            a, b = meta.chunk_bounds(int(c))
+            part = rows[np.searchsorted(rows, a) : np.searchsorted(rows, b)]
+            mine.append(part)
+            where.append(part - a + held)  # its rows' places among the group's rows
+            held += b - a
+        index = torch.from_numpy(np.concatenate(where))
+        return np.concatenate(mine), take(targets, index)
 
 
 def make_view_source(
