@@ -100,13 +100,13 @@ def _one_fixed_point_member(z: torch.Tensor, spec: SparseSpec) -> dict[str, np.n
     assert step is not None  # the caller's condition
     r, c = z.shape
     offsets, lowest = z.max(dim=1).values, z.min(dim=1).values
-    _check_span(offsets, lowest, step)
+    largest_code = _largest_code(offsets, lowest, step)
     codes = torch.sub(offsets[:, None].double(), z).div_(step).round_()  # as round_values
     key = torch.add(torch.arange(c, dtype=torch.float64, device=z.device), codes, alpha=c)
     ids = torch.topk(key, k, dim=1, largest=False, sorted=False).indices  # code, then id
     ids = torch.sort(ids, dim=1).values
     values = torch.gather(codes, 1, ids)
-    bins = int(torch.sub(offsets.double(), lowest).div_(step).round_().max()) + 2
+    bins = largest_code + 2  # every code, and one bin past them for the support
     counts = _code_counts(codes, ids, bins)  # (R, bins - 1): outside the support only
     return {
         schema.VALUE_OFFSETS: offsets[:, None].cpu().numpy(),
@@ -143,15 +143,18 @@ def _histogram_tails(
     return torch.stack(out, dim=1)[:, None, :].float().cpu().numpy()
 
 
-def _check_span(offsets: torch.Tensor, lowest: torch.Tensor, step: float) -> None:
-    """Refuses rows whose logits span more than MAX_CODE steps below their largest."""
+def _largest_code(offsets: torch.Tensor, lowest: torch.Tensor, step: float) -> int:
+    """The largest code of the rows (that of their smallest logits); refuses rows whose logits
+    span more than MAX_CODE steps below their largest."""
     span = float((offsets.double() - lowest.double()).max())  # exact, as the codes
-    if round(span / step) > schema.MAX_CODE:
+    largest = round(span / step)  # half to even, as the codes' round
+    if largest > schema.MAX_CODE:
         raise SparseValueRangeError(
             f"logits span {span:.4g} below a row's largest, more than {schema.MAX_CODE} steps of "
             f"{step:g}: use a value step of at least {span / schema.MAX_CODE:.3g}, or store the "
             f"values as floats (value_step None, --value-step 0)"
         )
+    return largest
 
 
 def _to_numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
@@ -168,7 +171,7 @@ def round_values(
         return stored.double(), stored, None
     offsets = z.max(dim=-1).values  # float32
     codes = torch.sub(offsets[..., None].double(), z).div_(step).round_()  # half to even
-    _check_span(offsets, z.min(dim=-1).values, step)
+    _largest_code(offsets, z.min(dim=-1).values, step)
     zhat = torch.mul(codes, -step).add_(offsets[..., None])
     return zhat, codes, offsets
 
