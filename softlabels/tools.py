@@ -58,6 +58,7 @@ def convert_store(
                 )
             dtype = "float32" if sparse.value_step is not None else meta.dtype
             check_sparse(sparse, dtype, meta.num_classes)
+            sparse = sparse.resolved(tokens=meta.tokens is not None)
             meta = replace(meta, sparse=sparse, dtype=dtype, producer=f"softlabels {__version__}")
         with _fresh_writer(
             dst, meta, compress=compress, overwrite=overwrite, tool="convert", wait=lease_wait
@@ -133,7 +134,9 @@ def combine_stores(
         if sparse is not None:
             dtype = "float32" if sparse.value_step is not None else meta.dtype
             check_sparse(sparse, dtype, meta.num_classes)
-            meta = replace(meta, sparse=sparse, dtype=dtype)
+            meta = replace(
+                meta, sparse=sparse.resolved(tokens=meta.tokens is not None), dtype=dtype
+            )
         w = torch.tensor(meta.weights, dtype=torch.float64)
         with _fresh_writer(
             out, meta, compress=compress, overwrite=overwrite, tool="combine", wait=lease_wait

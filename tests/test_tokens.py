@@ -56,7 +56,7 @@ def test_sparse_token_store_replays_the_teacher_at_every_row(lm, tmp_path):
     seqs = lm["seqs"].window(12, "window")
     with store:
         meta = store.meta
-        assert meta.format_version == 5 and meta.tokens.max_length == 12
+        assert meta.format_version == 6 and meta.sparse.raw and meta.tokens.max_length == 12
         assert meta.num_samples == seqs.num_tokens and meta.num_classes == lm["vocab"]
         rows = store.load()
         np.testing.assert_array_equal(rows.arrays["input_ids"], seqs.ids)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from softlabels.lm.text import TokenSequences
 from softlabels.pipeline import BackgroundWriter, Runtime
 from softlabels.schema import SparseSpec, StoreMeta, TokenSpec, TransferInfo
 from softlabels.sparse.device import sparsify_torch
-from softlabels.store import StoreReader, StoreWriter, open_store, store_kind
+from softlabels.store import StoreReader, StoreWriter, backends, open_store, store_kind
 from softlabels.store.rows import Rows
 from softlabels.teachers import Teacher, as_teacher
 
@@ -88,7 +89,7 @@ def generate_tokens(
         resume=resume,
         overwrite=overwrite,
         progress=progress,
-        sparse=sparse,
+        sparse=resolved_selection(sparse, out, resume=resume),
         device=device,
         precision=precision,
         lease_wait=lease_wait,
@@ -113,6 +114,23 @@ def generate_tokens(
     finally:
         shutdown(d)
     return open_store(out)
+
+
+def resolved_selection(
+    sparse: SparseSpec | None, out: str | os.PathLike[str], *, resume: bool
+) -> SparseSpec | None:
+    """``sparse`` with its selection chosen where the caller left it None: raw (format version
+    6), or, when resuming a store that exists, that store's own selection."""
+    if sparse is None or sparse.selection is not None:
+        return sparse
+    if resume and backends.exists(str(out)):
+        try:
+            with open_store(out, allow_incomplete=True) as existing:
+                if existing.meta.sparse is not None:
+                    return replace(sparse, selection=existing.meta.sparse.selection)
+        except SoftLabelsError:
+            pass  # not a readable store: opening it for writing reports why
+    return sparse.resolved(tokens=True)
 
 
 def head_size(teachers: list[Teacher], seqs: TokenSequences, precision: str = "fp32") -> int:

@@ -49,6 +49,8 @@ from softlabels.schema.sparse import (  # re-exported: the format's names live h
 )
 from softlabels.schema.sparse import DEFAULT_VALUE_STEP as DEFAULT_VALUE_STEP
 from softlabels.schema.sparse import PROPOSAL_KIND as PROPOSAL_KIND
+from softlabels.schema.sparse import SELECTION_DECODED as SELECTION_DECODED
+from softlabels.schema.sparse import SELECTION_RAW as SELECTION_RAW
 from softlabels.schema.sparse import TAIL_KIND as TAIL_KIND
 from softlabels.schema.sparse import SparseSpec
 from softlabels.schema.tokens import TokenSpec
@@ -60,13 +62,21 @@ SPARSE_FORMAT_VERSION = 2  # sparse stores (the `layout` attribute appears in ve
 TOKENS_V3_FORMAT_VERSION = 3  # token stores: rows are token positions (the `tokens` attribute)
 VIEWS_FORMAT_VERSION = 4  # views stores: rows are (sample, view) pairs (the `views` attribute)
 TOKENS_FORMAT_VERSION = 5  # token stores as written now: no per-id `class_names` attribute
-TOKENS_FORMAT_VERSIONS = (TOKENS_V3_FORMAT_VERSION, TOKENS_FORMAT_VERSION)
+# sparse token stores whose ids and tails come from the raw logits (``sparse.selection``)
+RAW_TOKENS_FORMAT_VERSION = 6
+TOKENS_FORMAT_VERSIONS = (
+    TOKENS_V3_FORMAT_VERSION,
+    TOKENS_FORMAT_VERSION,
+    RAW_TOKENS_FORMAT_VERSION,
+)
+NAMELESS_FORMAT_VERSIONS = (TOKENS_FORMAT_VERSION, RAW_TOKENS_FORMAT_VERSION)  # no class_names
 FORMAT_VERSIONS = (
     FORMAT_VERSION,
     SPARSE_FORMAT_VERSION,
     TOKENS_V3_FORMAT_VERSION,
     VIEWS_FORMAT_VERSION,
     TOKENS_FORMAT_VERSION,
+    RAW_TOKENS_FORMAT_VERSION,
 )
 LAYOUT_DENSE = "dense"
 LAYOUT_SPARSE = "sparse"
@@ -134,7 +144,7 @@ ATTR_RUNTIME = "runtime"
 # Version 2: "dense" or "sparse"; with "sparse", the object ATTR_SPARSE (``SparseSpec``).
 ATTR_LAYOUT = "layout"
 ATTR_SPARSE = "sparse"
-ATTR_TOKENS = "tokens"  # versions 3 and 5: rows are token positions (``TokenSpec``)
+ATTR_TOKENS = "tokens"  # versions 3, 5 and 6: rows are token positions (``TokenSpec``)
 ATTR_VIEWS = "views"  # version 4: rows are (sample, view) pairs (``ViewSpec``)
 
 # In HDF5 every root attribute value is stored as a JSON-encoded UTF-8 string.
@@ -193,6 +203,10 @@ class StoreMeta:
     views: ViewSpec | None = None  # rows are (sample, view) pairs (format version 4)
     format: str = field(default=FORMAT_NAME)
 
+    def __post_init__(self) -> None:
+        if self.sparse is not None and self.sparse.selection is None:  # the writer's default
+            object.__setattr__(self, "sparse", replace(self.sparse, selection=SELECTION_DECODED))
+
     @property
     def layout(self) -> str:
         return LAYOUT_DENSE if self.sparse is None else LAYOUT_SPARSE
@@ -202,6 +216,8 @@ class StoreMeta:
         if self.views is not None:  # an older reader must not read view rows as samples
             return VIEWS_FORMAT_VERSION
         if self.tokens is not None:  # a version-2 reader must not read token rows as samples
+            if self.sparse is not None and self.sparse.raw:  # nor a version-5 one raw tails
+                return RAW_TOKENS_FORMAT_VERSION
             return TOKENS_FORMAT_VERSION
         return FORMAT_VERSION if self.sparse is None else SPARSE_FORMAT_VERSION
 
@@ -261,10 +277,18 @@ class StoreMeta:
         layout = attrs.get(ATTR_LAYOUT, LAYOUT_DENSE if version == FORMAT_VERSION else None)
         if (version in TOKENS_FORMAT_VERSIONS) != (attrs.get(ATTR_TOKENS) is not None):
             raise StoreFormatError(
-                "a store carries the 'tokens' attribute exactly when its format_version is 3 or 5"
+                "a store carries the 'tokens' attribute exactly when its format_version is 3, 5 "
+                "or 6"
             )
-        if version == TOKENS_FORMAT_VERSION and ATTR_CLASS_NAMES in attrs:
-            raise StoreFormatError("a version-5 token store must not carry 'class_names'")
+        if version in NAMELESS_FORMAT_VERSIONS and ATTR_CLASS_NAMES in attrs:
+            raise StoreFormatError(f"a version-{version} token store must not carry 'class_names'")
+        sparse_attr = attrs.get(ATTR_SPARSE)
+        raw = isinstance(sparse_attr, dict) and sparse_attr.get("selection") == SELECTION_RAW
+        if (version == RAW_TOKENS_FORMAT_VERSION) != (raw and layout == LAYOUT_SPARSE):
+            raise StoreFormatError(
+                "a store carries 'sparse.selection' exactly when its format_version is 6 (a "
+                "sparse token store)"
+            )
         if (version == VIEWS_FORMAT_VERSION) != (attrs.get(ATTR_VIEWS) is not None):
             raise StoreFormatError(
                 "a store carries the 'views' attribute exactly when its format_version is 4"
@@ -276,7 +300,9 @@ class StoreMeta:
                 f"store layout {layout!r} is not 'dense' or 'sparse' (version 2 stores name it)"
             )
         required = [
-            k for k in REQUIRED_ATTRS if version != TOKENS_FORMAT_VERSION or k != ATTR_CLASS_NAMES
+            k
+            for k in REQUIRED_ATTRS
+            if version not in NAMELESS_FORMAT_VERSIONS or k != ATTR_CLASS_NAMES
         ]
         missing = [k for k in required if k not in attrs]
         if missing:
@@ -355,6 +381,11 @@ class StoreMeta:
             problems += self.sparse.problems(self.num_classes)
             if self.sparse.value_step is not None and self.dtype != "float32":
                 problems.append("a fixed-point sparse store must have dtype 'float32'")
+            if self.sparse.raw and self.tokens is None:
+                problems.append(
+                    "raw selection (ids and tails from the raw logits) is defined for token "
+                    "stores only; use selection 'decoded'"
+                )
         if self.num_classes > MAX_CLASSES:
             problems.append(f"num_classes {self.num_classes} is above {MAX_CLASSES}")
         if problems:
@@ -362,8 +393,8 @@ class StoreMeta:
 
 
 def _class_names(attrs: dict[str, Any], version: int) -> tuple[str, ...]:
-    """The stored names; in a version-5 token store, each id's decimal string."""
-    if version == TOKENS_FORMAT_VERSION:
+    """The stored names; in a version-5 or 6 token store, each id's decimal string."""
+    if version in NAMELESS_FORMAT_VERSIONS:
         return tuple(map(str, range(int_field(attrs, ATTR_NUM_CLASSES, minimum=2))))
     return strings(list_field(attrs, ATTR_CLASS_NAMES), ATTR_CLASS_NAMES)
 

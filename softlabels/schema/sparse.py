@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from softlabels.schema.fields import int_field, list_field, number_field
@@ -12,9 +12,12 @@ TAIL_KIND = "log-partition"
 PROPOSAL_KIND = "tempered-ranking"
 DEFAULT_TAIL_TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 DEFAULT_VALUE_STEP = 1 / 16
+SELECTION_DECODED = "decoded"  # ids and tails from the decoded logits (versions 2 to 5)
+SELECTION_RAW = "raw"  # ids and tails from the teacher's raw float32 logits (version 6)
+SELECTIONS = (SELECTION_DECODED, SELECTION_RAW)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SparseSpec:
     """The ``sparse`` root attribute: how a sparse store chose and encoded each row's support.
 
@@ -22,7 +25,10 @@ class SparseSpec:
     ids drawn from the rest with inclusion probabilities from a proposal at temperature
     ``proposal_temperature`` (seeded by ``seed``). ``tail_temperatures`` are the anchors of the
     tail summary; ``value_step`` is the fixed-point step of the stored logits (None: stored as
-    floats in the store's ``dtype``)."""
+    floats in the store's ``dtype``). ``selection``: what the top ids and the tails are taken
+    from, "decoded" (the stored values, as a reader decodes them) or "raw" (the teacher's own
+    float32 logits, so the top ids are the teacher's top-k; token stores only, format version
+    6); None lets the writer choose (raw for token stores, decoded otherwise)."""
 
     top_k: int
     sample: int = 0
@@ -33,6 +39,32 @@ class SparseSpec:
     # the only temperatures a reader may replay at (None: any): an imported capture of
     # log-probabilities at T = 1 knows its tail at T = 1 only ("replay_temperatures")
     replay_temperatures: tuple[float, ...] | None = None
+    selection: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        """Field by field, where a selection left to the writer (None) equals either choice."""
+        if not isinstance(other, SparseSpec):
+            return NotImplemented
+        selections = {self.selection, other.selection} - {None}
+        return self._key() == other._key() and len(selections) <= 1
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name != "selection")
+
+    def resolved(self, *, tokens: bool) -> SparseSpec:
+        """This spec with the writer's default selection where it is None: raw for a token
+        store (format version 6), decoded otherwise."""
+        if self.selection is not None:
+            return self
+        return replace(self, selection=SELECTION_RAW if tokens else SELECTION_DECODED)
+
+    @property
+    def raw(self) -> bool:
+        """Whether the top ids and the tails come from the raw logits (format version 6)."""
+        return self.selection == SELECTION_RAW
 
     @property
     def k(self) -> int:
@@ -53,10 +85,12 @@ class SparseSpec:
         values: dict[str, Any] = {"encoding": "float"}
         if self.value_step is not None:
             values = {"encoding": "fixed", "step": self.value_step}
-        replay = {}
+        extra: dict[str, Any] = {}
         if self.replay_temperatures is not None:
-            replay = {"replay_temperatures": list(self.replay_temperatures)}
-        return replay | {
+            extra["replay_temperatures"] = list(self.replay_temperatures)
+        if self.raw:  # absent means decoded: the attributes of versions 2 to 5 are unchanged
+            extra["selection"] = SELECTION_RAW
+        return extra | {
             "policy": self.policy,
             "k": self.k,
             "top_k": self.top_k,
@@ -110,6 +144,7 @@ class SparseSpec:
             tail_temperatures=tuple(float(t) for t in temps),
             value_step=number_field(values, "step") if values["encoding"] == "fixed" else None,
             replay_temperatures=_replay_temperatures(entry.get("replay_temperatures")),
+            selection=_selection(entry.get("selection")),
         )
         if entry.get("k") != spec.k or entry.get("policy") != spec.policy:
             raise ValueError(f"sparse.k and sparse.policy must be {spec.k} and {spec.policy!r}")
@@ -149,6 +184,8 @@ class SparseSpec:
             math.isfinite(self.value_step) and 0 < self.value_step <= 1
         ):
             out.append(f"value step {self.value_step} must be in (0, 1]")
+        if self.selection is not None and self.selection not in SELECTIONS:
+            out.append(f"selection {self.selection!r} must be one of {list(SELECTIONS)}")
         if self.seed < 0 or self.seed >= 2**63:
             out.append(f"seed {self.seed} must be in [0, 2**63)")
         return out
@@ -165,3 +202,12 @@ def _replay_temperatures(entry: Any) -> tuple[float, ...] | None:
     ):
         raise ValueError(f"sparse.replay_temperatures must be a list of numbers > 0, got {entry!r}")
     return tuple(float(t) for t in entry)
+
+
+def _selection(entry: Any) -> str:
+    """``sparse.selection``: absent (decoded: versions 2 to 5) or "raw" (version 6)."""
+    if entry is None:
+        return SELECTION_DECODED
+    if entry != SELECTION_RAW:
+        raise ValueError(f"sparse.selection must be {SELECTION_RAW!r} when present, got {entry!r}")
+    return SELECTION_RAW

@@ -107,6 +107,7 @@ def problems(d: Decoded, meta: StoreMeta, offset: int) -> list[str]:
     sp = meta.sparse
     assert sp is not None
     c, out = meta.num_classes, []
+    slack = raw_slack(d.ranking, meta)
 
     def rows(bad: np.ndarray) -> str:
         return str((np.flatnonzero(bad)[:10] + offset).tolist())
@@ -126,13 +127,13 @@ def problems(d: Decoded, meta: StoreMeta, offset: int) -> list[str]:
         bad = (np.diff(both, axis=1) == 0).any(1)
         if bad.any():
             out.append(f"sampled ids repeating top ids at rows {rows(bad)}")
-        bad = d.ranking[:, sp.top_k :].max(1) > d.ranking[:, : sp.top_k].min(1)
+        bad = d.ranking[:, sp.top_k :].max(1) > d.ranking[:, : sp.top_k].min(1) + 2 * slack
         if bad.any():
             out.append(f"sampled ids ranking above the top ids at rows {rows(bad)}")
         bad = ~((d.inclusion > 0) & (d.inclusion <= 1)).all(1)
         if bad.any():
             out.append(f"inclusion probabilities outside (0, 1] at rows {rows(bad)}")
-    ceiling = d.ranking[:, : sp.top_k].min(1)
+    ceiling = d.ranking[:, : sp.top_k].min(1) + slack
     groups = d.tail.shape[1]
     for g in range(groups):
         own = g == groups - 1 and (meta.num_members == 1 or groups > meta.num_members)
@@ -142,6 +143,21 @@ def problems(d: Decoded, meta: StoreMeta, offset: int) -> list[str]:
         if bad.any():
             out.append(f"tail summaries (group {g}) no logits could produce at rows {rows(bad)}")
     return out
+
+
+def raw_slack(logits: np.ndarray, meta: StoreMeta) -> np.ndarray | float:
+    """How far a raw logit may sit above its decoded value: 0 for decoded selection (versions
+    2 to 5: the ids and tails were chosen from the decoded values themselves); for raw
+    selection (version 6), half a fixed-point step, or float16's rounding (2^-11 of the
+    row's largest magnitude). logits: (R, K) decoded; returns a scalar or (R,)."""
+    sp = meta.sparse
+    if sp is None or not sp.raw:
+        return 0.0
+    if sp.value_step is not None:
+        return sp.value_step / 2
+    if meta.dtype == "float16":
+        return np.abs(logits).max(axis=1) * 2.0**-11
+    return 0.0
 
 
 def check(d: Decoded, meta: StoreMeta, offset: int, path: str) -> None:
@@ -178,7 +194,8 @@ def replay(
 
     def group(logits: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
         z = logits / temperature
-        ceiling = logits[:, : sp.top_k].min(1)  # bounds the outside logits below T_min
+        # bounds the outside logits below T_min (raw selection: up to the values' rounding)
+        ceiling = logits[:, : sp.top_k].min(1) + raw_slack(logits, meta)
         f = tails.log_partition(d.tail[:, g], sp.tail_temperatures, outside, temperature, ceiling)[
             0
         ]

@@ -3,7 +3,9 @@
 Per row, from the members' logits z_m (float32, all C classes):
 
 1. values: rounded to the store's value encoding; everything below uses the rounded logits, so
-   a reader recomputes every derived number (the ranking, the inclusion probabilities) exactly;
+   a reader recomputes every derived number (the ranking, the inclusion probabilities) exactly
+   (with raw selection, format version 6, steps 3 and 5 use the raw logits instead, and only
+   the kept ids' values must fit the fixed-point range);
 2. the ranking logits zbar = sum_m w_m z_m (the geometric ensemble, or the single teacher);
 3. the top ``top_k`` ids of zbar (ties go to the lower id);
 4. optionally ``sample`` more ids, drawn without replacement from the rest by systematic
@@ -61,22 +63,61 @@ def _sparsify_block(
     dtype: str,
 ) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
-    zhat, stored, offsets = round_values(z, spec.value_step, dtype)
+    if spec.raw:  # version 6: rank and sum the raw logits; only the kept values are coded
+        zhat, stored, offsets = _decoded_unchecked(z, spec.value_step, dtype)
+        chosen = z.astype(np.float64)
+    else:
+        zhat, stored, offsets = round_values(z, spec.value_step, dtype)
+        chosen = zhat
     if offsets is not None:
         out[schema.VALUE_OFFSETS] = offsets
     zbar = ranking_logits(zhat, weights)
-    top = top_ids(zbar, spec.top_k)
+    chosen_bar = ranking_logits(chosen, weights) if spec.raw else zbar
+    top = top_ids(chosen_bar, spec.top_k)
     ids = top
-    if spec.sample:
+    if spec.sample:  # the inclusion probabilities come from the decoded zbar, as readers see it
         sampled, log_scale = sample_ids(
             zbar, top, spec.sample, spec.proposal_temperature, spec.seed, sample_index
         )
         ids = np.concatenate([top, sampled], axis=1)
         out[schema.INCLUSION_LOG_SCALE] = log_scale
+    values = np.take_along_axis(stored, ids[:, None, :], axis=2)
+    if spec.raw and spec.value_step is not None:
+        values = _checked_codes(values, z, offsets, ids, spec.value_step)
     out[schema.ID_GAPS] = encode_ids(ids, spec.top_k)
-    out[schema.VALUES] = np.take_along_axis(stored, ids[:, None, :], axis=2)
-    out[schema.TAIL] = tails(zhat, zbar, ids, combine, spec.tail_temperatures)
+    out[schema.VALUES] = values
+    out[schema.TAIL] = tails(chosen, chosen_bar, ids, combine, spec.tail_temperatures)
     return out
+
+
+def _decoded_unchecked(
+    z: np.ndarray, step: float | None, dtype: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``round_values`` without the range check (raw selection codes only the kept ids, which
+    ``_checked_codes`` checks); fixed-point codes stay float64 here."""
+    if step is None:
+        return round_values(z, step, dtype)
+    offsets = z.max(axis=-1).astype(np.float32)
+    codes = np.rint((offsets[..., None].astype(np.float64) - z) / step)
+    return offsets[..., None].astype(np.float64) - step * codes, codes, offsets
+
+
+def _checked_codes(
+    codes: np.ndarray, z: np.ndarray, offsets: np.ndarray, ids: np.ndarray, step: float
+) -> np.ndarray:
+    """The kept ids' codes as uint16, or the range error ``round_values`` raises."""
+    if codes.max() > schema.MAX_CODE:
+        kept = np.take_along_axis(z, ids[:, None, :], axis=2)
+        raise SparseValueRangeError(range_message(float((offsets[..., None] - kept).max()), step))
+    return codes.astype(np.uint16)
+
+
+def range_message(span: float, step: float) -> str:
+    return (
+        f"logits span {span:.4g} below a row's largest, more than {schema.MAX_CODE} steps of "
+        f"{step:g}: use a value step of at least {span / schema.MAX_CODE:.3g}, or store the "
+        f"values as floats (value_step None, --value-step 0)"
+    )
 
 
 def round_values(
@@ -90,12 +131,7 @@ def round_values(
     offsets = z.max(axis=-1).astype(np.float32)
     codes = np.rint((offsets[..., None].astype(np.float64) - z) / step)
     if codes.max() > schema.MAX_CODE:
-        span = float((offsets[..., None] - z).max())
-        raise SparseValueRangeError(
-            f"logits span {span:.4g} below a row's largest, more than {schema.MAX_CODE} steps of "
-            f"{step:g}: use a value step of at least {span / schema.MAX_CODE:.3g}, or store the "
-            f"values as floats (value_step None, --value-step 0)"
-        )
+        raise SparseValueRangeError(range_message(float((offsets[..., None] - z).max()), step))
     codes = codes.astype(np.uint16)
     return decode_fixed(codes, offsets, step), codes, offsets
 
