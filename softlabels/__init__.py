@@ -16,7 +16,7 @@ For a large output space, a sparse store (format version 2) keeps K ids per row:
     store.soft_targets(positions, 4.0)  # SparseTargets(ids, log_probs, log_tail): K per row
     softlabels.audit_store("top64.zarr", against="teachers.zarr")  # what it costs, measured
 
-For language models, a token store (format version 5) holds the next-token targets of every
+For language models, a token store (format version 5; 6 when sparse) holds the next-token targets of every
 position of a set of token sequences (``pip install softlabels[lm]``)::
 
     seqs = softlabels.load_text("docs/", "tokenizer.json")  # or load_tokens("ids.npz")

@@ -178,17 +178,19 @@ def ensemble_options() -> Callable[[Any], Any]:
     return decorate
 
 
-def sparse_options() -> Callable[[Any], Any]:
+def sparse_options(*, tokens: bool = False) -> Callable[[Any], Any]:
     """--top-k and the options of a sparse store, passed to the command as one ``sparse``
-    argument: a ``SparseSpec``, or None for a dense store (no --top-k)."""
-    from softlabels.schema import DEFAULT_VALUE_STEP, SparseSpec
+    argument: a ``SparseSpec``, or None for a dense store (no --top-k). ``tokens``: the
+    command writes token stores, which also take --selection."""
+    from softlabels.schema import DEFAULT_VALUE_STEP, SELECTION_DECODED, SELECTION_RAW, SparseSpec
 
     opts = [
         click.option(
             "--top-k",
             type=click.IntRange(min=1),
-            help="Write a sparse store (format version 2): keep each row's K largest logits, "
-            "their ids, and a summary of the rest (see FORMAT.md). Default: dense.",
+            help=f"Write a sparse store (format version {6 if tokens else 2}): keep each row's "
+            "K largest logits, their ids, and a summary of the rest (see FORMAT.md). Default: "
+            "dense.",
         ),
         click.option(
             "--sample",
@@ -230,6 +232,18 @@ def sparse_options() -> Callable[[Any], Any]:
             help="Anchor temperatures of the tail summary (replay at others interpolates).",
         ),
     ]
+    if tokens:
+        opts.append(
+            click.option(
+                "--selection",
+                type=click.Choice([SELECTION_RAW, SELECTION_DECODED]),
+                default=None,
+                help="With --top-k: 'raw' (the default; --resume keeps a store's own) keeps the "
+                "teacher's own top K and sums the tails over its raw logits, coding only the kept "
+                "ids (format version 6, the fast one); 'decoded' chooses both on the stored, "
+                "rounded values (format version 5, for readers older than version 6).",
+            )
+        )
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
@@ -237,6 +251,7 @@ def sparse_options() -> Callable[[Any], Any]:
             names = ("sample_ids", "proposal_temperature", "sample_seed", "value_step")
             top_k, options = kw.pop("top_k"), {n: kw.pop(n) for n in names}
             tails = kw.pop("tail_temperatures")
+            selection = kw.pop("selection", None)
             if top_k is None and options["sample_ids"]:
                 raise click.UsageError("--sample needs --top-k (it adds ids to a sparse store)")
             kw["sparse"] = None
@@ -248,6 +263,7 @@ def sparse_options() -> Callable[[Any], Any]:
                     seed=options["sample_seed"],
                     tail_temperatures=tails,
                     value_step=options["value_step"] or None,
+                    selection=selection,
                 )
             return f(*args, **kw)
 

@@ -92,8 +92,8 @@ EXPECTED: dict[str, tuple[type[SoftLabelsError], str, dict[str, str], bool]] = {
     ),
     "future_version.zarr": (
         StoreFormatError,
-        r"^store format version 6 is not supported by this reader \(it reads versions 1, 2, 3, "
-        r"4, 5\); "
+        r"^store format version 7 is not supported by this reader \(it reads versions 1, 2, 3, "
+        r"4, 5, 6\); "
         r"upgrade softlabels or regenerate the store$",
         {"format": SAME},
         False,

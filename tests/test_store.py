@@ -158,8 +158,8 @@ def test_unknown_suffix():
 
 def test_future_version_refused(tmp_path):
     path = make_store(tmp_path / "v.zarr")
-    zarr.open_group(str(path), mode="r+").attrs["format_version"] = 6
-    with pytest.raises(StoreFormatError, match="version 6 is not supported"):
+    zarr.open_group(str(path), mode="r+").attrs["format_version"] = 7
+    with pytest.raises(StoreFormatError, match="version 7 is not supported"):
         open_store(path)
 
 

@@ -1,4 +1,4 @@
-"""Language models: token-level stores (format version 5; 3 before it).
+"""Language models: token-level stores (format version 5, 6 when sparse; 3 before them).
 
 Data path: ``tokenizer`` (local tokenizers: encoding with their special tokens, identity) ->
 ``text`` (documents or pre-tokenised ids -> ``TokenSequences``, windows, prompt masks) ->

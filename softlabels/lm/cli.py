@@ -101,7 +101,7 @@ from softlabels.schema import SparseSpec
     help="Precision of the teachers' forward pass (autocast); logits are kept in float32. The "
     "store records it, and bitwise equality (--resume, torchrun) holds only at one precision.",
 )
-@sparse_options()
+@sparse_options(tokens=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_lm_cmd(
     teachers: tuple[str, ...],

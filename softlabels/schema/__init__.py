@@ -1,4 +1,4 @@
-"""The soft-label store format, versions 1 to 4: every name in FORMAT.md, in one place
+"""The soft-label store format, versions 1 to 6: every name in FORMAT.md, in one place
 (this package; ``sparse.py`` holds the ``sparse`` attribute, ``fields.py`` typed JSON reads).
 
 This module is the machine-readable half of the format contract; FORMAT.md is the
@@ -199,7 +199,7 @@ class StoreMeta:
     runtime: dict[str, str] | None = None  # device type, precision, torch version
     attributes_sha256: str | None = None  # the attributes' digest (schema.digest), once complete
     sparse: SparseSpec | None = None  # None: a dense store (format version 1)
-    tokens: TokenSpec | None = None  # rows are token positions (format version 5, or 3)
+    tokens: TokenSpec | None = None  # rows are token positions (format version 5 or 6, or 3)
     views: ViewSpec | None = None  # rows are (sample, view) pairs (format version 4)
     format: str = field(default=FORMAT_NAME)
 
@@ -283,7 +283,7 @@ class StoreMeta:
         if version in NAMELESS_FORMAT_VERSIONS and ATTR_CLASS_NAMES in attrs:
             raise StoreFormatError(f"a version-{version} token store must not carry 'class_names'")
         sparse_attr = attrs.get(ATTR_SPARSE)
-        raw = isinstance(sparse_attr, dict) and sparse_attr.get("selection") == SELECTION_RAW
+        raw = isinstance(sparse_attr, dict) and "selection" in sparse_attr  # its value: below
         if (version == RAW_TOKENS_FORMAT_VERSION) != (raw and layout == LAYOUT_SPARSE):
             raise StoreFormatError(
                 "a store carries 'sparse.selection' exactly when its format_version is 6 (a "

@@ -225,7 +225,7 @@ def nan_logits(out: Path) -> Path:
 
 def future_version(out: Path) -> Path:
     p = build_valid(out, "future_version.zarr")
-    _set_attr(p, "format_version", 6)
+    _set_attr(p, "format_version", 7)
     return p
 
 
@@ -457,7 +457,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "missing_array.zarr": (missing_array, "the labels array deleted"),
     "shape_mismatch.h5": (shape_mismatch, "sample_index shorter than logits"),
     "nan_logits.zarr": (nan_logits, "a NaN member logit, checksums recomputed"),
-    "future_version.zarr": (future_version, "format_version 6"),
+    "future_version.zarr": (future_version, "format_version 7"),
     "edited_attributes.zarr": (
         edited_attributes,
         "combine edited by hand, the attributes' SHA-256 not recomputed",
