@@ -586,3 +586,40 @@ def test_sparse_f16_vector_is_what_the_writer_makes_from_the_logits(tmp_path):
     assert make.SPARSE_F16_SPEC == SparseSpec.from_attr(vector["sparse"])
     final = make.write_sparse_f16(tmp_path / "again.zarr")
     assert list(final.checksums) == SPARSE_F16_CHECKSUMS
+
+
+# ---- the raw selection vector (FORMAT.md, "Raw selection test vector") -------------------------
+
+RAW_ID_GAPS = [[1, 4], [1, 2]]  # row 0: ids 1 and 5, the raw top two (decoded: 1 and 2)
+
+
+def _raw_vector() -> dict:
+    text = (ROOT / "FORMAT.md").read_text()
+    section = text.split("\n## Raw selection test vector\n", 1)[1].split("\n## ", 1)[0]
+    return json.loads(section.split("```json\n", 1)[1].split("\n```", 1)[0])
+
+
+@pytest.mark.parametrize("implementation", ["numpy", "torch"])
+def test_raw_selection_vector_is_what_both_writers_make(implementation):
+    from softlabels.schema import SparseSpec
+    from softlabels.sparse.device import sparsify_torch
+    from softlabels.sparse.select import sparsify
+
+    vector = _raw_vector()
+    assert vector["arrays"]["id_gaps"] == RAW_ID_GAPS
+    spec = SparseSpec.from_attr(vector["sparse"])
+    assert spec.raw and spec.to_attr() == vector["sparse"]
+    z = np.asarray(vector["logits"], dtype=np.float32)[:, None, :]
+    run = sparsify if implementation == "numpy" else sparsify_torch
+    z_in = z if implementation == "numpy" else torch.from_numpy(z)
+    got = run(z_in, np.arange(2), weights=(1.0,), combine="single", spec=spec, dtype="float32")
+    for name in ("id_gaps", "values", "value_offsets"):
+        assert got[name].tolist() == vector["arrays"][name], name
+    want = np.asarray(vector["arrays"]["tail"], dtype=np.float64)
+    if implementation == "numpy":  # the float64 sums, stored as float32: exactly the listed
+        assert got["tail"].tolist() == vector["arrays"]["tail"]
+    bound = 2.0**-16 * (np.array([1.0, 4.0]) + np.abs(want))
+    assert (np.abs(got["tail"] - want) <= bound).all()
+    # by hand: row 0's tail at T = 1 is log of the sum of exp over ids 0, 2, 3, 4, 6, 7
+    outside = np.asarray(vector["logits"][0], dtype=np.float32)[[0, 2, 3, 4, 6, 7]]
+    assert abs(np.log(np.exp(outside.astype(np.float64)).sum()) - want[0, 0, 0]) < 1e-6

@@ -31,6 +31,8 @@ from softlabels.sparse.select import encode_ids, range_message
 # blocks keep the dozen float64 temporaries of a block in cache and reuse their memory; on 2
 # CPU cores, 64 MiB blocks were 1.7x (top-k) to 3.5x (with sampled ids) slower at V = 32k.
 _BLOCK_VALUES = 1 << 18
+# Raw selection's temporaries are float32 and fewer: 4 MiB blocks, a quarter of the calls
+_RAW_BLOCK_VALUES = 1 << 20
 _BLOCK_ROWS = 8
 
 
@@ -48,7 +50,8 @@ def sparsify_torch(
 
     member_logits: (R, M, C) float32 on any device; sample_index: (R,) int64."""
     r, m, c = member_logits.shape
-    block = max(_BLOCK_ROWS, _BLOCK_VALUES // (m * c))
+    budget = _RAW_BLOCK_VALUES if spec.raw else _BLOCK_VALUES
+    block = max(_BLOCK_ROWS, budget // (m * c))
     parts = [
         _block(
             member_logits[i : i + block], sample_index[i : i + block], weights, combine, spec, dtype
