@@ -7,7 +7,8 @@ differs from numpy's, so ``log_scale`` and ``tail`` may differ from the referenc
 float32 bit, and, in a row where that moves a sampling point across an interval's edge, one
 sampled id (FORMAT.md, "Sparse stores", states the tolerances a reader applies). On one device
 the result is a pure function of the row: a resumed run, any worker count and torchrun give
-bitwise-equal stores.
+bitwise-equal stores. A store with raw selection (format version 6, ``SparseSpec.raw``: a
+sparse token store's default) goes to ``softlabels.sparse.raw`` instead.
 
 Memory: the rows are processed in small blocks (``_BLOCK_ROWS``, ``_BLOCK_VALUES``), so a
 batch of (rows, M, V) float32 logits is the largest thing held.
