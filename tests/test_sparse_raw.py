@@ -1,6 +1,7 @@
 """Raw selection (format version 6, ``softlabels.sparse.raw``): a sparse token store's top ids
 are the teacher's own top-k and its tails sum the raw logits. The torch path equals the numpy
-reference (ids, codes, sampled ids exactly; tails within FORMAT.md's 2^-16 (T + |L|)), a real
+reference (ids, codes, sampled ids exactly; tails within FORMAT.md's 2^-16 (T + |L|): the
+hypothesis test in tests/test_sparse_device.py covers every combine rule), a real
 teacher's store holds exactly its top-k, and the schema keeps version 6 apart from 5."""
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from softlabels import schema
 from softlabels.errors import SoftLabelsError, SparseValueRangeError, StoreFormatError
@@ -27,53 +26,16 @@ from softlabels.store import open_store
 from softlabels.teachers import load_teacher
 from softlabels.verify import verify_store
 from tests.lm_helpers import tiny_llama, train_tokenizer, write_corpus
+from tests.test_sparse_device import assert_within_format
 
 EXACT = (schema.ID_GAPS, schema.VALUES, schema.VALUE_OFFSETS, schema.INCLUSION_LOG_SCALE)
 ANCHORS = np.asarray(schema.DEFAULT_TAIL_TEMPERATURES)
 
 
 def _both(z: np.ndarray, spec: SparseSpec, combine: str, dtype: str = "float32"):
-    m = z.shape[1]
-    w = tuple(float(x) for x in np.arange(1, m + 1) / np.arange(1, m + 1).sum())
     index = np.arange(len(z), dtype=np.int64) * 5 + 2
-    options = {"weights": w, "combine": combine, "spec": spec, "dtype": dtype}
+    options = {"weights": (1.0,), "combine": combine, "spec": spec, "dtype": dtype}
     return sparsify(z, index, **options), sparsify_torch(torch.from_numpy(z), index, **options)
-
-
-def _assert_within_format(expected: dict, got: dict, anchors=ANCHORS) -> None:
-    assert sorted(expected) == sorted(got)
-    for name, want in expected.items():
-        assert got[name].dtype == want.dtype and got[name].shape == want.shape, name
-        if name in EXACT:
-            np.testing.assert_array_equal(got[name], want, err_msg=name)
-    want = expected[schema.TAIL].astype(np.float64)
-    err = np.abs(got[schema.TAIL] - want)
-    assert (err <= 2.0**-16 * (anchors + np.abs(want))).all(), err.max()
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    rows=st.integers(1, 6),
-    members=st.integers(1, 3),
-    classes=st.integers(6, 70),
-    ties=st.booleans(),
-    step=st.sampled_from([None, 0.25, 1 / 16]),
-    combine=st.sampled_from(["arithmetic", "geometric"]),
-    data=st.data(),
-)
-def test_equals_the_numpy_reference(seed, rows, members, classes, ties, step, combine, data):
-    rng = np.random.default_rng(seed)
-    z = rng.normal(0, 3, (rows, members, classes)).astype(np.float32)
-    if ties:  # quarter-integers: many equal logits at the top-k boundary
-        z = np.round(z * 2) / 4
-    top_k = data.draw(st.integers(1, classes - 2))
-    sample = data.draw(st.integers(0, min(8, classes - top_k - 1)))
-    spec = SparseSpec(
-        top_k=top_k, sample=sample, value_step=step, proposal_temperature=1.5, selection="raw"
-    )
-    expected, got = _both(z, spec, "single" if members == 1 else combine)
-    _assert_within_format(expected, got)
 
 
 def test_wide_rows_peaked_flat_and_far_apart_stay_within_the_tail_tolerance():
@@ -89,7 +51,7 @@ def test_wide_rows_peaked_flat_and_far_apart_stay_within_the_tail_tolerance():
     z[4, 0, :200] = np.float32(2.5)  # ties across the 64th place
     spec = SparseSpec(top_k=64, selection="raw")
     expected, got = _both(z, spec, "single")
-    _assert_within_format(expected, got)
+    assert_within_format(expected, got)
     assert np.isfinite(got[schema.TAIL]).all()
 
 
