@@ -365,3 +365,19 @@ def test_distill_lm_on_another_corpus_describes_it_and_leaves_benchmarks_alone(t
     assert report_of(f"PYDOCS={tmp_path}") == "data/lm/REPORT.md"
     assert report_of() == "BENCHMARKS.md"
     assert report_of(f"PYDOCS={PYTHON_DOCS}/") == "BENCHMARKS.md"
+
+
+def test_the_readme_quotes_the_committed_lm_scale_figures():
+    """README's stage-one range for version-6 token stores is bench/lm_scale.json's (make
+    lm-scale), rounded as printed, and every figure in it meets issue 20's targets."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    summary = json.loads((root / "bench" / "lm_scale.json").read_text())["summary"]
+    ratios = {row["vocab"]: row["stage1_over_bare"] for row in summary}
+    text = " ".join((root / "README.md").read_text().split())
+    low, high = re.search(r"stage one costs (\d\.\d\d)–(\d\.\d\d)×", text).groups()
+    assert (low, high) == (f"{min(ratios.values()):.2f}", f"{max(ratios.values()):.2f}")
+    assert ratios[32768] <= 1.25 and ratios[131072] <= 1.5
