@@ -282,3 +282,24 @@ def test_an_interrupted_version_6_store_resumes_bitwise_equal(llama, tmp_path, m
         for name in whole.array_names():
             want = whole.read(0, n).arrays[name].tobytes()
             assert resumed.read(0, n).arrays[name].tobytes() == want, name
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_nan_or_inf_logit_anywhere_in_a_row_is_refused_naming_the_row(bad):
+    from softlabels.errors import NonFiniteLogitsError
+
+    z = np.random.default_rng(0).normal(0, 1, (4, 2, 300)).astype(np.float32)
+    z[2, 1, 250] = bad  # member 1, far below the top of member 0's ranking
+    index = np.array([10, 11, 12, 13])
+    spec = SparseSpec(top_k=8, selection="raw")
+    with pytest.raises(NonFiniteLogitsError, match=r"transfer rows \[12\]"):
+        sparsify_torch(
+            torch.from_numpy(z), index, weights=(0.5, 0.5), combine="geometric", spec=spec,
+            dtype="float32",
+        )  # fmt: skip
+    z[2, 1, 250] = -math.inf  # a masked id is a valid logit
+    got = sparsify_torch(
+        torch.from_numpy(z), index, weights=(0.5, 0.5), combine="geometric", spec=spec,
+        dtype="float32",
+    )  # fmt: skip
+    assert np.isfinite(got[schema.TAIL]).all()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from softlabels import schema
-from softlabels.errors import SparseValueRangeError
+from softlabels.errors import NonFiniteLogitsError, SparseValueRangeError
 from softlabels.schema import SparseSpec
 from softlabels.sparse.ops import ranking_logits, sample_ids, to_numpy, top_ids_and_values
 from softlabels.sparse.select import encode_ids, range_message
@@ -40,6 +40,7 @@ def raw_block(
     m = z.shape[1]
     ranking = z[:, 0] if m == 1 else ranking_logits(z.double(), weights)
     ids, largest = top_ids_and_values(ranking, spec.top_k)
+    _refuse_nonfinite(largest[:, 0], sample_index)
     out: dict[str, np.ndarray] = {}
     offsets = None
     if spec.value_step is not None:  # one teacher's offset is its largest logit, found above
@@ -63,6 +64,19 @@ def raw_block(
     ]
     out[schema.TAIL] = torch.stack(tails, dim=1).float().cpu().numpy()
     return out
+
+
+def _refuse_nonfinite(largest: torch.Tensor, sample_index: np.ndarray) -> None:
+    """Refuse rows whose largest ranking logit is NaN or +Inf: ``torch.topk`` ranks NaN above
+    every number, so one NaN or +Inf logit anywhere in a row (of any member) shows here."""
+    bad = ~torch.isfinite(largest)
+    if bool(bad.any()):
+        rows = sample_index[bad.cpu().numpy()]
+        raise NonFiniteLogitsError(
+            f"the teachers produced NaN or Inf logits at transfer rows {rows[:20].tolist()}"
+            + (f" and {len(rows) - 20} more" if len(rows) > 20 else "")
+            + ": a sparse store cannot hold them; check the teacher on those inputs (at fp32)"
+        )
 
 
 def _values(
