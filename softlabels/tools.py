@@ -134,6 +134,8 @@ def combine_stores(
         if sparse is not None:
             dtype = "float32" if sparse.value_step is not None else meta.dtype
             check_sparse(sparse, dtype, meta.num_classes)
+            if first.sparse is not None and sparse.selection is None:
+                sparse = replace(sparse, selection=first.sparse.selection)  # pooled as they are
             meta = replace(
                 meta, sparse=sparse.resolved(tokens=meta.tokens is not None), dtype=dtype
             )

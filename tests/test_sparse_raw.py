@@ -303,3 +303,67 @@ def test_a_nan_or_inf_logit_anywhere_in_a_row_is_refused_naming_the_row(bad):
         dtype="float32",
     )  # fmt: skip
     assert np.isfinite(got[schema.TAIL]).all()
+
+
+@pytest.mark.parametrize("implementation", ["numpy", "torch"])
+def test_a_row_with_no_finite_logit_outside_its_ids_is_refused(implementation):
+    """Raw selection never codes the logits outside the support, so -inf there is not a range
+    error; but a row with nothing finite outside has a tail of no mass, which readers refuse:
+    both writers refuse it first, naming the row."""
+    z = np.full((3, 1, 40), -math.inf, np.float32)
+    z[:, 0, :6] = np.arange(6, dtype=np.float32)
+    z[0, 0, 30] = -2.0  # row 0 keeps one finite logit outside its top 4
+    z[2, 0, 7] = -9.0
+    index = np.array([5, 6, 7])
+    spec = SparseSpec(top_k=6, selection="raw")
+    run = sparsify if implementation == "numpy" else sparsify_torch
+    z_in = z if implementation == "numpy" else torch.from_numpy(z)
+    kw = {"weights": (1.0,), "combine": "single", "spec": spec, "dtype": "float32"}
+    with pytest.raises(SparseValueRangeError, match=r"transfer rows \[6\]: a sparse store"):
+        run(z_in, index, **kw)
+    got = run(z_in[[0, 2]], index[[0, 2]], **kw)
+    want = np.array([[-2.0] * 4, [-9.0] * 4])
+    assert (np.abs(got[schema.TAIL][:, 0] - want) <= 2.0**-16 * (ANCHORS + 9)).all()
+
+
+def test_a_null_selection_is_malformed_not_decoded(llama, tmp_path):
+    attrs = _attrs(tmp_path, llama)
+    null = attrs | {"sparse": attrs["sparse"] | {"selection": None}}
+    with pytest.raises(StoreFormatError, match="must be 'raw' when present, got None"):
+        StoreMeta.from_attrs(null)
+
+
+def test_combine_pools_version_5_stores_into_version_5(llama, tmp_path):
+    """Pooled sparse rows are copied as they are: decoded inputs make a decoded output, even
+    when the caller leaves the selection to the writer."""
+    from softlabels.tools import combine_stores
+
+    kw = {"max_length": 12, "progress": False}
+    paths = [tmp_path / "a.zarr", tmp_path / "b.zarr"]
+    for p in paths:
+        spec = SparseSpec(top_k=4, selection="decoded")
+        generate_tokens([llama["teacher"]], llama["seqs"], p, sparse=spec, **kw).close()
+    out = str(tmp_path / "pooled.zarr")
+    meta = combine_stores(
+        tuple(map(str, paths)), out, combine="arithmetic", sparse=SparseSpec(top_k=4)
+    )
+    assert meta.format_version == 5 and not meta.sparse.raw
+    assert verify_store(out).ok
+
+
+def test_float16_slack_covers_an_ensemble_whose_members_cancel(llama, tmp_path):
+    """A geometric pair stored as float16, C = 2, top 1: the kept id's members are 1000.2 and
+    -999.8 (raw zbar 0.2; float16 rounds them to 1000 and -1000, so the decoded zbar is 0);
+    the other id has zbar 0.19, so its tail is 0.19 at every anchor, above the decoded
+    ceiling 0. The row is valid: the slack is 2^-11 of the weighted |values| (0.49), not of
+    |zbar|. Read as decoded selection (no slack), the same row is impossible."""
+    base = StoreMeta.from_attrs(_attrs(tmp_path, llama))
+    spec = SparseSpec(top_k=1, selection="raw", value_step=None)
+    meta = replace(_meta(base, spec), dtype="float16", num_classes=2, class_names=("0", "1"))
+    values = np.array([[[1000.2], [-999.8]]], np.float32).astype(np.float16).astype(np.float64)
+    tail = np.full((1, 3, len(ANCHORS)), 0.19)
+    d = replay.Decoded(np.array([[0]]), values, values.mean(axis=1), tail, np.ones((1, 1)))
+    assert d.ranking[0, 0] == 0.0
+    assert replay.problems(d, meta, 0) == []
+    meta5 = replace(meta, sparse=replace(spec, selection="decoded"), tokens=None)
+    assert [p for p in replay.problems(d, meta5, 0) if "tail summaries (group 2)" in p]

@@ -144,7 +144,7 @@ class SparseSpec:
             tail_temperatures=tuple(float(t) for t in temps),
             value_step=number_field(values, "step") if values["encoding"] == "fixed" else None,
             replay_temperatures=_replay_temperatures(entry.get("replay_temperatures")),
-            selection=_selection(entry.get("selection")),
+            selection=_selection(entry),
         )
         if entry.get("k") != spec.k or entry.get("policy") != spec.policy:
             raise ValueError(f"sparse.k and sparse.policy must be {spec.k} and {spec.policy!r}")
@@ -204,10 +204,12 @@ def _replay_temperatures(entry: Any) -> tuple[float, ...] | None:
     return tuple(float(t) for t in entry)
 
 
-def _selection(entry: Any) -> str:
-    """``sparse.selection``: absent (decoded: versions 2 to 5) or "raw" (version 6)."""
-    if entry is None:
+def _selection(entry: dict[str, Any]) -> str:
+    """``sparse.selection``: absent (decoded: versions 2 to 5) or "raw" (version 6); null or
+    any other value is malformed."""
+    if "selection" not in entry:
         return SELECTION_DECODED
-    if entry != SELECTION_RAW:
-        raise ValueError(f"sparse.selection must be {SELECTION_RAW!r} when present, got {entry!r}")
+    if entry["selection"] != SELECTION_RAW:
+        value = entry["selection"]
+        raise ValueError(f"sparse.selection must be {SELECTION_RAW!r} when present, got {value!r}")
     return SELECTION_RAW

@@ -23,7 +23,7 @@ from softlabels import schema
 from softlabels.errors import NonFiniteLogitsError, SparseValueRangeError
 from softlabels.schema import SparseSpec
 from softlabels.sparse.ops import ranking_logits, sample_ids, to_numpy, top_ids_and_values
-from softlabels.sparse.select import encode_ids, range_message
+from softlabels.sparse.select import encode_ids, range_message, refuse_empty_tails
 
 _LOG2E = 1 / math.log(2)
 
@@ -63,6 +63,7 @@ def raw_block(
         for g in groups
     ]
     out[schema.TAIL] = torch.stack(tails, dim=1).float().cpu().numpy()
+    refuse_empty_tails(out[schema.TAIL], sample_index)
     return out
 
 

@@ -107,7 +107,7 @@ def problems(d: Decoded, meta: StoreMeta, offset: int) -> list[str]:
     sp = meta.sparse
     assert sp is not None
     c, out = meta.num_classes, []
-    slack = raw_slack(d.ranking, meta)
+    slack = raw_slack(d.values, meta)
 
     def rows(bad: np.ndarray) -> str:
         return str((np.flatnonzero(bad)[:10] + offset).tolist())
@@ -145,19 +145,26 @@ def problems(d: Decoded, meta: StoreMeta, offset: int) -> list[str]:
     return out
 
 
-def raw_slack(logits: np.ndarray, meta: StoreMeta) -> np.ndarray | float:
+def raw_slack(values: np.ndarray, meta: StoreMeta, member: int | None = None) -> np.ndarray | float:
     """How far a raw logit may sit above its decoded value: 0 for decoded selection (versions
     2 to 5: the ids and tails were chosen from the decoded values themselves); for raw
-    selection (version 6), half a fixed-point step, or float16's rounding (2^-11 of the
-    row's largest magnitude). logits: (R, K) decoded; returns a scalar or (R,)."""
+    selection (version 6), half a fixed-point step, or float16's rounding: 2^-11 of the row's
+    largest sum_m w_m |value_mj| (of |value_mj| for one ``member``), plus 2^-25 for subnormals.
+    values: (R, M, K) decoded member values; returns a scalar or (R,)."""
     sp = meta.sparse
     if sp is None or not sp.raw:
         return 0.0
     if sp.value_step is not None:
         return sp.value_step / 2
     if meta.dtype == "float16":
-        return np.abs(logits).max(axis=1) * 2.0**-11
+        magnitude = np.abs(values[:, member]) if member is not None else _weighted_abs(values, meta)
+        return magnitude.max(axis=1) * 2.0**-11 + 2.0**-25
     return 0.0
+
+
+def _weighted_abs(values: np.ndarray, meta: StoreMeta) -> np.ndarray:
+    w = np.asarray(meta.weights, dtype=np.float64)
+    return np.einsum("rmk,m->rk", np.abs(values), w)
 
 
 def check(d: Decoded, meta: StoreMeta, offset: int, path: str) -> None:
@@ -192,10 +199,10 @@ def replay(
         )
     outside = meta.num_classes - sp.k
 
-    def group(logits: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
+    def group(logits: np.ndarray, g: int, member: int | None) -> tuple[np.ndarray, np.ndarray]:
         z = logits / temperature
         # bounds the outside logits below T_min (raw selection: up to the values' rounding)
-        ceiling = logits[:, : sp.top_k].min(1) + raw_slack(logits, meta)
+        ceiling = logits[:, : sp.top_k].min(1) + raw_slack(d.values, meta, member)
         f = tails.log_partition(d.tail[:, g], sp.tail_temperatures, outside, temperature, ceiling)[
             0
         ]
@@ -204,9 +211,9 @@ def replay(
 
     m = meta.num_members
     if member is not None:
-        log_p, log_out = group(d.values[:, member], member)
+        log_p, log_out = group(d.values[:, member], member, member)
     elif meta.combine == schema.COMBINE_ARITHMETIC:
-        parts = [group(d.values[:, i], i) for i in range(m)]
+        parts = [group(d.values[:, i], i, i) for i in range(m)]
         with np.errstate(divide="ignore"):
             log_w = np.log(np.asarray(meta.weights, dtype=np.float64))
         log_p = _logsumexp(
@@ -216,7 +223,7 @@ def replay(
             np.stack([lo + lw for (_, lo), lw in zip(parts, log_w, strict=True)], -1)
         )
     else:  # single teacher, or geometric: the weighted mean logits, the last tail group
-        log_p, log_out = group(d.ranking, d.tail.shape[1] - 1)
+        log_p, log_out = group(d.ranking, d.tail.shape[1] - 1, None)
     if sp.sample and estimator != "bucket":
         log_p, log_out = _spread(log_p, log_out, d.inclusion, sp.top_k, estimator)
     return SparseTargets(

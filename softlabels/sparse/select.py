@@ -86,8 +86,25 @@ def _sparsify_block(
         values = _checked_codes(values, z, offsets, ids, spec.value_step)
     out[schema.ID_GAPS] = encode_ids(ids, spec.top_k)
     out[schema.VALUES] = values
-    out[schema.TAIL] = tails(chosen, chosen_bar, ids, combine, spec.tail_temperatures)
+    with np.errstate(invalid="ignore"):  # a row with nothing outside: refused just below
+        out[schema.TAIL] = tails(chosen, chosen_bar, ids, combine, spec.tail_temperatures)
+    if spec.raw:
+        refuse_empty_tails(out[schema.TAIL], sample_index)
     return out
+
+
+def refuse_empty_tails(tail: np.ndarray, sample_index: np.ndarray) -> None:
+    """Raw selection keeps masked (-inf) logits out of the codes, so a row can have no finite
+    logit outside its support: a tail of no mass, which readers refuse. Refuse it here."""
+    bad = ~np.isfinite(tail).all(axis=(1, 2))
+    if bad.any():
+        rows = np.asarray(sample_index)[bad]
+        raise SparseValueRangeError(
+            f"every logit outside the kept ids is -inf at transfer rows {rows[:20].tolist()}"
+            + (f" and {len(rows) - 20} more" if len(rows) > 20 else "")
+            + ": a sparse store needs some mass outside its ids; keep fewer ids (top_k), or "
+            "write a dense store"
+        )
 
 
 def _decoded_unchecked(
