@@ -24,7 +24,7 @@ import torch
 from softlabels import schema
 from softlabels.errors import SparseValueRangeError
 from softlabels.schema import SparseSpec
-from softlabels.sparse.ops import ranking_logits, sample_ids, to_numpy, top_ids
+from softlabels.sparse.ops import fixed_codes, ranking_logits, sample_ids, to_numpy, top_ids
 from softlabels.sparse.raw import raw_block
 from softlabels.sparse.select import encode_ids, range_message
 
@@ -109,7 +109,7 @@ def _one_fixed_point_member(z: torch.Tensor, spec: SparseSpec) -> dict[str, np.n
     r, c = z.shape
     offsets, lowest = z.max(dim=1).values, z.min(dim=1).values
     largest_code = _largest_code(offsets, lowest, step)
-    codes = torch.sub(offsets[:, None].double(), z).div_(step).round_()  # as round_values
+    codes = fixed_codes(z, offsets, step)
     key = torch.add(torch.arange(c, dtype=torch.float64, device=z.device), codes, alpha=c)
     ids = torch.topk(key, k, dim=1, largest=False, sorted=False).indices  # code, then id
     ids = torch.sort(ids, dim=1).values
@@ -170,7 +170,7 @@ def round_values(
         stored = z.to(getattr(torch, dtype))
         return stored.double(), stored, None
     offsets = z.max(dim=-1).values  # float32
-    codes = torch.sub(offsets[..., None].double(), z).div_(step).round_()  # half to even
+    codes = fixed_codes(z, offsets, step)
     _largest_code(offsets, z.min(dim=-1).values, step)
     zhat = torch.mul(codes, -step).add_(offsets[..., None])
     return zhat, codes, offsets

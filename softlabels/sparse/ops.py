@@ -17,6 +17,12 @@ def to_numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
     return t.cpu().numpy().astype(dtype, copy=False)
 
 
+def fixed_codes(z: torch.Tensor, offsets: torch.Tensor, step: float) -> torch.Tensor:
+    """round((offset - z) / step) in float64, half to even: the fixed-point code of every logit
+    in ``z`` (..., C) below its row's ``offsets`` (...), unchecked against MAX_CODE."""
+    return torch.sub(offsets[..., None].double(), z).div_(step).round_()
+
+
 def ranking_logits(zhat: torch.Tensor, weights: tuple[float, ...]) -> torch.Tensor:
     """zbar = sum_m w_m z_m (R, C) float64."""
     if zhat.shape[1] == 1:

@@ -22,7 +22,13 @@ import torch
 from softlabels import schema
 from softlabels.errors import NonFiniteLogitsError, SparseValueRangeError
 from softlabels.schema import SparseSpec
-from softlabels.sparse.ops import ranking_logits, sample_ids, to_numpy, top_ids_and_values
+from softlabels.sparse.ops import (
+    fixed_codes,
+    ranking_logits,
+    sample_ids,
+    to_numpy,
+    top_ids_and_values,
+)
 from softlabels.sparse.select import encode_ids, range_message, refuse_empty_tails
 
 _LOG2E = 1 / math.log(2)
@@ -87,7 +93,7 @@ def _values(
     MAX_CODE steps below its row's largest), or the logits in ``dtype``."""
     if step is None or offsets is None:
         return to_numpy(kept.to(getattr(torch, dtype)), dtype)
-    codes = torch.sub(offsets[..., None].double(), kept).div_(step).round_()  # half to even
+    codes = fixed_codes(kept, offsets, step)
     if codes.numel() and float(codes.max()) > schema.MAX_CODE:
         span = float((offsets[..., None].double() - kept).max())
         raise SparseValueRangeError(range_message(span, step))
@@ -101,8 +107,7 @@ def _decoded(
     outside the kept ids are not range-checked (they are never stored)."""
     if step is None or offsets is None:
         return z.to(getattr(torch, dtype)).double()
-    codes = torch.sub(offsets[..., None].double(), z).div_(step).round_()
-    return codes.mul_(-step).add_(offsets[..., None].double())
+    return fixed_codes(z, offsets, step).mul_(-step).add_(offsets[..., None].double())
 
 
 def outside_tails(

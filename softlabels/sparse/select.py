@@ -64,7 +64,7 @@ def _sparsify_block(
 ) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     if spec.raw:  # version 6: rank and sum the raw logits; only the kept values are coded
-        zhat, stored, offsets = _decoded_unchecked(z, spec.value_step, dtype)
+        zhat, stored, offsets = round_values(z, spec.value_step, dtype, check=False)
         chosen = z.astype(np.float64)
     else:
         zhat, stored, offsets = round_values(z, spec.value_step, dtype)
@@ -107,18 +107,6 @@ def refuse_empty_tails(tail: np.ndarray, sample_index: np.ndarray) -> None:
         )
 
 
-def _decoded_unchecked(
-    z: np.ndarray, step: float | None, dtype: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``round_values`` without the range check (raw selection codes only the kept ids, which
-    ``_checked_codes`` checks); fixed-point codes stay float64 here."""
-    if step is None:
-        return round_values(z, step, dtype)
-    offsets = z.max(axis=-1).astype(np.float32)
-    codes = np.rint((offsets[..., None].astype(np.float64) - z) / step)
-    return offsets[..., None].astype(np.float64) - step * codes, codes, offsets
-
-
 def _checked_codes(
     codes: np.ndarray, z: np.ndarray, offsets: np.ndarray, ids: np.ndarray, step: float
 ) -> np.ndarray:
@@ -138,18 +126,22 @@ def range_message(span: float, step: float) -> str:
 
 
 def round_values(
-    z: np.ndarray, step: float | None, dtype: str
+    z: np.ndarray, step: float | None, dtype: str, *, check: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(logits as a reader decodes them (float64), the stored values, per-(row, member)
-    offsets or None). Fixed point: value = offset - step * code, offset = the row's max."""
+    offsets or None). Fixed point: value = offset - step * code, offset = the row's max.
+    ``check=False`` (raw selection, which codes only the kept ids and checks those itself in
+    ``_checked_codes``): no range check, and the codes stay float64."""
     if step is None:
         stored = z.astype(dtype)
         return stored.astype(np.float64), stored, None
     offsets = z.max(axis=-1).astype(np.float32)
     codes = np.rint((offsets[..., None].astype(np.float64) - z) / step)
-    if codes.max() > schema.MAX_CODE:
-        raise SparseValueRangeError(range_message(float((offsets[..., None] - z).max()), step))
-    codes = codes.astype(np.uint16)
+    if check:
+        if codes.max() > schema.MAX_CODE:
+            span = float((offsets[..., None] - z).max())
+            raise SparseValueRangeError(range_message(span, step))
+        codes = codes.astype(np.uint16)
     return decode_fixed(codes, offsets, step), codes, offsets
 
 
