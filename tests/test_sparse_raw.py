@@ -107,7 +107,7 @@ def llama(tmp_path_factory):
 
 def test_a_llama_store_holds_its_teachers_top_k_and_raw_tails(llama, tmp_path):
     """generate-lm writes version 6 by default: at every row (37-row chunks, so sequences
-    cross chunk edges) the stored top ids are the teacher's top 8 of its padded head exactly,
+    cross chunk edges) the stored top ids are the teacher's top 8 of its padded head,
     and the tails its float64 log-partitions outside them; the store verifies."""
     out = tmp_path / "raw.zarr"
     kw = {"max_length": 12, "chunk_rows": 37, "progress": False}
@@ -125,8 +125,15 @@ def test_a_llama_store_holds_its_teachers_top_k_and_raw_tails(llama, tmp_path):
         assert _on_disk(out)["sparse"]["selection"] == "raw"
         rows = store.load()
     ids = decode_ids(rows.arrays[schema.ID_GAPS], 8)
-    want = np.sort(np.argsort(-logits, axis=1, kind="stable")[:, :8], axis=1)
-    np.testing.assert_array_equal(ids, want)
+    order = np.argsort(-logits, axis=1, kind="stable")
+    want = np.sort(order[:, :8], axis=1)
+    # the re-run batches differently from the writer, so its logits differ by float32 noise:
+    # ids are compared exactly where the 8th and 9th logits stand clear of that noise, and the
+    # rows compared must be nearly all of them
+    ranked = np.take_along_axis(logits, order[:, 7:9], axis=1)
+    clear = ranked[:, 0] - ranked[:, 1] > 1e-4
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(ids[clear], want[clear])
     outside = logits.copy()
     np.put_along_axis(outside, ids, -np.inf, axis=1)
     top = outside.max(1, keepdims=True)
