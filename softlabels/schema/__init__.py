@@ -3,26 +3,13 @@
 
 This module is the machine-readable half of the format contract; FORMAT.md is the
 human-readable half. Both must change together (tests/test_schema.py checks that every
-name defined here appears in FORMAT.md).
+name defined here appears in FORMAT.md). The arrays a store holds, their shapes and dtypes
+are written down once, in ``layout.py`` (``array_layout``); the root attributes are
+``StoreMeta``'s fields, and the versions are:
 
-The store is a group (a Zarr v3 directory store or one HDF5 file) holding:
-
-    logits          (N, C)     float16|float32  combined teacher logits at T = 1
-    member_logits   (N, M, C)  float16|float32  per-teacher logits, present iff M > 1
-    sample_index    (N,)       int64            row -> position in the transfer set
-    labels          (N,)       int64            hard label, or -1 where unknown
-
-plus the root attributes described by ``StoreMeta``. Dense stores are version 1, byte for byte
-as before; version 2 adds the ``layout`` attribute and the sparse layout (K entries per row):
-
-    id_gaps              (N, K)     int32    ids, gap-coded per segment (top, then sampled)
-    values               (N, M, K)  uint16 codes (fixed point) | float16|float32
-    value_offsets        (N, M)     float32  fixed point only: value = offset - step * code
-    tail                 (N, G, A)  float32  T_a * logsumexp(z / T_a) outside the support
-    inclusion_log_scale  (N,)       float32  sampled stores only: pi = min(1, exp(s + zbar / T_q))
-
-Version 3 (token stores) adds ``input_ids`` and ``position``; version 4 (views stores, rows are
-(sample, view) pairs) adds ``view_params`` (N, P) float32 and ``view`` (N,) int32.
+    1  dense stores                     4  views stores (rows are (sample, view) pairs)
+    2  sparse stores (``layout``)        5  token stores (rows are token positions)
+    3  token stores with class_names    6  sparse token stores with raw selection
 """
 
 from __future__ import annotations
