@@ -374,3 +374,23 @@ def test_float16_slack_covers_an_ensemble_whose_members_cancel(llama, tmp_path):
     assert replay.problems(d, meta, 0) == []
     meta5 = replace(meta, sparse=replace(spec, selection="decoded"), tokens=None)
     assert [p for p in replay.problems(d, meta5, 0) if "tail summaries (group 2)" in p]
+
+
+def test_plain_h5py_reads_a_version_6_store(llama, tmp_path):
+    """The HDF5 container: root attributes are JSON strings, as FORMAT.md says; the version
+    and the selection read with h5py and json alone, and the arrays have their layout."""
+    import json
+
+    import h5py
+
+    out = tmp_path / "s.h5"
+    spec = SparseSpec(top_k=4)
+    kw = {"max_length": 12, "progress": False}
+    generate_tokens([llama["teacher"]], llama["seqs"], out, sparse=spec, **kw).close()
+    with h5py.File(out, "r") as f:
+        attrs = {k: json.loads(v) for k, v in f.attrs.items()}
+        assert attrs["format_version"] == 6 and attrs["sparse"]["selection"] == "raw"
+        assert "class_names" not in attrs
+        n = attrs["num_samples"]
+        assert f["id_gaps"].shape == (n, 4) and f["id_gaps"].dtype == np.int32
+        assert f["values"].dtype == np.uint16 and f["tail"].shape == (n, 1, 4)
